@@ -1,0 +1,158 @@
+"""Shared by the peer scripts, which run in their own venvs (stdlib + the peer only).
+
+Puts ``benchmarks/`` and ``bundles/`` on ``sys.path`` (for ``_timing`` and
+``generate_synthetic``, both stdlib-only) and measures the in-process baselines every
+peer reports alongside its own figures, so they can be expressed as ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+PEERS_DIR = Path(__file__).resolve().parent
+BENCH_DIR = PEERS_DIR.parent
+REPO_DIR = BENCH_DIR.parent
+for _p in (str(BENCH_DIR), str(REPO_DIR / "bundles")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from _timing import Case, calibrate, interleaved  # noqa: E402
+
+#: Connection attempts refused by forbid_network(), as "host:port" strings.
+NETWORK_ATTEMPTS: list[str] = []
+
+
+def forbid_network() -> None:
+    """Make every outgoing connection / DNS lookup fail fast, and record it.
+
+    The peers must run offline: a flag SDK that still tries to register, poll or send
+    events shows up as ``network_attempts`` in the JSON instead of touching the network
+    or hanging on a timeout.
+    """
+
+    def refuse(what: str) -> OSError:
+        NETWORK_ATTEMPTS.append(what)
+        return OSError(f"network disabled by benchmarks/peers (attempted {what})")
+
+    def connect(self: socket.socket, address: Any) -> None:
+        raise refuse(f"connect {address!r}")
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        raise refuse(f"connect_ex {address!r}")
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        raise refuse(f"getaddrinfo {host!r}:{port!r}")
+
+    def create_connection(address: Any, *args: Any, **kwargs: Any) -> Any:
+        raise refuse(f"create_connection {address!r}")
+
+    socket.socket.connect = connect  # type: ignore[method-assign,assignment]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign,assignment]
+    socket.getaddrinfo = getaddrinfo
+    socket.create_connection = create_connection
+
+
+def finish(exit_code: int = 0) -> None:
+    """Exit now, even if an SDK left a non-daemon thread behind (reported on stderr)."""
+    leftover = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
+    ]
+    if leftover:
+        print(f"note: threads still alive at exit: {leftover}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def live_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())
+
+
+#: Same 16-char key as benchmarks/ideal.py HASH_KEY (the unit "H").
+HASH_KEY = "user-0000012345a"
+
+
+class _Box:
+    __slots__ = ("_x",)
+
+    def __init__(self) -> None:
+        self._x = "stable"
+
+    def get(self) -> object:
+        return self._x
+
+
+def baseline_cases() -> dict[str, Case]:
+    """``bare_call`` always; ``H`` (bare mmh3.hash of a 16-char key) if mmh3 is importable."""
+    cases: dict[str, Case] = {"bare_call": _Box().get}
+    try:
+        import mmh3
+    except ImportError:
+        pass
+    else:
+        hash_fn: Callable[..., object] = mmh3.hash
+        cases["H"] = (hash_fn, (HASH_KEY,))
+    return cases
+
+
+def measure_with_baselines(
+    cases: Mapping[str, Case], *, repeat: int = 25, number: Mapping[str, int] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Time ``cases`` interleaved with the baselines; returns (ns, baseline_ns)."""
+    base = baseline_cases()
+    all_cases: dict[str, Case] = {**{f"__base_{k}": v for k, v in base.items()}, **cases}
+    numbers: dict[str, int] | None = None
+    if number is not None:
+        numbers = {k: number[k] if k in number else calibrate(v) for k, v in all_cases.items()}
+    ns = interleaved(all_cases, repeat=repeat, number=numbers)
+    baseline_ns = {k: round(ns[f"__base_{k}"], 2) for k in base}
+    return {k: round(ns[k], 2) for k in cases}, baseline_ns
+
+
+def emit(
+    peer: str,
+    version: str,
+    ns: Mapping[str, float],
+    baseline_ns: Mapping[str, float],
+    **extra: Any,
+) -> None:
+    """Print the one JSON object run_peers.py collects."""
+    out: dict[str, Any] = {
+        "peer": peer,
+        "version": version,
+        "python": platform.python_version(),
+        "ns": dict(ns),
+        "baseline_ns": dict(baseline_ns),
+    }
+    out["network_attempts"] = len(NETWORK_ATTEMPTS)
+    if NETWORK_ATTEMPTS:
+        out["network_attempts_sample"] = NETWORK_ATTEMPTS[:5]
+    out.update(extra)
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
+def rollout_keys(n: int = 20_000) -> list[str]:
+    """``n`` distinct 16-char user keys."""
+    return [f"user-{i:011d}" for i in range(n)]
+
+
+def rollout_share(check: Callable[[str], bool], n: int = 20_000) -> float:
+    """Fraction of ``n`` distinct keys for which ``check(key)`` is true."""
+    keys = rollout_keys(n)
+    return sum(1 for k in keys if check(k)) / n
+
+
+def require_share(share: float, want: float = 0.10, tolerance: float = 0.02) -> None:
+    """Fail loudly unless the SDK really evaluated a ~``want`` rollout (not a default)."""
+    if abs(share - want) > tolerance:
+        print(f"rollout share {share:.3f} is not ~{want}: flag not evaluated?", file=sys.stderr)
+        finish(2)

@@ -1,0 +1,239 @@
+"""Compile rule conditions into Python callables, once, at prepare time.
+
+Each condition becomes one generated function that reads the event and returns ``True`` or ``False``
+with no walk of the JSON tree per event. Code is generated per condition *shape* (the tree of
+operators, field-path lengths and value kinds), cached, and instantiated per rule with the rule's
+field names and values bound as closure constants: no text from a bundle ever becomes source code.
+
+Run-time semantics (docs/bundle-format.md): a missing or null field makes a leaf false (except
+``exists`` and ``eq``/``ne`` with ``null``); a value of the wrong kind for the comparison raises
+:class:`~rule_engine.errors.RuleEvaluationError` instead of quietly answering false.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rule_engine import _regex
+from rule_engine.bundle import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
+from rule_engine.errors import RuleEvaluationError
+
+__all__ = ["Matcher", "compile_condition", "match_always"]
+
+Matcher = Callable[[Mapping[str, Any]], bool]
+
+_MISSING: Any = object()
+_NUMBER_TYPES = frozenset({int, float})
+_SHAPE_CACHE_SIZE = 4096
+
+
+def match_always(event: Mapping[str, Any]) -> bool:
+    """The matcher of a rule without ``when``."""
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class LeafInfo:
+    """What the slow path needs to judge a value the fast path's type test did not accept."""
+
+    rule_id: str
+    field: str
+    op: str
+    value: Any
+
+
+def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
+    """Judge a leaf whose event value is not of the exact built-in type the fast path expects.
+
+    Subclasses of the expected type (a ``str`` subclass, an ``IntEnum``...) are compared normally;
+    anything else is a type mismatch and raises :class:`RuleEvaluationError`.
+    """
+    op, expected = leaf.op, leaf.value
+    got = kind_of(actual)
+    want = _element_kind(expected) if op in ("in", "not_in") else kind_of(expected)
+    if op == "contains":
+        if got == "list":
+            return expected in list(actual)
+        if got == "string" and want == "string":
+            return str(expected) in str(actual)
+    elif op in ("starts_with", "ends_with", "matches"):
+        if got == "string":
+            text = str(actual)
+            if op == "starts_with":
+                return text.startswith(expected)
+            if op == "ends_with":
+                return text.endswith(expected)
+            return _regex.compile_search(expected)(text)
+    elif got == want:
+        return _compare(op, actual, expected)
+    raise RuleEvaluationError(
+        leaf.rule_id,
+        leaf.field,
+        f"cannot apply {op!r} with {kind_of(expected)} {_clip(expected)} to {got} {_clip(actual)}",
+    )
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    if op == "eq":
+        return bool(actual == expected)
+    if op == "ne":
+        return bool(actual != expected)
+    if op == "lt":
+        return bool(actual < expected)
+    if op == "lte":
+        return bool(actual <= expected)
+    if op == "gt":
+        return bool(actual > expected)
+    if op == "gte":
+        return bool(actual >= expected)
+    if op == "in":
+        return actual in expected
+    return actual not in expected  # not_in
+
+
+def _element_kind(values: Any) -> str:
+    return kind_of(next(iter(values))) if values else "string"
+
+
+def _clip(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+_GLOBALS: dict[str, Any] = {
+    "__builtins__": {"type": type, "str": str, "list": list, "dict": dict, "bool": bool},
+    "_M": _MISSING,
+    "_NUM": _NUMBER_TYPES,
+    "_slow": _slow_path,
+}
+
+_COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_TYPE_TEST = {
+    "string": "type({v}) is str",
+    "number": "type({v}) in _NUM",
+    "bool": "type({v}) is bool",
+}
+
+
+class _Generator:
+    """Walks one condition tree, producing an expression, its shape key and its constants."""
+
+    def __init__(self, rule_id: str) -> None:
+        self.rule_id = rule_id
+        self.constants: list[Any] = []
+        self.shape: list[str] = []
+        self._variables = 0
+
+    def constant(self, value: Any) -> str:
+        self.constants.append(value)
+        return f"c{len(self.constants) - 1}"
+
+    def variable(self) -> str:
+        self._variables += 1
+        return f"v{self._variables}"
+
+    def expression(self, cond: Any) -> str:
+        if isinstance(cond, AllCondition | AnyCondition):
+            joiner = " and " if isinstance(cond, AllCondition) else " or "
+            self.shape.append("all(" if isinstance(cond, AllCondition) else "any(")
+            parts = [self.expression(child) for child in cond.conditions]
+            self.shape.append(")")
+            return "(" + joiner.join(parts) + ")"
+        if isinstance(cond, NotCondition):
+            self.shape.append("not(")
+            inner = self.expression(cond.condition)
+            self.shape.append(")")
+            return f"(not {inner})"
+        if isinstance(cond, Leaf):
+            return self.leaf(cond)
+        raise TypeError(f"not a condition: {cond!r}")  # pragma: no cover - models allow no other
+
+    def leaf(self, leaf: Leaf) -> str:
+        path = leaf.path
+        op, value = leaf.op, leaf.value
+        value_kind = _element_kind(value) if op in ("in", "not_in") else kind_of(value)
+        self.shape.append(f"[{len(path)}:{op}:{value_kind if leaf.has_value else '-'}]")
+        steps: list[str] = []
+        holder = "event"
+        for part in path[:-1]:
+            nested = self.variable()
+            steps.append(f"type({nested} := {holder}.get({self.constant(part)})) is dict")
+            holder = nested
+        key = self.constant(path[-1])
+        if op == "exists":
+            steps.append(f"{key} in {holder}")
+        elif op in ("eq", "ne") and value is None:
+            v = self.variable()
+            if op == "eq":
+                steps.append(f"{holder}.get({key}, _M) is None")
+            else:
+                steps.append(f"({v} := {holder}.get({key}, _M)) is not None and {v} is not _M")
+        else:
+            v = self.variable()
+            steps.append(f"({v} := {holder}.get({key})) is not None")
+            steps.append(self.test(leaf, v, value_kind))
+        return "(" + " and ".join(steps) + ")"
+
+    def test(self, leaf: Leaf, v: str, value_kind: str) -> str:
+        op, value = leaf.op, leaf.value
+        info = self.constant(LeafInfo(self.rule_id, leaf.field, op, _frozen_value(value)))
+        otherwise = f"_slow({info}, {v})"
+        if op in _COMPARISON:
+            c = self.constant(value)
+            symbol = "is" if value_kind == "bool" and op == "eq" else _COMPARISON[op]
+            symbol = "is not" if value_kind == "bool" and op == "ne" else symbol
+            guard = _TYPE_TEST[value_kind].format(v=v)
+            return f"({v} {symbol} {c} if {guard} else {otherwise})"
+        if op in ("in", "not_in"):
+            c = self.constant(frozenset(value))
+            guard = _TYPE_TEST[value_kind].format(v=v)
+            return f"({v} {'in' if op == 'in' else 'not in'} {c} if {guard} else {otherwise})"
+        if op == "contains":
+            c = self.constant(value)
+            guard = f"type({v}) is str or type({v}) is list" if value_kind == "string" else f"type({v}) is list"
+            return f"({c} in {v} if {guard} else {otherwise})"
+        if op in ("starts_with", "ends_with"):
+            c = self.constant(value)
+            method = "startswith" if op == "starts_with" else "endswith"
+            return f"({v}.{method}({c}) if type({v}) is str else {otherwise})"
+        if op == "matches":
+            c = self.constant(_regex.compile_search(value))
+            return f"({c}({v}) if type({v}) is str else {otherwise})"
+        raise ValueError(f"unknown operator {op!r}")  # pragma: no cover
+
+
+def _frozen_value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+_shape_cache: dict[str, Callable[..., Matcher]] = {}
+_shape_lock = threading.Lock()
+
+
+def compile_condition(condition: Any, rule_id: str = "?") -> Matcher:
+    """Compile a condition model into a matcher ``event -> bool`` (``match_always`` for None)."""
+    if condition is None:
+        return match_always
+    generator = _Generator(rule_id)
+    expression = generator.expression(condition)
+    shape = "".join(generator.shape)
+    factory = _shape_cache.get(shape)
+    if factory is None:
+        factory = _build_factory(expression, len(generator.constants))
+        with _shape_lock:
+            if len(_shape_cache) >= _SHAPE_CACHE_SIZE:
+                _shape_cache.clear()
+            _shape_cache[shape] = factory
+    return factory(*generator.constants)
+
+
+def _build_factory(expression: str, constants: int) -> Callable[..., Matcher]:
+    names = ", ".join(f"c{i}" for i in range(constants))
+    source = f"def factory({names}):\n    def match(event):\n        return {expression}\n    return match\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<rule_engine.compiler>", "exec"), dict(_GLOBALS), namespace)
+    factory: Callable[..., Matcher] = namespace["factory"]
+    return factory

@@ -1,0 +1,421 @@
+"""Pure transitions of the deployment state.
+
+Each function takes a :class:`ControlState`, the time and the operation's arguments, checks that the
+operation is allowed, and returns a :class:`Change` (the new state, its audit entries, its log events)
+without touching anything else. It raises a :class:`DeploymentError` before computing anything when the
+operation is not allowed, so a refused operation has no effect. The manager commits the change to its
+store and publishes what serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from rule_engine.errors import (
+    ActivationTimeNotReachedError,
+    InvalidTransitionError,
+    NoPreviousVersionError,
+    RolloutInProgressError,
+    VersionNotFoundError,
+)
+from rule_engine.records import AuditEntry, ControlState, Rollout, VersionRecord
+from rule_engine.routing import ALGORITHM_VERSION, BASIS_POINTS, percent_to_bp
+from rule_engine.states import DeploymentState, check_transition
+from rule_engine.strategies import ABTest, BlueGreen, Canary, Scheduled
+
+__all__ = [
+    "Change",
+    "activate",
+    "advance",
+    "conclude",
+    "end_experiment",
+    "prepare",
+    "promote",
+    "rollback",
+]
+
+S = DeploymentState
+
+
+@dataclass
+class Change:
+    """The outcome of one planned operation."""
+
+    state: ControlState
+    action: str
+    actor: str
+    audit: list[AuditEntry] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    bundles: dict[str, str] = field(default_factory=dict)
+    evicted: tuple[str, ...] = ()
+    serving_changed: bool = False
+    rolled_back: str | None = None  # the version traffic was taken from by a rollback
+    result: Any = None
+
+    def move(
+        self,
+        record: VersionRecord,
+        target: DeploymentState,
+        now: float,
+        *,
+        reason: str = "",
+        **changes: Any,
+    ) -> VersionRecord:
+        """Check and record ``record -> target``; return the moved record (not yet in ``state``)."""
+        check_transition(record.version_id, record.state, target, self.action)
+        moved = record.moved(target, now, **changes)
+        self.audit.append(
+            AuditEntry(
+                at=now,
+                action=self.action,
+                version_id=record.version_id,
+                from_state=record.state.value,
+                to_state=target.value,
+                actor=self.actor,
+                reason=reason,
+                strategy=record.strategy.kind,
+            )
+        )
+        return moved
+
+    def put(self, *records: VersionRecord, **state_changes: Any) -> None:
+        """Put moved records (and other field changes) into the new state."""
+        versions = self.state.with_versions(*records)
+        self.state = replace(self.state, versions=MappingProxyType(versions), **state_changes)
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Add a structured log event, emitted after the change is committed."""
+        self.events.append((name, {"actor": self.actor, **fields}))
+
+
+def _get(state: ControlState, version_id: str) -> VersionRecord:
+    record = state.versions.get(version_id)
+    if record is None:
+        raise VersionNotFoundError(version_id, list(state.versions)[-5:])
+    return record
+
+
+def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: float, max_history: int) -> Change:
+    """Add a new STAGED version (its record already built, its seq equal to ``state.next_seq``)."""
+    change = Change(state, "prepare", record.deployed_by, bundles={record.version_id: bundle_json})
+    preparing = replace(record, state=S.PREPARING)
+    staged = change.move(preparing, S.STAGED, now, reason=f"bundle {record.bundle_id}@{record.bundle_version}")
+    change.put(staged, next_seq=state.next_seq + 1)
+    change.event(
+        "deployment.prepared",
+        version_id=record.version_id,
+        strategy=record.strategy.kind,
+        bundle_id=record.bundle_id,
+        bundle_version=record.bundle_version,
+        digest=record.digest,
+        to_state=S.STAGED.value,
+    )
+    change.result = record.version_id
+    evict(change, max_history, keep=record.version_id)
+    return change
+
+
+def activate(
+    state: ControlState,
+    version_id: str,
+    now: float,
+    actor: str,
+    *,
+    supersede: bool = False,
+    max_history: int = 10,
+) -> Change:
+    """Start serving a STAGED version according to its strategy."""
+    record = _get(state, version_id)
+    change = Change(state, "activate", actor)
+    if record.state is not S.STAGED:
+        if record.state in (S.ACTIVE, S.ROLLING_OUT):
+            raise InvalidTransitionError(f"cannot activate {version_id!r}: it is already {record.state.value}")
+        check_transition(version_id, record.state, S.ACTIVE, "activate")
+    strategy = record.strategy
+    if isinstance(strategy, Scheduled) and now < strategy.activation_time:
+        raise ActivationTimeNotReachedError(version_id, strategy.activation_time, now)
+    if state.rollout is not None:
+        if not supersede:
+            raise RolloutInProgressError(state.rollout.candidate, version_id)
+        _abort_rollout(change, now, f"superseded by {version_id}")
+    stable = change.state.active
+    first_share = _first_share(strategy)
+    if stable is None or first_share is None or first_share >= BASIS_POINTS:
+        why = "" if stable is not None or first_share is None else "no stable version to compare with: "
+        _make_active(change, record, now, reason=f"{why}{strategy.describe()}")
+    else:
+        kind: Literal["canary", "ab-test"] = "canary" if isinstance(strategy, Canary) else "ab-test"
+        rollout = Rollout(
+            kind=kind,
+            candidate=version_id,
+            stable=stable,
+            share_bp=first_share,
+            stage_index=0,
+            started_at=now,
+            stage_started_at=now,
+            salt=version_id,
+            algorithm=ALGORITHM_VERSION,
+        )
+        moved = change.move(record, S.ROLLING_OUT, now, reason=strategy.describe(), activated_at=now)
+        change.put(moved, rollout=rollout)
+        change.serving_changed = True
+        change.event(
+            "rollout.started",
+            version_id=version_id,
+            stable_version_id=stable,
+            strategy=strategy.kind,
+            percentage=first_share / 100,
+            from_state=S.STAGED.value,
+            to_state=S.ROLLING_OUT.value,
+        )
+    evict(change, max_history)
+    change.result = version_id
+    return change
+
+
+def _first_share(strategy: Any) -> int | None:
+    if isinstance(strategy, Canary):
+        return percent_to_bp(strategy.stages[0])
+    if isinstance(strategy, ABTest):
+        return BASIS_POINTS - round(strategy.split_ratio * BASIS_POINTS)
+    return None
+
+
+def _make_active(change: Change, record: VersionRecord, now: float, *, reason: str) -> None:
+    """``record`` takes all traffic; the previous active version is superseded."""
+    state = change.state
+    previous = state.versions.get(state.active) if state.active else None
+    moved = [change.move(record, S.ACTIVE, now, reason=reason, activated_at=record.activated_at or now)]
+    if previous is not None and previous.version_id != record.version_id:
+        moved.append(
+            change.move(
+                previous,
+                S.SUPERSEDED,
+                now,
+                reason=f"replaced by {record.version_id}",
+                finished_at=now,
+            )
+        )
+    lineage = tuple(v for v in state.lineage if v != record.version_id) + (record.version_id,)
+    change.put(*moved, active=record.version_id, rollout=None, lineage=lineage)
+    change.serving_changed = True
+    change.event(
+        "deployment.activated",
+        version_id=record.version_id,
+        previous_version_id=previous.version_id if previous else None,
+        strategy=record.strategy.kind,
+        from_state=record.state.value,
+        to_state=S.ACTIVE.value,
+        reason=reason,
+    )
+
+
+def _abort_rollout(change: Change, now: float, reason: str) -> None:
+    rollout = change.state.rollout
+    assert rollout is not None
+    candidate = change.state.versions[rollout.candidate]
+    rolling_back = change.move(candidate, S.ROLLING_BACK, now, reason=reason)
+    rolled_back = change.move(rolling_back, S.ROLLED_BACK, now, reason=reason, finished_at=now, failure_reason=reason)
+    change.put(rolled_back, rollout=None)
+    change.serving_changed = True
+    change.rolled_back = candidate.version_id
+    change.event(
+        "rollback.completed",
+        version_id=candidate.version_id,
+        serving_version_id=change.state.active,
+        strategy=candidate.strategy.kind,
+        from_state=candidate.state.value,
+        to_state=S.ROLLED_BACK.value,
+        reason=reason,
+    )
+
+
+def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None, max_history: int = 10) -> Change:
+    """Move the canary to its next stage if the current one has lasted its duration.
+
+    ``healthy`` is the candidate's verdict: False holds the stage; the caller decides whether None
+    (no verdict yet) may advance. ``change.result`` is True when the canary moved.
+    """
+    rollout = _rollout_of_kind(state, "canary", "advance")
+    record = state.versions[rollout.candidate]
+    strategy = record.strategy
+    assert isinstance(strategy, Canary)
+    change = Change(state, "advance", actor, result=False)
+    if now - rollout.stage_started_at < strategy.stage_duration_secs or healthy is False:
+        return change
+    next_index = rollout.stage_index + 1
+    share = percent_to_bp(strategy.stages[next_index])
+    change.result = True
+    if share >= BASIS_POINTS:
+        _make_active(change, record, now, reason=f"canary completed after {len(strategy.stages)} stages")
+        evict(change, max_history)
+        return change
+    change.put(rollout=replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now))
+    change.serving_changed = True
+    change.event(
+        "rollout.advanced",
+        version_id=record.version_id,
+        strategy=strategy.kind,
+        stage=next_index + 1,
+        stages=len(strategy.stages),
+        from_percentage=rollout.share_bp / 100,
+        percentage=share / 100,
+    )
+    return change
+
+
+def promote(state: ControlState, now: float, actor: str, *, max_history: int = 10) -> Change:
+    """Finish the canary now: the candidate takes all traffic."""
+    rollout = _rollout_of_kind(state, "canary", "promote")
+    change = Change(state, "promote", actor)
+    _make_active(change, state.versions[rollout.candidate], now, reason=f"promoted by {actor}")
+    evict(change, max_history)
+    change.result = rollout.candidate
+    return change
+
+
+def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_history: int = 10) -> Change:
+    """End an A/B test: ``winner`` (A, the stable version, or B, the candidate) serves all traffic."""
+    rollout = _rollout_of_kind(state, "ab-test", "conclude")
+    if winner not in (rollout.stable, rollout.candidate):
+        _get(state, winner)  # unknown ids say "Version not found"
+        raise InvalidTransitionError(
+            f"{winner!r} is not in the A/B test; the winner is {rollout.stable!r} (A) or {rollout.candidate!r} (B)"
+        )
+    change = Change(state, "conclude", actor, result=winner)
+    if winner == rollout.candidate:
+        _make_active(change, state.versions[winner], now, reason=f"won the A/B test against {rollout.stable}")
+    else:
+        _abort_rollout(change, now, f"lost the A/B test to {rollout.stable}")
+    change.event(
+        "experiment.concluded",
+        version_id=rollout.candidate,
+        winner=winner,
+        stable_version_id=rollout.stable,
+    )
+    evict(change, max_history)
+    return change
+
+
+def end_experiment(state: ControlState, now: float, actor: str) -> Change | None:
+    """Mark an A/B test whose duration has passed as ended (the split stays until it is concluded)."""
+    rollout = state.rollout
+    if rollout is None or rollout.kind != "ab-test" or rollout.ended_at is not None:
+        return None
+    strategy = state.versions[rollout.candidate].strategy
+    assert isinstance(strategy, ABTest)
+    if now - rollout.started_at < strategy.test_duration_secs:
+        return None
+    change = Change(state, "end-experiment", actor)
+    change.put(rollout=replace(rollout, ended_at=now))
+    change.event(
+        "experiment.ended",
+        version_id=rollout.candidate,
+        stable_version_id=rollout.stable,
+        duration_secs=now - rollout.started_at,
+    )
+    return change
+
+
+def rollback(state: ControlState, now: float, actor: str, *, reason: str, automatic: bool = False) -> Change:
+    """Return all traffic to the stable version (during a rollout) or to the previous active one."""
+    change = Change(state, "rollback", actor)
+    kind = "automatic" if automatic else "manual"
+    if state.rollout is not None:
+        _abort_rollout(change, now, reason)
+        change.result = state.rollout.stable
+        change.events[-1][1]["trigger"] = kind
+        return change
+    if state.active is None:
+        raise NoPreviousVersionError("no version is active")
+    target_id = state.rollback_target
+    if target_id is None or target_id not in state.versions:
+        raise NoPreviousVersionError(f"{state.active!r} is the only version in the history")
+    current = state.versions[state.active]
+    target = state.versions[target_id]
+    rolling_back = change.move(current, S.ROLLING_BACK, now, reason=reason)
+    rolled_back = change.move(rolling_back, S.ROLLED_BACK, now, reason=reason, finished_at=now, failure_reason=reason)
+    restored = change.move(target, S.ACTIVE, now, reason=f"rollback from {current.version_id}", finished_at=None)
+    change.put(rolled_back, restored, active=target_id, lineage=state.lineage[:-1])
+    change.serving_changed = True
+    change.rolled_back = current.version_id
+    change.event(
+        "rollback.completed",
+        version_id=current.version_id,
+        serving_version_id=target_id,
+        strategy=current.strategy.kind,
+        from_state=current.state.value,
+        to_state=S.ROLLED_BACK.value,
+        reason=reason,
+        trigger=kind,
+    )
+    change.result = target_id
+    return change
+
+
+def scheduled_due(state: ControlState, now: float) -> list[VersionRecord]:
+    """STAGED scheduled versions whose time has come, earliest first."""
+    due = [
+        r
+        for r in state.versions.values()
+        if r.state is S.STAGED and isinstance(r.strategy, Scheduled) and r.strategy.activation_time <= now
+    ]
+    return sorted(due, key=lambda r: (r.strategy.activation_time, r.seq))  # type: ignore[union-attr]
+
+
+def _rollout_of_kind(state: ControlState, kind: str, action: str) -> Rollout:
+    rollout = state.rollout
+    if rollout is None:
+        raise InvalidTransitionError(f"cannot {action}: no rollout is in progress")
+    if rollout.kind != kind:
+        hint = "use conclude_experiment(winner)" if rollout.kind == "ab-test" else "use advance_rollout() or promote()"
+        raise InvalidTransitionError(f"cannot {action}: {rollout.candidate!r} is in a {rollout.kind}; {hint}")
+    return rollout
+
+
+def protected(state: ControlState) -> set[str]:
+    """Versions history never evicts: what serves, what is rolling out, the rollback target, pending schedules."""
+    keep = {v for v in (state.active, state.rollback_target) if v}
+    if state.rollout is not None:
+        keep |= {state.rollout.candidate, state.rollout.stable}
+    keep |= {r.version_id for r in state.versions.values() if r.state is S.STAGED and isinstance(r.strategy, Scheduled)}
+    return keep
+
+
+def evict(change: Change, max_history: int, keep: str | None = None) -> None:
+    """Drop the oldest unprotected versions until at most ``max_history`` remain."""
+    state = change.state
+    excess = len(state.versions) - max_history
+    if excess <= 0:
+        return
+    keep_ids = protected(state) | ({keep} if keep else set())
+    victims = [v for v in state.versions if v not in keep_ids][:excess]
+    if not victims:
+        return
+    for victim in victims:
+        record = state.versions[victim]
+        change.audit.append(
+            AuditEntry(
+                at=change.audit[-1].at if change.audit else record.updated_at,
+                action="evict",
+                version_id=victim,
+                from_state=record.state.value,
+                to_state="evicted",
+                actor=change.actor,
+                reason=f"history is limited to {max_history} versions",
+                strategy=record.strategy.kind,
+            )
+        )
+        change.event("history.evicted", version_id=victim, state=record.state.value, max_history=max_history)
+    versions = state.with_versions(drop=tuple(victims))
+    lineage = tuple(v for v in state.lineage if v not in victims)
+    change.state = replace(state, versions=MappingProxyType(versions), lineage=lineage)
+    change.evicted = change.evicted + tuple(victims)
+
+
+def strategy_kinds() -> Iterable[str]:
+    """The strategy names, for messages and the CLI."""
+    return (BlueGreen.kind, Canary.kind, ABTest.kind, Scheduled.kind)

@@ -1,0 +1,97 @@
+"""RuleEngine: the evaluator's entry point. Route, evaluate, count; never raise for a broken rule.
+
+``evaluate(event, key=...)`` reads the manager's serving snapshot once, routes the request by its key
+(consistent hashing: the same key keeps its version for the whole rollout), evaluates it on the
+routed table and counts the outcome for that version's health, all without a lock.
+
+When a rule fails on an event (a run-time type mismatch, for example), the failure is counted
+against the version that failed, and the event is answered by the stable version if the failure was
+on a candidate; if the stable version itself fails, the answer is the bundle's ``on_error`` decision
+with ``Decision.error`` set. Before any version is active, the answer is a ``skip`` decision with
+``error`` set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from time import perf_counter_ns
+from typing import TYPE_CHECKING, Any
+
+import mmh3
+
+from rule_engine.routing import compute_request_hash
+from rule_engine.table import Decision
+
+if TYPE_CHECKING:
+    from rule_engine.manager import DeploymentManager
+
+__all__ = ["NO_VERSION", "RuleEngine"]
+
+NO_VERSION = Decision(decision="skip", error="no rule version is active")
+_MASK64 = (1 << 64) - 1
+
+
+class RuleEngine:
+    """Evaluates events on whatever version a :class:`DeploymentManager` serves for their key.
+
+    The routing key is ``key`` when given, else the event's ``key_field`` (``user_id`` by default).
+    A request with no key is served by the stable version: a canary only ever sees identifiable,
+    sticky traffic.
+    """
+
+    __slots__ = ("_manager", "key_field")
+
+    def __init__(self, manager: DeploymentManager, *, key_field: str = "user_id") -> None:
+        self._manager = manager
+        self.key_field = key_field
+
+    @property
+    def manager(self) -> DeploymentManager:
+        """The manager whose versions this engine serves."""
+        return self._manager
+
+    def evaluate(self, event: Mapping[str, Any], key: Any = None) -> Decision:
+        """Decide ``event`` on the version its routing key is assigned to. Never raises for bad rules."""
+        snapshot = self._manager._snapshot
+        table = snapshot.stable
+        if table is None:
+            return NO_VERSION
+        recorder = snapshot.stable_recorder
+        candidate = snapshot.candidate
+        if candidate is not None:
+            if key is None:
+                try:
+                    key = event.get(self.key_field)
+                except AttributeError:
+                    key = None
+            if key is not None:
+                request_hash = mmh3.hash(key, 0, False) if type(key) is str else compute_request_hash(key)
+                if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+                    table = candidate
+                    recorder = snapshot.candidate_recorder
+        start = perf_counter_ns()
+        try:
+            decision = table.evaluate(event)
+        except Exception as exc:
+            if recorder is not None:
+                recorder.record_error(perf_counter_ns() - start)
+            if table is candidate and snapshot.stable is not None:
+                return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
+            return table.error_decision(f"{type(exc).__name__}: {exc}")
+        if recorder is not None:
+            recorder.record(decision, perf_counter_ns() - start)
+        return decision
+
+    @staticmethod
+    def _on_stable(table: Any, recorder: Any, event: Mapping[str, Any]) -> Decision:
+        start = perf_counter_ns()
+        try:
+            decision: Decision = table.evaluate(event)
+        except Exception as exc:
+            if recorder is not None:
+                recorder.record_error(perf_counter_ns() - start)
+            error: Decision = table.error_decision(f"{type(exc).__name__}: {exc}")
+            return error
+        if recorder is not None:
+            recorder.record(decision, perf_counter_ns() - start)
+        return decision

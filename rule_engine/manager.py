@@ -1,0 +1,984 @@
+"""DeploymentManager: stage bundles, move traffic between versions, roll back, keep history.
+
+Two planes. Readers (:meth:`DeploymentManager.get_active_table`, :meth:`~DeploymentManager.route_and_get_table`,
+:class:`~rule_engine.RuleEngine`) read one immutable :class:`ServingSnapshot` with one attribute
+access and never lock. Writers (prepare, activate, advance, promote, rollback, conclude, tick) are
+serialized by one lock and follow one order: plan the change from the stored state (validating
+everything, raising before anything changes), run before-swap hooks, commit it to the store against
+the revision it was planned from, publish the new snapshot in one assignment, emit the log events,
+and, once the lock is released, run after-swap and on-rollback hooks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from rule_engine import control
+from rule_engine.bundle import RuleBundle, canonical_json, load_bundle, parse_bundle
+from rule_engine.bundle_tests import run_bundle_tests
+from rule_engine.clock import Clock, SystemClock, iso
+from rule_engine.control import Change
+from rule_engine.errors import (
+    ConflictError,
+    InvalidTransitionError,
+    RuleEngineError,
+    StoreError,
+    VersionNotFoundError,
+)
+from rule_engine.health import (
+    HealthCounts,
+    HealthMetrics,
+    HealthThresholds,
+    Verdict,
+    VersionRecorder,
+    judge,
+)
+from rule_engine.hooks import DeploymentEvent, Hook, HookPoint, Hooks
+from rule_engine.records import AuditEntry, ControlState, VersionRecord
+from rule_engine.report import ExperimentReport, build_experiment_report
+from rule_engine.routing import Salt, compute_request_hash
+from rule_engine.snapshot import EMPTY_SNAPSHOT, ServingSnapshot
+from rule_engine.states import DeploymentState
+from rule_engine.stores.base import StateStore, open_store, store_url_from_env
+from rule_engine.stores.memory import MemoryStore
+from rule_engine.strategies import BlueGreen, Canary, Strategy
+from rule_engine.table import RuleTable
+
+__all__ = ["DeploymentInfo", "DeploymentManager", "RolloutStatus", "TickReport", "VersionId"]
+
+VersionId = str
+_MASK64 = (1 << 64) - 1
+_log = structlog.get_logger("rule_engine")
+S = DeploymentState
+BundleSource = RuleBundle | Mapping[str, Any] | str | bytes | os.PathLike[str]
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    """Everything known about one version."""
+
+    version_id: VersionId
+    bundle_id: str
+    bundle_version: str
+    digest: str
+    deployed_by: str
+    strategy: Strategy
+    state: DeploymentState
+    current_percentage: float
+    failure_reason: str | None
+    created_at: float
+    updated_at: float
+    activated_at: float | None
+    finished_at: float | None
+    health_metrics: HealthMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "version_id": self.version_id,
+            "bundle_id": self.bundle_id,
+            "bundle_version": self.bundle_version,
+            "digest": self.digest,
+            "deployed_by": self.deployed_by,
+            "strategy": self.strategy.to_dict(),
+            "state": self.state.value,
+            "current_percentage": self.current_percentage,
+            "failure_reason": self.failure_reason,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "activated_at": iso(self.activated_at),
+            "finished_at": iso(self.finished_at),
+            "health": self.health_metrics.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    """A rollout or A/B test in progress, and why it is (or is not) moving."""
+
+    version_id: VersionId
+    stable_version_id: VersionId
+    strategy: str
+    state: DeploymentState
+    percentage: float
+    stage: int
+    stages: tuple[float, ...]
+    stage_started_at: float
+    next_step_at: float | None
+    ended_at: float | None
+    verdict: Verdict
+    holding: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "version_id": self.version_id,
+            "stable_version_id": self.stable_version_id,
+            "strategy": self.strategy,
+            "state": self.state.value,
+            "percentage": self.percentage,
+            "stage": self.stage,
+            "stages": list(self.stages),
+            "stage_started_at": iso(self.stage_started_at),
+            "next_step_at": iso(self.next_step_at),
+            "ended_at": iso(self.ended_at),
+            "healthy": self.verdict.healthy,
+            "health_reason": self.verdict.reason,
+            "holding": self.holding,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one :meth:`DeploymentManager.tick` did, and what it held back and why."""
+
+    actions: tuple[str, ...]
+    holding: tuple[str, ...]
+
+
+class DeploymentManager:
+    """Prepares versions, rolls them out by strategy, watches health, rolls back, keeps history.
+
+    A plain ``DeploymentManager()`` keeps its state in memory. :meth:`open` keeps it in a store
+    (SQLite) shared by processes, and follows changes other processes commit.
+    """
+
+    def __init__(
+        self,
+        max_history: int = 10,
+        thresholds: HealthThresholds | None = None,
+        auto_rollback: bool = False,
+        *,
+        store: StateStore | None = None,
+        clock: Clock | None = None,
+        evaluation_deadline_us: float = 50_000.0,
+        max_commit_retries: int = 20,
+    ) -> None:
+        if max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {max_history}")
+        self.max_history = max_history
+        self.thresholds = thresholds if thresholds is not None else HealthThresholds()
+        self.auto_rollback = auto_rollback
+        self.evaluation_deadline_us = evaluation_deadline_us
+        self._store: StateStore = store if store is not None else MemoryStore()
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._max_retries = max_commit_retries
+        self._lock = threading.RLock()
+        self._hooks = Hooks()
+        self._snapshot: ServingSnapshot = EMPTY_SNAPSHOT
+        self._state = ControlState()
+        self._tables: dict[str, RuleTable] = {}
+        self._compiled: dict[str, RuleTable] = {}  # digest -> table without version id
+        self._recorders: dict[str, VersionRecorder] = {}
+        self._salts: dict[str, Salt] = {}
+        self._verdicts: dict[str, Verdict] = {}
+        self._last_check: dict[str, float] = {}
+        self._threads: list[_Loop] = []
+        self._stale_reason: str | None = None
+        self._refresh()
+
+    # --- construction and lifetime ----------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None = None,
+        *,
+        follow: bool = True,
+        poll_interval: float = 0.02,
+        **kwargs: Any,
+    ) -> DeploymentManager:
+        """A manager on the store at ``url`` (else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
+
+        With ``follow`` (the default) a background thread picks up changes committed by other
+        processes within ``poll_interval`` and flushes this process's health counters.
+        """
+        store = open_store(store_url_from_env(url))
+        try:
+            manager = cls(store=store, **kwargs)
+        except BaseException:
+            store.close()
+            raise
+        if follow:
+            manager.start_following(poll_interval=poll_interval)
+        return manager
+
+    def close(self) -> None:
+        """Stop background threads, flush health counters and close the store."""
+        for loop in list(self._threads):
+            loop.stop()
+        self._threads.clear()
+        with self._lock:
+            try:
+                self._flush_health(self._clock.now())
+            except StoreError:
+                pass
+            self._store.close()
+
+    def __enter__(self) -> DeploymentManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def store(self) -> StateStore:
+        """The state store."""
+        return self._store
+
+    # --- data plane: lock-free reads of one snapshot ------------------------------------------------
+
+    def get_active_table(self) -> RuleTable | None:
+        """The stable table (serving all traffic outside a rollout); None before any activation."""
+        return self._snapshot.stable
+
+    def route_and_get_table(self, request_hash: int) -> RuleTable | None:
+        """The table serving a request with this hash (see :func:`compute_request_hash`)."""
+        snapshot = self._snapshot
+        candidate = snapshot.candidate
+        if candidate is not None and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+            return candidate
+        return snapshot.stable
+
+    def route(self, key: str) -> RuleTable | None:
+        """The table serving a request with routing key ``key`` (hashed once)."""
+        snapshot = self._snapshot
+        candidate = snapshot.candidate
+        if candidate is not None:
+            request_hash = compute_request_hash(key)
+            if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+                return candidate
+        return snapshot.stable
+
+    @staticmethod
+    def compute_request_hash(*parts: object) -> int:
+        """The request hash of a routing key (see :func:`rule_engine.compute_request_hash`)."""
+        return compute_request_hash(*parts)
+
+    @property
+    def snapshot(self) -> ServingSnapshot:
+        """What serves now (immutable)."""
+        return self._snapshot
+
+    def get_active_version_id(self) -> VersionId | None:
+        """The id of the stable version, or None before any activation."""
+        table = self._snapshot.stable
+        return table.version_id if table is not None else None
+
+    # --- control plane: operations ------------------------------------------------------------------
+
+    def prepare_deployment(
+        self, bundle: BundleSource, strategy: Strategy | None = None, deployed_by: str = "unknown"
+    ) -> VersionId:
+        """Validate a bundle, run its tests, compile it, and stage it as a new version.
+
+        ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served
+        changes. Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no
+        trace when the bundle is not fit to serve.
+        """
+        validated = _coerce_bundle(bundle)
+        chosen = strategy if strategy is not None else BlueGreen()
+        if not isinstance(chosen, BlueGreen | Canary) and type(chosen).__name__ not in (
+            "ABTest",
+            "Scheduled",
+        ):
+            raise TypeError(f"strategy must be BlueGreen, Canary, ABTest or Scheduled, got {chosen!r}")
+        base = self._base_table(validated)
+        run_bundle_tests(validated, base)
+        bundle_json = canonical_json(validated)
+        actor = deployed_by or "unknown"
+
+        def plan(state: ControlState, now: float) -> Change:
+            seq = state.next_seq
+            version_id = f"{validated.bundle_id}@{validated.version}+{validated.digest[:8]}.{seq}"
+            record = VersionRecord(
+                version_id=version_id,
+                seq=seq,
+                bundle_id=validated.bundle_id,
+                bundle_version=validated.version,
+                digest=validated.digest,
+                deployed_by=actor,
+                strategy=chosen,
+                state=S.STAGED,
+                created_at=now,
+                updated_at=now,
+            )
+            return control.prepare(state, record, bundle_json, now, self.max_history)
+
+        change = self._apply(plan, "prepare", actor)
+        version_id: str = change.result
+        with self._lock:
+            self._tables.setdefault(version_id, base.restamped(version_id))
+        return version_id
+
+    def activate_deployment(self, version_id: VersionId, *, actor: str = "unknown", supersede: bool = False) -> None:
+        """Start serving a staged version by its strategy.
+
+        Refused while a rollout or A/B test is in progress (:class:`RolloutInProgressError`) unless
+        ``supersede=True``, which rolls the one in progress back first (as Argo Rollouts aborts an
+        update superseded by a newer one). A scheduled version refuses before its time.
+        """
+        self._apply(
+            lambda state, now: control.activate(
+                state, version_id, now, actor, supersede=supersede, max_history=self.max_history
+            ),
+            "activate",
+            actor,
+            version_id,
+        )
+
+    def advance_rollout(self, *, actor: str = "unknown") -> bool:
+        """Move the canary to its next stage if the current one has lasted ``stage_duration_secs``.
+
+        Returns False (and changes nothing) when the stage is not yet due, or the candidate is
+        unhealthy. A candidate with no verdict yet may be advanced by this explicit call (``tick()``
+        waits for a healthy verdict). Reaching 100% completes the rollout.
+        """
+        healthy = self._candidate_verdict().healthy
+        change = self._apply(
+            lambda state, now: control.advance(state, now, actor, healthy=healthy, max_history=self.max_history),
+            "advance",
+            actor,
+        )
+        return bool(change.result)
+
+    def promote(self, *, actor: str = "unknown") -> VersionId:
+        """Finish the canary now: the candidate takes all traffic. Returns it."""
+        change = self._apply(
+            lambda state, now: control.promote(state, now, actor, max_history=self.max_history),
+            "promote",
+            actor,
+        )
+        return str(change.result)
+
+    def conclude_experiment(self, winner_version_id: VersionId, *, actor: str = "unknown") -> VersionId:
+        """End the A/B test: ``winner_version_id`` (A or B) serves all traffic. Returns it."""
+        change = self._apply(
+            lambda state, now: control.conclude(state, winner_version_id, now, actor, max_history=self.max_history),
+            "conclude",
+            actor,
+            winner_version_id,
+        )
+        return str(change.result)
+
+    def rollback(self, *, actor: str = "unknown", reason: str = "manual rollback") -> VersionId:
+        """Return traffic to the stable version (during a rollout) or the previous version.
+
+        Returns the version now serving. Raises :class:`NoPreviousVersionError` when there is none.
+        """
+        change = self._apply(lambda state, now: control.rollback(state, now, actor, reason=reason), "rollback", actor)
+        return str(change.result)
+
+    # --- health ---------------------------------------------------------------------------------------
+
+    def update_health_metrics(
+        self,
+        version_id: VersionId,
+        evaluations: int,
+        errors: int = 0,
+        timeouts: int = 0,
+        avg_latency_us: float = 0.0,
+    ) -> bool | None:
+        """Add figures an evaluator measured itself. The figures are **deltas** since its last report.
+
+        Judges the version at once; with ``auto_rollback`` an unhealthy candidate (or newly active
+        version) is rolled back before this returns. Returns the verdict (True / False / None).
+        """
+        for name, value in (
+            ("evaluations", evaluations),
+            ("errors", errors),
+            ("timeouts", timeouts),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if errors > evaluations or timeouts > evaluations:
+            raise ValueError("errors and timeouts cannot exceed evaluations")
+        if not math.isfinite(avg_latency_us) or avg_latency_us < 0:
+            raise ValueError(f"avg_latency_us must be a finite number >= 0, got {avg_latency_us!r}")
+        with self._lock:
+            self._require_version(version_id)
+            now = self._clock.now()
+            delta = HealthCounts(evaluations, errors, timeouts, avg_latency_us * evaluations)
+            self._store.add_health(version_id, self._bucket(now), delta)
+        self._judge_and_act(now_hint=None)
+        return self.get_health_status(version_id)
+
+    def get_health_status(self, version_id: VersionId) -> bool | None:
+        """The verdict on a version over the recent window: True, False, or None (no verdict yet)."""
+        return self.health_verdict(version_id).healthy
+
+    def health_verdict(self, version_id: VersionId) -> Verdict:
+        """The verdict on a version with its reason."""
+        with self._lock:
+            self._require_version(version_id)
+            now = self._clock.now()
+            self._flush_health(now)
+            return self._verdict_of(version_id, now)
+
+    def get_experiment_report(self) -> ExperimentReport:
+        """Per-variant figures of the A/B test in progress, with a significance test on error rates."""
+        with self._lock:
+            now = self._clock.now()
+            self._flush_health(now)
+            rollout = self._state.rollout
+            if rollout is None or rollout.kind != "ab-test":
+                raise InvalidTransitionError("no A/B test is in progress")
+            counts = self._store.health([rollout.stable, rollout.candidate], since=self._bucket(rollout.started_at))
+            return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
+
+    # --- the controller ---------------------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        """Do all time-driven work once: scheduled activations, A/B test ends, health, canary stages.
+
+        Safe to call from several processes at once: each step is planned from the stored state and
+        committed against its revision, so it happens exactly once.
+        """
+        actions: list[str] = []
+        holding: list[str] = []
+        for record in control.scheduled_due(self._state, self._clock.now()):
+            if self._state.rollout is not None:
+                in_progress = self._state.rollout.candidate
+                holding.append(f"{record.version_id}: scheduled, waiting for the rollout of {in_progress}")
+                continue
+            change = self._apply(self._plan_scheduled(record.version_id), "activate", "controller", record.version_id)
+            if change.audit:
+                actions.append(f"activated scheduled {record.version_id}")
+        change = self._apply(_plan_end_experiment, "end-experiment", "controller")
+        if change.events:
+            actions.append("ended A/B test")
+        actions.extend(self._judge_and_act(now_hint=None))
+        rollout = self._state.rollout
+        if rollout is not None and rollout.kind == "canary":
+            if self._candidate_verdict().healthy is True:
+                change = self._apply(self._plan_advance(rollout.candidate), "advance", "controller")
+                if change.result:
+                    actions.append(f"advanced {rollout.candidate}")
+            status = self.get_rollout_status()
+            if status is not None and status.holding:
+                holding.append(f"{rollout.candidate}: {status.holding}")
+        return TickReport(tuple(actions), tuple(holding))
+
+    def _plan_scheduled(self, version_id: str) -> Callable[[ControlState, float], Change]:
+        def plan(state: ControlState, now: float) -> Change:
+            if not _still_due(state, version_id, now):  # another process activated it first
+                return Change(state, "noop", "controller")
+            return control.activate(state, version_id, now, "controller", max_history=self.max_history)
+
+        return plan
+
+    def _plan_advance(self, candidate: str) -> Callable[[ControlState, float], Change]:
+        def plan(state: ControlState, now: float) -> Change:
+            if state.rollout is None or state.rollout.candidate != candidate:
+                return Change(state, "noop", "controller")
+            return control.advance(state, now, "controller", healthy=True, max_history=self.max_history)
+
+        return plan
+
+    def start_controller(self, interval: float = 1.0) -> _Loop:
+        """Run :meth:`tick` every ``interval`` seconds on one background thread until stopped.
+
+        Returns a handle with ``stop()``; also a context manager (``with manager.start_controller():``).
+        """
+        loop = _Loop("rule-engine-controller", interval, self._controller_step)
+        self._threads.append(loop)
+        loop.start()
+        return loop
+
+    def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> _Loop:
+        """Pick up changes other processes commit to the store, and flush health counters, in the background."""
+        state = {"last_flush": self._clock.now()}
+
+        def step() -> None:
+            self._follow_once()
+            now = self._clock.now()
+            if now - state["last_flush"] >= flush_interval:
+                state["last_flush"] = now
+                with self._lock:
+                    self._flush_health(now)
+
+        loop = _Loop("rule-engine-follower", poll_interval, step)
+        self._threads.append(loop)
+        loop.start()
+        return loop
+
+    @property
+    def stale(self) -> str | None:
+        """Why this manager may be serving an old state (the store is unavailable), or None."""
+        return self._stale_reason
+
+    def refresh(self) -> bool:
+        """Load the stored state now if another process changed it; True when something changed."""
+        return self._follow_once()
+
+    # --- reads ----------------------------------------------------------------------------------------
+
+    def get_deployment_info(self, version_id: VersionId) -> DeploymentInfo | None:
+        """Everything about a version, or None if it is unknown (or evicted from history)."""
+        with self._lock:
+            record = self._state.versions.get(version_id)
+            if record is None:
+                return None
+            now = self._clock.now()
+            self._flush_health(now)
+            lifetime = self._store.health([version_id])[version_id]
+            window = self._window_counts([version_id], now)[version_id]
+            verdict = self._verdict_of(version_id, now)
+            metrics = HealthMetrics.of(lifetime, window, verdict, self._last_check.get(version_id))
+            return _info(record, self._state, metrics)
+
+    def get_deployment_history(self) -> list[VersionId]:
+        """The versions kept in history, oldest first (at most ``max_history``, plus protected ones)."""
+        return list(self._state.versions)
+
+    def get_rollout_status(self) -> RolloutStatus | None:
+        """The rollout or A/B test in progress, and why it holds; None when there is none."""
+        with self._lock:
+            rollout = self._state.rollout
+            if rollout is None:
+                return None
+            now = self._clock.now()
+            self._flush_health(now)
+            record = self._state.versions[rollout.candidate]
+            strategy = record.strategy
+            verdict = self._candidate_verdict(now)
+            stages: tuple[float, ...] = ()
+            next_at: float | None = None
+            holding: str | None = None
+            if isinstance(strategy, Canary):
+                stages = strategy.stages
+                next_at = rollout.stage_started_at + strategy.stage_duration_secs
+                if verdict.healthy is False:
+                    holding = f"unhealthy: {verdict.reason}" + ("" if self.auto_rollback else "; waiting for a person")
+                elif verdict.healthy is None:
+                    holding = verdict.reason
+                elif now < next_at:
+                    holding = f"stage lasts until {iso(next_at)}"
+            else:
+                duration = getattr(strategy, "test_duration_secs", 0.0)
+                next_at = rollout.started_at + duration
+                if rollout.ended_at is not None:
+                    holding = "test ended; waiting for conclude_experiment(winner)"
+                elif verdict.healthy is False:
+                    holding = f"unhealthy: {verdict.reason}"
+            return RolloutStatus(
+                version_id=rollout.candidate,
+                stable_version_id=rollout.stable,
+                strategy=strategy.kind,
+                state=record.state,
+                percentage=rollout.share_bp / 100,
+                stage=rollout.stage_index + 1,
+                stages=stages,
+                stage_started_at=rollout.stage_started_at,
+                next_step_at=next_at,
+                ended_at=rollout.ended_at,
+                verdict=verdict,
+                holding=holding,
+            )
+
+    def audit_log(self, version_id: VersionId | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """The audit trail (every transition: who, when, from/to state, why), oldest first."""
+        return self._store.audit_log(version_id, limit)
+
+    def bundle_of(self, version_id: VersionId) -> RuleBundle:
+        """The bundle a retained version was prepared from."""
+        with self._lock:
+            self._require_version(version_id)
+            table = self._tables.get(version_id)
+            if table is not None:
+                return table.bundle
+            text = self._store.bundle_json(version_id)
+            if text is None:
+                raise VersionNotFoundError(version_id)
+            return parse_bundle(text)
+
+    def subscribe(self, point: HookPoint | str, hook: Hook) -> Callable[[], None]:
+        """Call ``hook`` at ``point`` (before_swap, after_swap, on_error, on_rollback); returns an unsubscriber."""
+        return self._hooks.subscribe(point, hook)
+
+    # --- internals --------------------------------------------------------------------------------------
+
+    def _apply(
+        self,
+        plan: Callable[[ControlState, float], Change],
+        action: str,
+        actor: str,
+        version_id: str | None = None,
+    ) -> Change:
+        """Plan, commit (retrying on conflicts with other processes), publish, log; then after-hooks."""
+        try:
+            with self._lock:
+                for attempt in range(self._max_retries):
+                    state = self._store.load()
+                    if state.revision != self._state.revision:
+                        self._publish(state)
+                    now = self._clock.now()
+                    change = plan(state, now)
+                    if change.state is state:
+                        return change
+                    before = _serving(self._snapshot)
+                    if change.serving_changed:
+                        self._hooks.run(
+                            HookPoint.BEFORE_SWAP,
+                            self._event(change, before, _serving_of(change.state)),
+                        )
+                    try:
+                        committed = self._store.commit(
+                            state.revision,
+                            change.state,
+                            bundles=change.bundles,
+                            audit=change.audit,
+                            evicted=change.evicted,
+                        )
+                    except ConflictError:
+                        if attempt + 1 == self._max_retries:
+                            raise
+                        continue
+                    change.state = committed
+                    self._flush_evicted(change.evicted, now)
+                    self._publish(committed)
+                    for name, fields in change.events:
+                        _log.info(name, **fields)
+                    break
+        except RuleEngineError as exc:
+            self._hooks.run(
+                HookPoint.ON_ERROR,
+                DeploymentEvent(
+                    action,
+                    version_id,
+                    actor,
+                    _serving(self._snapshot),
+                    _serving(self._snapshot),
+                    str(exc),
+                    exc,
+                ),
+            )
+            raise
+        after = _serving(self._snapshot)
+        if change.serving_changed:
+            self._hooks.run(HookPoint.AFTER_SWAP, self._event(change, before, after))
+        if change.rolled_back is not None:
+            event = self._event(change, before, after)
+            self._hooks.run(HookPoint.ON_ROLLBACK, event)
+        return change
+
+    def _event(
+        self,
+        change: Change,
+        before: tuple[str | None, str | None, float],
+        after: tuple[str | None, str | None, float],
+    ) -> DeploymentEvent:
+        version_id = change.audit[0].version_id if change.audit else None
+        reason = change.audit[-1].reason if change.audit else ""
+        automatic = any(fields.get("trigger") == "automatic" for _, fields in change.events)
+        return DeploymentEvent(change.action, version_id, change.actor, before, after, reason, None, automatic)
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._publish(self._store.load())
+
+    def _follow_once(self) -> bool:
+        try:
+            revision = self._store.revision()
+            if revision == self._state.revision:
+                if self._stale_reason is not None:
+                    _log.info("follower.recovered", revision=revision)
+                    self._stale_reason = None
+                return False
+            with self._lock:
+                state = self._store.load()
+                if state.revision == self._state.revision:
+                    return False
+                self._publish(state)
+        except (RuleEngineError, OSError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if self._stale_reason is None:
+                _log.warning("follower.stale", error=reason, revision=self._state.revision)
+            self._stale_reason = reason
+            return False
+        if self._stale_reason is not None:
+            _log.info("follower.recovered", revision=self._state.revision)
+        self._stale_reason = None
+        _log.debug("follower.updated", revision=self._state.revision, active_version_id=self._state.active)
+        return True
+
+    def _publish(self, state: ControlState) -> None:
+        """Build the snapshot for ``state`` and swap it in with one assignment."""
+        stable = self._table_for(state.active) if state.active else None
+        rollout = state.rollout
+        candidate = self._table_for(rollout.candidate) if rollout is not None else None
+        salt = self._salt(rollout.salt) if rollout is not None else None
+        snapshot = ServingSnapshot.build(
+            stable,
+            candidate,
+            salt,
+            rollout.share_bp if rollout is not None else 0,
+            stable_recorder=self._recorder(state.active) if state.active else None,
+            candidate_recorder=self._recorder(rollout.candidate) if rollout is not None else None,
+            revision=state.revision,
+        )
+        self._snapshot = snapshot
+        self._state = state
+        for version_id in [v for v in self._tables if v not in state.versions]:
+            del self._tables[version_id]
+        for version_id in [v for v in self._recorders if v not in state.versions]:
+            del self._recorders[version_id]
+        self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
+
+    def _table_for(self, version_id: str) -> RuleTable:
+        table = self._tables.get(version_id)
+        if table is None:
+            text = self._store.bundle_json(version_id)
+            if text is None:
+                raise StoreError(f"the store holds no bundle for {version_id!r}")
+            bundle = parse_bundle(text)
+            table = self._base_table(bundle).restamped(version_id)
+            self._tables[version_id] = table
+        return table
+
+    def _base_table(self, bundle: RuleBundle) -> RuleTable:
+        table = self._compiled.get(bundle.digest)
+        if table is None:
+            table = RuleTable.from_bundle(bundle)
+            if len(self._compiled) >= max(self.max_history, 4) * 2:
+                self._compiled.pop(next(iter(self._compiled)))
+            self._compiled[bundle.digest] = table
+        return table
+
+    def _salt(self, text: str) -> Salt:
+        salt = self._salts.get(text)
+        if salt is None:
+            salt = self._salts[text] = Salt.from_text(text)
+        return salt
+
+    def _recorder(self, version_id: str) -> VersionRecorder:
+        recorder = self._recorders.get(version_id)
+        if recorder is None:
+            recorder = self._recorders[version_id] = VersionRecorder(version_id, self.evaluation_deadline_us)
+        return recorder
+
+    def _require_version(self, version_id: str) -> VersionRecord:
+        record = self._state.versions.get(version_id)
+        if record is None:
+            raise VersionNotFoundError(version_id, list(self._state.versions)[-5:])
+        return record
+
+    def _bucket(self, now: float) -> float:
+        size = self.thresholds.bucket_secs
+        return math.floor(now / size) * size
+
+    def _flush_health(self, now: float) -> None:
+        bucket = self._bucket(now)
+        for version_id, recorder in list(self._recorders.items()):
+            delta = recorder.drain()
+            if delta:
+                self._store.add_health(version_id, bucket, delta)
+
+    def _flush_evicted(self, evicted: tuple[str, ...], now: float) -> None:
+        for version_id in evicted:
+            recorder = self._recorders.get(version_id)
+            if recorder is not None:
+                delta = recorder.drain()
+                if delta:
+                    self._store.add_health(version_id, self._bucket(now), delta)
+
+    def _window_counts(self, version_ids: list[str], now: float) -> dict[str, HealthCounts]:
+        since = self._bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)
+        return self._store.health(version_ids, since=since)
+
+    def _verdict_of(self, version_id: str, now: float) -> Verdict:
+        rollout = self._state.rollout
+        baseline_id = rollout.stable if rollout is not None and rollout.candidate == version_id else None
+        ids = [version_id] + ([baseline_id] if baseline_id else [])
+        counts = self._window_counts(ids, now)
+        verdict = judge(counts[version_id], self.thresholds, counts[baseline_id] if baseline_id else None)
+        self._last_check[version_id] = now
+        previous = self._verdicts.get(version_id)
+        self._verdicts[version_id] = verdict
+        if verdict.healthy is False and (previous is None or previous.healthy is not False):
+            _log.warning(
+                "health.unhealthy",
+                version_id=version_id,
+                reason=verdict.reason,
+                auto_rollback=self.auto_rollback,
+            )
+        return verdict
+
+    def _candidate_verdict(self, now: float | None = None) -> Verdict:
+        with self._lock:
+            rollout = self._state.rollout
+            if rollout is None:
+                return Verdict(None, "no rollout in progress")
+            now = self._clock.now() if now is None else now
+            self._flush_health(now)
+            return self._verdict_of(rollout.candidate, now)
+
+    def _judge_and_act(self, now_hint: float | None) -> list[str]:
+        """Judge the candidate and a newly active version; roll back the unhealthy when automatic."""
+        actions: list[str] = []
+        with self._lock:
+            now = self._clock.now()
+            self._flush_health(now)
+            state = self._state
+            suspects: list[tuple[str, str]] = []
+            if state.rollout is not None:
+                suspects.append(("candidate", state.rollout.candidate))
+            elif state.active is not None and state.rollback_target is not None:
+                record = state.versions[state.active]
+                if record.activated_at is not None and now - record.activated_at <= self.thresholds.bake_secs:
+                    suspects.append(("active", state.active))
+            verdicts = [(role, vid, self._verdict_of(vid, now)) for role, vid in suspects]
+        for role, version_id, verdict in verdicts:
+            if verdict.healthy is not False or not self.auto_rollback:
+                continue
+            reason = verdict.reason
+
+            def plan(
+                state: ControlState,
+                now: float,
+                vid: str = version_id,
+                role: str = role,
+                why: str = reason,
+            ) -> Change:
+                still = (
+                    (state.rollout is not None and state.rollout.candidate == vid)
+                    if role == "candidate"
+                    else (state.rollout is None and state.active == vid and state.rollback_target is not None)
+                )
+                if not still:
+                    return Change(state, "noop", "controller")
+                return control.rollback(state, now, "controller", reason=why, automatic=True)
+
+            change = self._apply(plan, "rollback", "controller", version_id)
+            if change.audit:
+                _log.warning(
+                    "rollback.automatic",
+                    version_id=version_id,
+                    reason=reason,
+                    serving_version_id=change.result,
+                )
+                actions.append(f"rolled back {version_id}: {reason}")
+        return actions
+
+    def _controller_step(self) -> None:
+        try:
+            self.tick()
+        except Exception as exc:
+            _log.error("controller.tick_failed", error=f"{type(exc).__name__}: {exc}")
+
+
+def _plan_end_experiment(state: ControlState, now: float) -> Change:
+    return control.end_experiment(state, now, "controller") or Change(state, "noop", "controller")
+
+
+def _still_due(state: ControlState, version_id: str, now: float) -> bool:
+    return state.rollout is None and any(r.version_id == version_id for r in control.scheduled_due(state, now))
+
+
+def _serving(snapshot: ServingSnapshot) -> tuple[str | None, str | None, float]:
+    stable = snapshot.stable.version_id if snapshot.stable is not None else None
+    candidate = snapshot.candidate.version_id if snapshot.candidate is not None else None
+    return stable, candidate, snapshot.share_bp / 100 if candidate else 0.0
+
+
+def _serving_of(state: ControlState) -> tuple[str | None, str | None, float]:
+    rollout = state.rollout
+    if rollout is None:
+        return state.active, None, 0.0
+    return state.active, rollout.candidate, rollout.share_bp / 100
+
+
+def _info(record: VersionRecord, state: ControlState, metrics: HealthMetrics) -> DeploymentInfo:
+    rollout = state.rollout
+    if rollout is not None and record.version_id == rollout.candidate:
+        percentage = rollout.share_bp / 100
+    elif rollout is not None and record.version_id == rollout.stable:
+        percentage = 100 - rollout.share_bp / 100
+    elif record.version_id == state.active:
+        percentage = 100.0
+    else:
+        percentage = 0.0
+    return DeploymentInfo(
+        version_id=record.version_id,
+        bundle_id=record.bundle_id,
+        bundle_version=record.bundle_version,
+        digest=record.digest,
+        deployed_by=record.deployed_by,
+        strategy=record.strategy,
+        state=record.state,
+        current_percentage=percentage,
+        failure_reason=record.failure_reason,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        activated_at=record.activated_at,
+        finished_at=record.finished_at,
+        health_metrics=metrics,
+    )
+
+
+def _coerce_bundle(bundle: BundleSource) -> RuleBundle:
+    if isinstance(bundle, RuleBundle):
+        return bundle
+    if isinstance(bundle, Mapping):
+        return parse_bundle(json.dumps(bundle, allow_nan=True))
+    if isinstance(bundle, bytes):
+        return parse_bundle(bundle)
+    if isinstance(bundle, str) and bundle.lstrip().startswith("{"):
+        return parse_bundle(bundle)
+    if isinstance(bundle, str | os.PathLike):
+        return load_bundle(Path(bundle))
+    raise TypeError(f"expected a RuleBundle, a mapping, JSON text or a path, got {type(bundle).__name__}")
+
+
+class _Loop:
+    """A stoppable background thread calling ``step`` every ``interval`` seconds."""
+
+    def __init__(self, name: str, interval: float, step: Callable[[], None]) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        self.interval = interval
+        self._step = step
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception as exc:
+                _log.error(
+                    "background.step_failed",
+                    thread=self._thread.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            self._stop.wait(self.interval)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread and wait for it (at most ``timeout`` seconds)."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is alive."""
+        return self._thread.is_alive()
+
+    def __enter__(self) -> _Loop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,229 @@
+"""The control plane's state as immutable values, and their JSON form for stores.
+
+:class:`ControlState` is everything a manager needs to rebuild what serves: the versions (without
+their bundle text, which stores keep apart), the active version, the rollout in progress, and the
+lineage of formerly active versions that rollback walks back through. Operations never mutate it:
+they derive a new one (``dataclasses.replace``) and the store commits it against the revision it
+was derived from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Literal
+
+from rule_engine.clock import iso
+from rule_engine.states import DeploymentState
+from rule_engine.strategies import Strategy, strategy_from_dict
+
+__all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One prepared version: identity, strategy, state and timestamps."""
+
+    version_id: str
+    seq: int
+    bundle_id: str
+    bundle_version: str
+    digest: str
+    deployed_by: str
+    strategy: Strategy
+    state: DeploymentState
+    created_at: float
+    updated_at: float
+    activated_at: float | None = None
+    finished_at: float | None = None
+    failure_reason: str | None = None
+
+    def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
+        """This record in ``state`` at ``now``."""
+        return replace(self, state=state, updated_at=now, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "version_id": self.version_id,
+            "seq": self.seq,
+            "bundle_id": self.bundle_id,
+            "bundle_version": self.bundle_version,
+            "digest": self.digest,
+            "deployed_by": self.deployed_by,
+            "strategy": self.strategy.to_dict(),
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "activated_at": self.activated_at,
+            "finished_at": self.finished_at,
+            "failure_reason": self.failure_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VersionRecord:
+        """Rebuild from :meth:`to_dict`."""
+        return cls(
+            version_id=data["version_id"],
+            seq=int(data["seq"]),
+            bundle_id=data["bundle_id"],
+            bundle_version=data["bundle_version"],
+            digest=data["digest"],
+            deployed_by=data["deployed_by"],
+            strategy=strategy_from_dict(dict(data["strategy"])),
+            state=DeploymentState(data["state"]),
+            created_at=float(data["created_at"]),
+            updated_at=float(data["updated_at"]),
+            activated_at=data.get("activated_at"),
+            finished_at=data.get("finished_at"),
+            failure_reason=data.get("failure_reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A canary or A/B test in progress: who is candidate, against which stable, at what share."""
+
+    kind: Literal["canary", "ab-test"]
+    candidate: str
+    stable: str
+    share_bp: int
+    stage_index: int
+    started_at: float
+    stage_started_at: float
+    salt: str
+    algorithm: int = 1
+    ended_at: float | None = None  # an A/B test whose duration has passed, awaiting its winner
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "kind": self.kind,
+            "candidate": self.candidate,
+            "stable": self.stable,
+            "share_bp": self.share_bp,
+            "stage_index": self.stage_index,
+            "started_at": self.started_at,
+            "stage_started_at": self.stage_started_at,
+            "salt": self.salt,
+            "algorithm": self.algorithm,
+            "ended_at": self.ended_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
+        """Rebuild from :meth:`to_dict`."""
+        kind = data["kind"]
+        if kind not in ("canary", "ab-test"):
+            raise ValueError(f"unknown rollout kind {kind!r}")
+        return cls(
+            kind=kind,
+            candidate=data["candidate"],
+            stable=data["stable"],
+            share_bp=int(data["share_bp"]),
+            stage_index=int(data["stage_index"]),
+            started_at=float(data["started_at"]),
+            stage_started_at=float(data["stage_started_at"]),
+            salt=data["salt"],
+            algorithm=int(data.get("algorithm", 1)),
+            ended_at=data.get("ended_at"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlState:
+    """The whole deployment state at one revision."""
+
+    revision: int = 0
+    next_seq: int = 1
+    versions: Mapping[str, VersionRecord] = field(default_factory=lambda: MappingProxyType({}))
+    active: str | None = None
+    rollout: Rollout | None = None
+    lineage: tuple[str, ...] = ()  # formerly active versions, oldest first; the last is `active`
+
+    def with_versions(self, *records: VersionRecord, drop: tuple[str, ...] = ()) -> dict[str, VersionRecord]:
+        """The versions mapping with ``records`` put in and ``drop`` taken out (seq order kept)."""
+        versions = {k: v for k, v in self.versions.items() if k not in drop}
+        for record in records:
+            versions[record.version_id] = record
+        return dict(sorted(versions.items(), key=lambda item: item[1].seq))
+
+    @property
+    def rollback_target(self) -> str | None:
+        """The version a rollback of the active version returns to (None if there is none)."""
+        return self.lineage[-2] if len(self.lineage) >= 2 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (without bundles)."""
+        return {
+            "schema": SCHEMA_VERSION,
+            "revision": self.revision,
+            "next_seq": self.next_seq,
+            "versions": [v.to_dict() for v in self.versions.values()],
+            "active": self.active,
+            "rollout": self.rollout.to_dict() if self.rollout else None,
+            "lineage": list(self.lineage),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ControlState:
+        """Rebuild from :meth:`to_dict`."""
+        if data.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"unsupported state schema {data.get('schema')!r} (expected {SCHEMA_VERSION})")
+        versions = [VersionRecord.from_dict(v) for v in data["versions"]]
+        return cls(
+            revision=int(data["revision"]),
+            next_seq=int(data["next_seq"]),
+            versions=MappingProxyType({v.version_id: v for v in sorted(versions, key=lambda v: v.seq)}),
+            active=data.get("active"),
+            rollout=Rollout.from_dict(data["rollout"]) if data.get("rollout") else None,
+            lineage=tuple(data.get("lineage", ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One transition in the append-only audit trail."""
+
+    at: float
+    action: str
+    version_id: str
+    from_state: str | None
+    to_state: str
+    actor: str
+    reason: str = ""
+    strategy: str | None = None
+    seq: int | None = None  # assigned by the store
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "time": iso(self.at),
+            "action": self.action,
+            "version_id": self.version_id,
+            "from_state": self.from_state,
+            "to_state": self.to_state,
+            "actor": self.actor,
+            "reason": self.reason,
+            "strategy": self.strategy,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
+        """Rebuild from :meth:`to_dict`."""
+        return cls(
+            at=float(data["at"]),
+            action=data["action"],
+            version_id=data["version_id"],
+            from_state=data.get("from_state"),
+            to_state=data["to_state"],
+            actor=data["actor"],
+            reason=data.get("reason", ""),
+            strategy=data.get("strategy"),
+            seq=data.get("seq"),
+        )

@@ -1,0 +1,94 @@
+"""The in-memory store: the default of a plain ``DeploymentManager()``; state dies with the process."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from rule_engine.errors import ConflictError
+from rule_engine.health import HealthCounts, sum_counts
+from rule_engine.records import AuditEntry, ControlState
+from rule_engine.stores.base import StateStore
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore(StateStore):
+    """Keeps everything in this process's memory; thread-safe."""
+
+    def __init__(self) -> None:
+        self.url = "memory://"
+        self._lock = threading.Lock()
+        self._state = ControlState()
+        self._bundles: dict[str, str] = {}
+        self._audit: list[AuditEntry] = []
+        self._buckets: dict[tuple[str, float], HealthCounts] = {}
+        self._lifetime: dict[str, HealthCounts] = {}
+
+    def load(self) -> ControlState:
+        """The current state."""
+        return self._state
+
+    def revision(self) -> int:
+        """The current revision."""
+        return self._state.revision
+
+    def commit(
+        self,
+        expected_revision: int,
+        state: ControlState,
+        *,
+        bundles: dict[str, str] | None = None,
+        audit: Sequence[AuditEntry] = (),
+        evicted: Sequence[str] = (),
+    ) -> ControlState:
+        """Write the state if nobody else did since ``expected_revision``."""
+        with self._lock:
+            if self._state.revision != expected_revision:
+                raise ConflictError(
+                    f"state changed concurrently: expected revision {expected_revision}, found {self._state.revision}"
+                )
+            committed = replace(state, revision=expected_revision + 1)
+            self._bundles.update(bundles or {})
+            for version_id in evicted:
+                self._bundles.pop(version_id, None)
+            start = len(self._audit)
+            self._audit.extend(replace(entry, seq=start + i + 1) for i, entry in enumerate(audit))
+            self._state = committed
+            return committed
+
+    def bundle_json(self, version_id: str) -> str | None:
+        """The bundle JSON of a retained version."""
+        return self._bundles.get(version_id)
+
+    def audit_log(self, version_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
+        """Audit entries, oldest first."""
+        with self._lock:
+            entries = [e for e in self._audit if version_id is None or e.version_id == version_id]
+        return entries[-limit:] if limit else entries
+
+    def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
+        """Add a delta to a bucket and to the lifetime totals."""
+        with self._lock:
+            key = (version_id, bucket_start)
+            self._buckets[key] = self._buckets.get(key, HealthCounts()) + delta
+            self._lifetime[version_id] = self._lifetime.get(version_id, HealthCounts()) + delta
+
+    def health(self, version_ids: Sequence[str], since: float | None = None) -> dict[str, HealthCounts]:
+        """Counters per version over buckets from ``since`` (lifetime totals when None)."""
+        with self._lock:
+            if since is None:
+                return {v: self._lifetime.get(v, HealthCounts()) for v in version_ids}
+            wanted = set(version_ids)
+            parts: dict[str, list[HealthCounts]] = {v: [] for v in version_ids}
+            for (version_id, start), counts in self._buckets.items():
+                if version_id in wanted and start >= since:
+                    parts[version_id].append(counts)
+        return {v: sum_counts(p) for v, p in parts.items()}
+
+    def prune_health(self, before: float) -> None:
+        """Drop buckets older than ``before``."""
+        with self._lock:
+            for key in [k for k in self._buckets if k[1] < before]:
+                del self._buckets[key]

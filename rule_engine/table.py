@@ -1,0 +1,357 @@
+"""The compiled, immutable rule table that evaluators query in their hot path.
+
+:meth:`RuleTable.from_bundle` does every piece of work that does not depend on the event once:
+conditions become callables, rules are sorted by priority and indexed by (agent, flow) with
+wildcards merged in, and every possible :class:`Decision` is built in advance. Evaluating an event
+is then two dictionary lookups and a loop over the applicable rules' matchers.
+
+A table never changes after it is built and holds no locks, so any number of threads may share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from rule_engine.bundle import Outcome, Rule, RuleBundle
+from rule_engine.compiler import Matcher, compile_condition
+from rule_engine.errors import RuleEvaluationError
+
+__all__ = ["CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
+
+_ANY = None  # index key of "every agent" / "every flow"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer for one event.
+
+    ``rule_id`` is None when no rule matched (the bundle's default decision). ``error`` is set when
+    the event could not be evaluated; ``decision`` then holds the bundle's ``on_error`` decision.
+    ``version_id`` names the deployed version that answered (None for a table built outside a
+    :class:`~rule_engine.DeploymentManager`).
+    """
+
+    decision: str
+    rule_id: str | None = None
+    reason: str | None = None
+    params: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    version_id: str | None = None
+    error: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        """Whether this is the error decision given because evaluation failed."""
+        return self.error is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view of the decision."""
+        return {
+            "decision": self.decision,
+            "rule_id": self.rule_id,
+            "reason": self.reason,
+            "params": thaw_json(self.params),
+            "version_id": self.version_id,
+            "error": self.error,
+        }
+
+    __hash__ = object.__hash__  # identity: decisions are prebuilt, counted by identity
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class RuleQuery:
+    """Which rules apply to an agent and a flow (None matches only rules that name no agent/flow)."""
+
+    agent: str | None = None
+    flow: str | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledRule:
+    """A rule ready to run: its source, its matcher and the decision it gives."""
+
+    id: str
+    priority: int
+    position: int
+    rule: Rule
+    match: Matcher
+    decision: Decision
+
+
+class RuleTable:
+    """An immutable, indexed, compiled rule table built from one bundle."""
+
+    __slots__ = (
+        "_default",
+        "_error_outcome",
+        "_index",
+        "_rules",
+        "_rules_by_id",
+        "_steps",
+        "bundle",
+        "digest",
+        "version_id",
+    )
+
+    bundle: RuleBundle
+    digest: str
+    version_id: str | None
+    _rules: tuple[CompiledRule, ...]
+    _rules_by_id: Mapping[str, CompiledRule]
+    _index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]]
+    _steps: dict[str | None, dict[str | None, tuple[tuple[Matcher, Decision], ...]]]
+    _default: Decision
+    _error_outcome: Outcome
+
+    def __init__(self, bundle: RuleBundle, *, version_id: str | None = None) -> None:
+        """Compile ``bundle``; prefer :meth:`from_bundle`."""
+        set_ = object.__setattr__
+        set_(self, "bundle", bundle)
+        set_(self, "digest", bundle.digest)
+        set_(self, "version_id", version_id)
+        compiled = tuple(
+            CompiledRule(
+                id=rule.id,
+                priority=rule.priority,
+                position=position,
+                rule=rule,
+                match=compile_condition(rule.when, rule.id),
+                decision=_decision(rule.then, rule.id, version_id),
+            )
+            for position, rule in enumerate(bundle.rules)
+        )
+        ordered = tuple(sorted(compiled, key=_order))
+        index = _build_index(ordered)
+        set_(self, "_rules", ordered)
+        set_(self, "_rules_by_id", MappingProxyType({r.id: r for r in ordered}))
+        set_(self, "_index", index)
+        set_(self, "_steps", _steps_of(index))
+        set_(self, "_default", _decision(bundle.default_outcome, None, version_id))
+        set_(self, "_error_outcome", bundle.error_outcome)
+
+    @classmethod
+    def from_bundle(cls, bundle: RuleBundle, *, version_id: str | None = None) -> RuleTable:
+        """Compile a validated bundle into a table (tagging every decision with ``version_id``)."""
+        return cls(bundle, version_id=version_id)
+
+    def restamped(self, version_id: str | None) -> RuleTable:
+        """The same table with decisions tagged ``version_id``, reusing the compiled matchers."""
+        table = object.__new__(RuleTable)
+        set_ = object.__setattr__
+        by_id = {
+            r.id: CompiledRule(
+                r.id,
+                r.priority,
+                r.position,
+                r.rule,
+                r.match,
+                _decision(r.rule.then, r.id, version_id),
+            )
+            for r in self._rules
+        }
+        index = {
+            agent: {flow: tuple(by_id[r.id] for r in rules) for flow, rules in flows.items()}
+            for agent, flows in self._index.items()
+        }
+        set_(table, "bundle", self.bundle)
+        set_(table, "digest", self.digest)
+        set_(table, "version_id", version_id)
+        set_(table, "_rules", tuple(by_id[r.id] for r in self._rules))
+        set_(table, "_rules_by_id", MappingProxyType(by_id))
+        set_(table, "_index", index)
+        set_(table, "_steps", _steps_of(index))
+        set_(table, "_default", _decision(self.bundle.default_outcome, None, version_id))
+        set_(table, "_error_outcome", self._error_outcome)
+        return table
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"RuleTable is immutable; cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"RuleTable is immutable; cannot delete {name!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"<RuleTable {self.bundle.bundle_id}@{self.bundle.version} rules={len(self._rules)} "
+            f"version_id={self.version_id!r}>"
+        )
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    @property
+    def rules(self) -> tuple[CompiledRule, ...]:
+        """Every rule, in the order they are tried (priority high to low, then file order)."""
+        return self._rules
+
+    def rule(self, rule_id: str) -> CompiledRule:
+        """The rule with that id (KeyError if none)."""
+        return self._rules_by_id[rule_id]
+
+    @property
+    def default_decision(self) -> Decision:
+        """The decision given when no rule matches."""
+        return self._default
+
+    def query(self, query: RuleQuery) -> tuple[CompiledRule, ...]:
+        """The rules that apply to the query's agent and flow, in the order they are tried."""
+        by_flow = self._index.get(query.agent) or self._index[_ANY]
+        return by_flow.get(query.flow) or by_flow[_ANY]
+
+    def evaluate(self, event: Mapping[str, Any]) -> Decision:
+        """Decide one event: the first applicable rule that matches, else the default.
+
+        Raises :class:`RuleEvaluationError` when a rule cannot be evaluated on this event (a value
+        of the wrong type, for example). :class:`rule_engine.RuleEngine` turns that into an error
+        decision and counts it; call this directly only where you handle it yourself.
+        """
+        try:
+            by_flow = self._steps.get(event.get("agent_id")) or self._steps[_ANY]
+            steps = by_flow.get(event.get("flow_id")) or by_flow[_ANY]
+        except TypeError:  # an unhashable agent_id or flow_id: no rule names it
+            steps = self._unhashable_steps(event)
+        decision = self._default
+        try:
+            for match, decision in steps:
+                if match(event):
+                    return decision
+        except RuleEvaluationError:
+            raise
+        except Exception as exc:  # a user-supplied event can make any comparison fail
+            raise RuleEvaluationError(decision.rule_id or "?", "?", f"{type(exc).__name__}: {exc}") from exc
+        return self._default
+
+    def error_decision(self, error: str) -> Decision:
+        """The bundle's ``on_error`` decision, marked with ``error``."""
+        outcome = self._error_outcome
+        return Decision(
+            decision=outcome.decision,
+            rule_id=None,
+            reason=outcome.reason,
+            params=freeze_json(outcome.params or {}),
+            version_id=self.version_id,
+            error=error,
+        )
+
+    def explain(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Each applicable rule in order with what it did on ``event``: matched, no match or error."""
+        agent, flow = event.get("agent_id"), event.get("flow_id")
+        try:
+            candidates = self.query(RuleQuery(agent, flow))
+        except TypeError:
+            candidates = self.query(RuleQuery())
+        trace: list[tuple[str, str]] = []
+        for rule in candidates:
+            try:
+                matched = rule.match(event)
+            except Exception as exc:
+                trace.append((rule.id, f"error: {exc}"))
+                break
+            trace.append((rule.id, "matched" if matched else "no match"))
+            if matched:
+                break
+        return trace
+
+    def _unhashable_steps(self, event: Mapping[str, Any]) -> Any:
+        by_flow = self._steps[_ANY]
+        flow = event.get("flow_id")
+        try:
+            return by_flow.get(flow) or by_flow[_ANY]
+        except TypeError:
+            return by_flow[_ANY]
+
+
+def _decision(outcome: Outcome, rule_id: str | None, version_id: str | None) -> Decision:
+    return Decision(
+        decision=outcome.decision,
+        rule_id=rule_id,
+        reason=outcome.reason,
+        params=freeze_json(outcome.params) if outcome.params else _EMPTY,
+        version_id=version_id,
+    )
+
+
+def _build_index(
+    ordered: tuple[CompiledRule, ...],
+) -> dict[str | None, dict[str | None, tuple[CompiledRule, ...]]]:
+    """agent -> flow -> applicable rules, with rules naming no agent/flow merged into every cell.
+
+    Key ``None`` holds the rules for an agent (flow) that no rule names, so a lookup is one
+    ``get`` per level with a fallback. Rules are grouped once by what they name, then each cell
+    merges its (already ordered) groups; order within a cell is the global priority order.
+    """
+    specific: dict[str, dict[str, list[CompiledRule]]] = {}
+    agent_only: dict[str, list[CompiledRule]] = {}
+    flow_only: dict[str, list[CompiledRule]] = {}
+    everywhere: list[CompiledRule] = []
+    for r in ordered:
+        agents, flows = r.rule.agents, r.rule.flows
+        if agents is None and flows is None:
+            everywhere.append(r)
+        elif agents is None:
+            for flow in dict.fromkeys(flows or ()):
+                flow_only.setdefault(flow, []).append(r)
+        elif flows is None:
+            for agent in dict.fromkeys(agents):
+                agent_only.setdefault(agent, []).append(r)
+        else:
+            for agent in dict.fromkeys(agents):
+                cells = specific.setdefault(agent, {})
+                for flow in dict.fromkeys(flows):
+                    cells.setdefault(flow, []).append(r)
+
+    def merged(*groups: list[CompiledRule]) -> tuple[CompiledRule, ...]:
+        present = [g for g in groups if g]
+        if len(present) == 1:
+            return tuple(present[0])
+        return tuple(sorted((r for g in present for r in g), key=_order))
+
+    index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]] = {}
+    agent_names: list[str | None] = [*(specific.keys() | agent_only.keys()), _ANY]
+    for name in agent_names:
+        own = specific.get(name, {}) if name is not None else {}
+        broad = agent_only.get(name, []) if name is not None else []
+        row: dict[str | None, tuple[CompiledRule, ...]] = {
+            flow: merged(own.get(flow, []), broad, flow_only.get(flow, []), everywhere)
+            for flow in own.keys() | flow_only.keys()
+        }
+        row[_ANY] = merged(broad, everywhere)
+        index[name] = row
+    return index
+
+
+def _steps_of(
+    index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]],
+) -> dict[str | None, dict[str | None, tuple[tuple[Matcher, Decision], ...]]]:
+    """The hot loop's view of the index: (matcher, decision) pairs per cell."""
+    return {
+        agent: {flow: tuple((r.match, r.decision) for r in rules) for flow, rules in flows.items()}
+        for agent, flows in index.items()
+    }
+
+
+def _order(rule: CompiledRule) -> tuple[int, int]:
+    return (-rule.priority, rule.position)
+
+
+def freeze_json(value: Any) -> Any:
+    """A read-only deep copy of a JSON value (objects become mapping proxies, lists tuples)."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: freeze_json(v) for k, v in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(freeze_json(v) for v in value)
+    return value
+
+
+def thaw_json(value: Any) -> Any:
+    """The plain JSON form (dicts and lists) of a value made by :func:`freeze_json`."""
+    if isinstance(value, Mapping):
+        return {k: thaw_json(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thaw_json(v) for v in value]
+    return value
