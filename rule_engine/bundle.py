@@ -315,14 +315,68 @@ def parse_bundle(data: str | bytes | bytearray, *, limits: BundleLimits = DEFAUL
     try:
         bundle = RuleBundle._validate_raw_json(raw)
     except ValidationError as exc:
-        raise BundleValidationError(_problems_from(exc)) from None
+        problems = _problems_from(exc)
+        if not any(p.message.startswith("invalid JSON") for p in problems):
+            problems.extend(_duplicate_key_problems(raw))
+        raise BundleValidationError(problems) from None
     except RecursionError:
-        raise BundleValidationError([Problem("$", f"nesting deeper than the limit of {limits.max_depth}")]) from None
+        raise BundleValidationError([Problem("$", f"nesting depth exceeds the limit of {limits.max_depth}")]) from None
+    problems = _duplicate_key_problems(raw)
     if limits != DEFAULT_LIMITS:
-        problems = list(_semantic_problems(bundle, limits))
-        if problems:
-            raise BundleValidationError(problems)
+        problems.extend(_semantic_problems(bundle, limits))
+    if problems:
+        raise BundleValidationError(problems)
     return bundle
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> None:
+    if len(pairs) > 1 and len(pairs) != len(dict(pairs)):
+        raise _DuplicateKey
+
+
+def _duplicate_key_problems(raw: bytes) -> list[Problem]:
+    """Report the first key repeated within one object (the JSON parser would keep the last silently).
+
+    One extra ``json.loads`` pass whose hook builds nothing, which costs less than a plain
+    ``json.loads``; only when it finds a repeat is the document parsed again to name the place.
+    """
+    try:
+        json.loads(raw, object_pairs_hook=_reject_duplicates)
+    except _DuplicateKey:
+        pass
+    except (ValueError, RecursionError):  # pydantic's parser accepted it; nothing to add here
+        return []
+    else:
+        return []
+    found = _first_duplicate(json.loads(raw, object_pairs_hook=list), [])
+    if found is None:  # pragma: no cover - the first pass found one
+        return []
+    loc, key = found
+    return [Problem(_render_loc(loc, "duplicate_key"), f"duplicate key {key!r}: an object may not contain a key twice")]
+
+
+def _first_duplicate(value: Any, loc: list[int | str]) -> tuple[list[int | str], str] | None:
+    """Where the first repeated key is, in document order (objects parsed as lists of pairs)."""
+    if not isinstance(value, list):
+        return None
+    is_object = bool(value) and type(value[0]) is tuple  # arrays parse to lists, never tuples
+    seen: set[str] = set()
+    for index, item in enumerate(value):
+        if is_object:
+            key, item = item
+            if key in seen:
+                return [*loc, key], key
+            seen.add(key)
+            found = _first_duplicate(item, [*loc, key])
+        else:
+            found = _first_duplicate(item, [*loc, index])
+        if found is not None:
+            return found
+    return None
 
 
 def _prechecked_bytes(data: str | bytes | bytearray, limits: BundleLimits) -> bytes:
@@ -363,7 +417,8 @@ def _prechecked_bytes(data: str | bytes | bytearray, limits: BundleLimits) -> by
 
 def _semantic_problems(bundle: RuleBundle, limits: BundleLimits) -> Iterator[Problem]:
     if len(bundle.rules) > limits.max_rules:
-        yield Problem("rules", f"{len(bundle.rules):,} rules, over the limit of {limits.max_rules:,}")
+        yield Problem("rules", f"{len(bundle.rules)} rules, over the limit of {limits.max_rules}")
+    yield from _string_problems(bundle.description, "description", limits)
     seen: dict[str, int] = {}
     for index, rule in enumerate(bundle.rules):
         where = f"rules[{index}]"
@@ -371,6 +426,7 @@ def _semantic_problems(bundle: RuleBundle, limits: BundleLimits) -> Iterator[Pro
             yield Problem(f"{where}.id", f"duplicate rule id {rule.id!r} (first at rules[{seen[rule.id]}])")
         else:
             seen[rule.id] = index
+        yield from _string_problems(rule.description, f"{where}.description", limits)
         if rule.when is not None:
             yield from _condition_problems(rule.when, f"{where}.when", 1, limits)
         yield from _outcome_problems(rule.then, f"{where}.then", limits)
@@ -395,58 +451,62 @@ def _semantic_problems(bundle: RuleBundle, limits: BundleLimits) -> Iterator[Pro
 
 def _condition_problems(cond: Any, where: str, depth: int, limits: BundleLimits) -> Iterator[Problem]:
     if depth > limits.max_depth:
-        yield Problem(where, f"conditions nested deeper than the limit of {limits.max_depth}")
+        yield Problem(where, f"condition nesting depth exceeds the limit of {limits.max_depth}")
         return
     if isinstance(cond, AllCondition | AnyCondition):
         key = "all" if isinstance(cond, AllCondition) else "any"
         if len(cond.conditions) > limits.max_list:
-            yield Problem(f"{where}.{key}", f"{len(cond.conditions):,} conditions, over {limits.max_list:,}")
+            yield Problem(
+                f"{where}.{key}", f"list of {len(cond.conditions)} conditions, over the limit of {limits.max_list}"
+            )
         for i, child in enumerate(cond.conditions):
             yield from _condition_problems(child, f"{where}.{key}[{i}]", depth + 1, limits)
     elif isinstance(cond, NotCondition):
         yield from _condition_problems(cond.condition, f"{where}.not", depth + 1, limits)
     elif isinstance(cond, Leaf):
         if len(cond.field) > limits.max_string:
-            yield Problem(f"{where}.field", f"field path longer than {limits.max_string} characters")
+            yield Problem(f"{where}.field", f"field path longer than the limit of {limits.max_string} characters")
         if cond.op == "matches" and isinstance(cond.value, str) and len(cond.value) > limits.max_regex:
             yield Problem(
                 f"{where}.value",
-                f"regular expression is {len(cond.value):,} characters, over the limit of {limits.max_regex:,}",
+                f"regular expression of {len(cond.value)} characters, over the limit of {limits.max_regex}",
             )
         elif isinstance(cond.value, list) and len(cond.value) > limits.max_list:
             yield Problem(
                 f"{where}.value",
-                f"list of {len(cond.value):,} items, over the limit of {limits.max_list:,}",
+                f"list of {len(cond.value)} items, over the limit of {limits.max_list}",
             )
         else:
             yield from _json_value_problems(cond.value, f"{where}.value", limits, depth)
 
 
 def _outcome_problems(outcome: Outcome, where: str, limits: BundleLimits) -> Iterator[Problem]:
-    if outcome.reason is not None and len(outcome.reason) > limits.max_string:
-        yield Problem(f"{where}.reason", f"string longer than {limits.max_string:,} characters")
+    yield from _string_problems(outcome.reason, f"{where}.reason", limits)
     if outcome.params is not None:
         yield from _json_value_problems(outcome.params, f"{where}.params", limits, 1)
 
 
+def _string_problems(text: str | None, where: str, limits: BundleLimits) -> Iterator[Problem]:
+    if text is not None and len(text) > limits.max_string:
+        yield Problem(where, f"string of {len(text)} characters, over the limit of {limits.max_string}")
+
+
 def _json_value_problems(value: Any, where: str, limits: BundleLimits, depth: int) -> Iterator[Problem]:
     if depth > limits.max_depth:
-        yield Problem(where, f"nested deeper than the limit of {limits.max_depth}")
+        yield Problem(where, f"nesting depth exceeds the limit of {limits.max_depth}")
     elif isinstance(value, float):
         if not math.isfinite(value):
             yield Problem(where, f"number {value!r} is not finite (NaN and Infinity are not JSON)")
     elif isinstance(value, str):
-        if len(value) > limits.max_string:
-            yield Problem(
-                where,
-                f"string of {len(value):,} characters, over the limit of {limits.max_string:,}",
-            )
+        yield from _string_problems(value, where, limits)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _json_value_problems(item, f"{where}.{key}", limits, depth + 1)
+            if len(key) > limits.max_string:
+                yield Problem(where, f"key of {len(key)} characters, over the limit of {limits.max_string}")
+            yield from _json_value_problems(item, _key_path(where, key), limits, depth + 1)
     elif isinstance(value, list):
         if len(value) > limits.max_list:
-            yield Problem(where, f"list of {len(value):,} items, over the limit of {limits.max_list:,}")
+            yield Problem(where, f"list of {len(value)} items, over the limit of {limits.max_list}")
             return
         for i, item in enumerate(value):
             yield from _json_value_problems(item, f"{where}[{i}]", limits, depth + 1)
@@ -492,6 +552,8 @@ def _value_problem(op: str, value: Any, has_value: bool) -> str | None:
     if op in ("in", "not_in"):
         if kind != "list":
             return _shape(op, "a list", value)
+        if not value:
+            return f"operator {op!r} needs a non-empty list: an empty list would never (or always) match"
         kinds = {kind_of(item) for item in value}
         if not kinds <= {"string", "number", "bool"}:
             return f"operator {op!r} needs a list of strings, numbers or bools, got items of kind {', '.join(sorted(kinds))}"
@@ -550,13 +612,15 @@ def _render_loc(loc: list[int | str], error_type: str) -> str:
         loc = loc[:-1]
     text = ""
     for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif _is_identifier(part):
-            text += f".{part}" if text else part
-        else:
-            text += f"[{json.dumps(part)}]"
+        text = f"{text}[{part}]" if isinstance(part, int) else _key_path(text, part)
     return text or "$"
+
+
+def _key_path(where: str, key: str) -> str:
+    """``where.key``, or ``where["key"]`` when the key is not a plain name (``key`` alone at the root)."""
+    if _is_identifier(key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{json.dumps(key)}]"
 
 
 def _is_identifier(part: str) -> bool:
@@ -574,15 +638,22 @@ def _message(error: Any, loc: list[int | str]) -> str:
                 "or a leaf's 'field', 'op' and 'value'"
             )
         return f"unknown key {key!r}{_suggest(key, _KNOWN_KEYS)}"
-    if kind == "too_short":
+    if kind in ("too_short", "string_too_short"):
         minimum = error["ctx"]["min_length"]
         return "must not be empty" if minimum == 1 else f"needs at least {minimum} items"
+    if kind == "string_too_long":
+        return f"string of {len(value)} characters, over the limit of {error['ctx']['max_length']}"
+    if kind in ("list_type", "tuple_type"):
+        return f"expected a JSON list, got {kind_of(value)} {_clip(value)}"
     if kind == "missing":
         return f"missing required key {loc[-1]!r}" if loc else "missing required key"
     if kind == "literal_error" and loc and loc[-1] == "op":
         return f"unknown operator {value!r}{_suggest(str(value), OPERATORS)}; operators: {', '.join(OPERATORS)}"
     if kind == "json_invalid":
-        return f"invalid JSON: {error['ctx']['error']}" if "ctx" in error else "invalid JSON"
+        detail = str(error["ctx"]["error"]) if "ctx" in error else ""
+        if "surrogate" in detail or "end of hex escape" in detail:
+            return f"invalid JSON: unpaired surrogate in a \\u escape (strings must be valid Unicode): {detail}"
+        return f"invalid JSON: {detail}" if detail else "invalid JSON"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a JSON object, got {kind_of(value)} {_clip(value)}"
     if kind == "condition_shape":
@@ -590,7 +661,7 @@ def _message(error: Any, loc: list[int | str]) -> str:
     if kind in ("leaf_value", "field_path", "rule_id"):
         return str(error["msg"])
     if kind == "string_pattern_mismatch":
-        return f"{_clip(value)} may only contain letters, digits, '.', '_' and '-'"
+        return f"invalid {loc[-1] if loc else 'value'} {_clip(value)}: only the characters A-Z a-z 0-9 . _ - are allowed"
     message = str(error["msg"])
     message = message[0].lower() + message[1:] if message else message
     if kind.endswith("_type") or kind.endswith("_parsing"):

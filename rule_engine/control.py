@@ -199,7 +199,7 @@ def _make_active(change: Change, record: VersionRecord, now: float, *, reason: s
                 finished_at=now,
             )
         )
-    lineage = tuple(v for v in state.lineage if v != record.version_id) + (record.version_id,)
+    lineage = (*tuple(v for v in state.lineage if v != record.version_id), record.version_id)
     change.put(*moved, active=record.version_id, rollout=None, lineage=lineage)
     change.serving_changed = True
     change.event(

@@ -11,6 +11,7 @@ and, once the lock is released, run after-swap and on-rollback hooks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -218,10 +219,8 @@ class DeploymentManager:
             loop.stop()
         self._threads.clear()
         with self._lock:
-            try:
+            with contextlib.suppress(StoreError):
                 self._flush_health(self._clock.now())
-            except StoreError:
-                pass
             self._store.close()
 
     def __enter__(self) -> DeploymentManager:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -71,7 +72,7 @@ class Canary:
                 raise InvalidStrategyError(f"canary stage {value!r} has more than two decimals")
         if not values:
             raise InvalidStrategyError("canary needs at least one stage")
-        if any(b <= a for a, b in zip(values, values[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(values)):
             raise InvalidStrategyError(f"canary stages must strictly increase, got {list(values)}")
         if values[-1] != 100:
             raise InvalidStrategyError(f"canary stages must end at 100, got {list(values)}")

@@ -1,0 +1,18 @@
+"""Shared test configuration: hypothesis profiles.
+
+``dev`` (the default) keeps the suite fast; ``ci`` (selected when the ``CI`` environment variable is
+set, or with ``--hypothesis-profile=ci``) tries more examples and has no per-example deadline,
+since shared CI machines have noisy timings.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile(
+    "ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
