@@ -51,7 +51,7 @@ from rule_engine.snapshot import EMPTY_SNAPSHOT, ServingSnapshot
 from rule_engine.states import DeploymentState
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
-from rule_engine.strategies import BlueGreen, Canary, Strategy
+from rule_engine.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
 from rule_engine.table import RuleTable
 
 __all__ = ["DeploymentInfo", "DeploymentManager", "RolloutStatus", "TickReport", "VersionId"]
@@ -286,10 +286,7 @@ class DeploymentManager:
         """
         validated = _coerce_bundle(bundle)
         chosen = strategy if strategy is not None else BlueGreen()
-        if not isinstance(chosen, BlueGreen | Canary) and type(chosen).__name__ not in (
-            "ABTest",
-            "Scheduled",
-        ):
+        if not isinstance(chosen, BlueGreen | Canary | ABTest | Scheduled):
             raise TypeError(f"strategy must be BlueGreen, Canary, ABTest or Scheduled, got {chosen!r}")
         base = self._base_table(validated)
         run_bundle_tests(validated, base)
