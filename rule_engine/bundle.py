@@ -8,12 +8,14 @@ exactly the format documented in ``docs/bundle-format.md`` and reject everything
 from __future__ import annotations
 
 import difflib
+import gc
 import hashlib
 import json
 import math
 import os
 import re
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -309,8 +311,30 @@ def load_bundle(path: str | os.PathLike[str], *, limits: BundleLimits = DEFAULT_
         raise exc.with_source(source) from None
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects at once (restored after).
+
+    Parsing and compiling a big bundle allocates hundreds of thousands of objects, none of them
+    garbage yet; each generation-0 overflow would make the collector traverse them all again,
+    which can double the time. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def parse_bundle(data: str | bytes | bytearray, *, limits: BundleLimits = DEFAULT_LIMITS) -> RuleBundle:
     """Validate bundle JSON text or bytes into a :class:`RuleBundle`."""
+    with gc_paused():
+        return _parse_bundle(data, limits)
+
+
+def _parse_bundle(data: str | bytes | bytearray, limits: BundleLimits) -> RuleBundle:
     raw = _prechecked_bytes(data, limits)
     try:
         bundle = RuleBundle._validate_raw_json(raw)

@@ -56,7 +56,7 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
     want = _element_kind(expected) if op in ("in", "not_in") else kind_of(expected)
     if op == "contains":
         if got == "list":
-            return expected in list(actual)
+            return _list_contains(expected, actual)
         if got == "string" and want == "string":
             return str(expected) in str(actual)
     elif op in ("starts_with", "ends_with", "matches"):
@@ -94,6 +94,17 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     return actual not in expected  # not_in
 
 
+def _list_contains(value: Any, items: Any) -> bool:
+    """``contains`` on a list: some item of the value's kind equals it (``True`` is not ``1``)."""
+    want = kind_of(value)
+    return any(item == value and kind_of(item) == want for item in items)
+
+
+def _is_mapping(value: Any) -> bool:
+    """Whether a path can go through ``value``: any mapping, not only an exact ``dict``."""
+    return isinstance(value, Mapping)
+
+
 def _element_kind(values: Any) -> str:
     return kind_of(next(iter(values))) if values else "string"
 
@@ -108,6 +119,8 @@ _GLOBALS: dict[str, Any] = {
     "_M": _MISSING,
     "_NUM": _NUMBER_TYPES,
     "_slow": _slow_path,
+    "_has": _list_contains,
+    "_map": _is_mapping,
 }
 
 _COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
@@ -160,7 +173,7 @@ class _Generator:
         holder = "event"
         for part in path[:-1]:
             nested = self.variable()
-            steps.append(f"type({nested} := {holder}.get({self.constant(part)})) is dict")
+            steps.append(f"(type({nested} := {holder}.get({self.constant(part)})) is dict or _map({nested}))")
             holder = nested
         key = self.constant(path[-1])
         if op == "exists":
@@ -193,8 +206,10 @@ class _Generator:
             return f"({v} {'in' if op == 'in' else 'not in'} {c} if {guard} else {otherwise})"
         if op == "contains":
             c = self.constant(value)
-            guard = f"type({v}) is str or type({v}) is list" if value_kind == "string" else f"type({v}) is list"
-            return f"({c} in {v} if {guard} else {otherwise})"
+            if value_kind == "string":  # == between a string and any non-string is False
+                return f"({c} in {v} if type({v}) is str or type({v}) is list else {otherwise})"
+            # 1 == True == 1.0 in Python; the slower kind check runs only when `in` finds something
+            return f"({c} in {v} and _has({c}, {v}) if type({v}) is list else {otherwise})"
         if op in ("starts_with", "ends_with"):
             c = self.constant(value)
             method = "startswith" if op == "starts_with" else "endswith"

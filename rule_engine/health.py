@@ -330,10 +330,9 @@ def judge(counts: HealthCounts, thresholds: HealthThresholds, baseline: HealthCo
 class _Shard:
     """One thread's counters for one version; only that thread writes them."""
 
-    __slots__ = ("errors", "evaluations", "histogram", "latency_ns", "outcomes", "timeouts")
+    __slots__ = ("errors", "histogram", "latency_ns", "outcomes", "timeouts")
 
     def __init__(self) -> None:
-        self.evaluations = 0
         self.errors = 0
         self.timeouts = 0
         self.latency_ns = 0
@@ -371,19 +370,25 @@ class VersionRecorder:
 
     def record(self, outcome: Any, elapsed_ns: int) -> None:
         """Count one evaluation that gave ``outcome`` (a decision) in ``elapsed_ns``."""
-        shard = self.shard()
-        shard.evaluations += 1
+        try:
+            shard: _Shard = self._local.shard
+        except AttributeError:
+            shard = self.shard()
         shard.latency_ns += elapsed_ns
-        shard.histogram[min(elapsed_ns.bit_length(), 63)] += 1
+        # One histogram entry per evaluation: their sum is the evaluation count (see totals()).
+        # bit_length() <= 63 for any int64 nanosecond count, so no clamp is needed.
+        shard.histogram[elapsed_ns.bit_length()] += 1
         if elapsed_ns > self.deadline_ns:
             shard.timeouts += 1
         outcomes = shard.outcomes
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        try:
+            outcomes[outcome] += 1
+        except KeyError:
+            outcomes[outcome] = 1
 
     def record_error(self, elapsed_ns: int) -> None:
         """Count one evaluation that failed."""
         shard = self.shard()
-        shard.evaluations += 1
         shard.errors += 1
         shard.latency_ns += elapsed_ns
         shard.histogram[min(elapsed_ns.bit_length(), 63)] += 1
@@ -394,27 +399,33 @@ class VersionRecorder:
         """Everything counted so far, over all threads."""
         with self._drain_lock:
             shards = list(self._shards)
-        evaluations = errors = timeouts = latency = 0
-        histogram = [0] * HISTOGRAM_BUCKETS
-        decisions: dict[str, int] = {}
-        for shard in shards:
-            evaluations += shard.evaluations
-            errors += shard.errors
-            timeouts += shard.timeouts
-            latency += shard.latency_ns
-            for i, count in enumerate(list(shard.histogram)):
-                histogram[i] += count
-            for outcome, count in list(shard.outcomes.items()):
-                name = getattr(outcome, "decision", str(outcome))
-                decisions[name] = decisions.get(name, 0) + count
-        return HealthCounts(evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions)
+        return _sum_shards(shards)
 
     def drain(self) -> HealthCounts:
-        """What was counted since the previous drain (thread-safe with concurrent recording)."""
-        totals = self.totals()
-        with self._drain_lock:
+        """What was counted since the previous drain (safe with concurrent recording and draining)."""
+        with self._drain_lock:  # two concurrent drains must not both subtract the same previous total
+            totals = _sum_shards(list(self._shards))
             previous, self._drained = self._drained, totals
         return _subtract(totals, previous)
+
+
+def _sum_shards(shards: list[_Shard]) -> HealthCounts:
+    """The sum of some shards' counters (each read once; a shard only ever grows)."""
+    evaluations = errors = timeouts = latency = 0
+    histogram = [0] * HISTOGRAM_BUCKETS
+    decisions: dict[str, int] = {}
+    for shard in shards:
+        counts = list(shard.histogram)  # one entry per evaluation, errors included
+        evaluations += sum(counts)
+        errors += shard.errors
+        timeouts += shard.timeouts
+        latency += shard.latency_ns
+        for i, count in enumerate(counts):
+            histogram[i] += count
+        for outcome, count in list(shard.outcomes.items()):
+            name = getattr(outcome, "decision", str(outcome))
+            decisions[name] = decisions.get(name, 0) + count
+    return HealthCounts(evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions)
 
 
 def _subtract(a: HealthCounts, b: HealthCounts) -> HealthCounts:

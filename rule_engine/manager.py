@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mmh3
 import structlog
 
 from rule_engine import control
@@ -47,6 +48,7 @@ from rule_engine.hooks import DeploymentEvent, Hook, HookPoint, Hooks
 from rule_engine.records import AuditEntry, ControlState, VersionRecord
 from rule_engine.report import ExperimentReport, build_experiment_report
 from rule_engine.routing import Salt, compute_request_hash
+from rule_engine.signing import Signature, TrustPolicy, signature_beside
 from rule_engine.snapshot import EMPTY_SNAPSHOT, ServingSnapshot
 from rule_engine.states import DeploymentState
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
@@ -163,6 +165,7 @@ class DeploymentManager:
         clock: Clock | None = None,
         evaluation_deadline_us: float = 50_000.0,
         max_commit_retries: int = 20,
+        trust: TrustPolicy | None = None,
     ) -> None:
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
@@ -173,6 +176,7 @@ class DeploymentManager:
         self._store: StateStore = store if store is not None else MemoryStore()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_retries = max_commit_retries
+        self.trust = trust  # when set, prepare_deployment refuses bundles without a trusted signature
         self._lock = threading.RLock()
         self._hooks = Hooks()
         self._snapshot: ServingSnapshot = EMPTY_SNAPSHOT
@@ -183,8 +187,10 @@ class DeploymentManager:
         self._salts: dict[str, Salt] = {}
         self._verdicts: dict[str, Verdict] = {}
         self._last_check: dict[str, float] = {}
+        self._flagged: dict[str, str] = {}  # manual mode: candidates found unhealthy, held for a person
         self._threads: list[_Loop] = []
         self._stale_reason: str | None = None
+        self._unflushed: dict[tuple[str, float], HealthCounts] = {}  # drained, not yet in the store
         self._refresh()
 
     # --- construction and lifetime ----------------------------------------------------------------
@@ -253,7 +259,8 @@ class DeploymentManager:
         snapshot = self._snapshot
         candidate = snapshot.candidate
         if candidate is not None:
-            request_hash = compute_request_hash(key)
+            # compute_request_hash(key), inlined for the common str key (one C call, no varargs).
+            request_hash = mmh3.hash(key, 0, False) if type(key) is str else compute_request_hash(key)
             if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
                 return candidate
         return snapshot.stable
@@ -276,15 +283,24 @@ class DeploymentManager:
     # --- control plane: operations ------------------------------------------------------------------
 
     def prepare_deployment(
-        self, bundle: BundleSource, strategy: Strategy | None = None, deployed_by: str = "unknown"
+        self,
+        bundle: BundleSource,
+        strategy: Strategy | None = None,
+        deployed_by: str = "unknown",
+        *,
+        signature: Signature | None = None,
     ) -> VersionId:
         """Validate a bundle, run its tests, compile it, and stage it as a new version.
 
         ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served
         changes. Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no
-        trace when the bundle is not fit to serve.
+        trace when the bundle is not fit to serve. With a ``trust`` policy, a bundle without a trusted
+        ``signature`` (default: the ``BUNDLE.sig`` next to a bundle file) is refused with
+        :class:`BundleTrustError` before its tests run or anything is compiled or stored.
         """
         validated = _coerce_bundle(bundle)
+        if self.trust is not None:
+            self.trust.verify(validated, signature if signature is not None else signature_beside(bundle))
         chosen = strategy if strategy is not None else BlueGreen()
         if not isinstance(chosen, BlueGreen | Canary | ABTest | Scheduled):
             raise TypeError(f"strategy must be BlueGreen, Canary, ABTest or Scheduled, got {chosen!r}")
@@ -455,7 +471,7 @@ class DeploymentManager:
         actions.extend(self._judge_and_act(now_hint=None))
         rollout = self._state.rollout
         if rollout is not None and rollout.kind == "canary":
-            if self._candidate_verdict().healthy is True:
+            if self._candidate_verdict().healthy is True and rollout.candidate not in self._flagged:
                 change = self._apply(self._plan_advance(rollout.candidate), "advance", "controller")
                 if change.result:
                     actions.append(f"advanced {rollout.candidate}")
@@ -555,6 +571,8 @@ class DeploymentManager:
                 next_at = rollout.stage_started_at + strategy.stage_duration_secs
                 if verdict.healthy is False:
                     holding = f"unhealthy: {verdict.reason}" + ("" if self.auto_rollback else "; waiting for a person")
+                elif rollout.candidate in self._flagged:
+                    holding = f"was unhealthy: {self._flagged[rollout.candidate]}; waiting for a person"
                 elif verdict.healthy is None:
                     holding = verdict.reason
                 elif now < next_at:
@@ -773,11 +791,17 @@ class DeploymentManager:
         return math.floor(now / size) * size
 
     def _flush_health(self, now: float) -> None:
+        """Drain the recorders into the store in one write; kept for the next flush if the store fails."""
         bucket = self._bucket(now)
         for version_id, recorder in list(self._recorders.items()):
             delta = recorder.drain()
             if delta:
-                self._store.add_health(version_id, bucket, delta)
+                key = (version_id, bucket)
+                self._unflushed[key] = self._unflushed.get(key, HealthCounts()) + delta
+        if self._unflushed:
+            pending = [(version_id, start, delta) for (version_id, start), delta in self._unflushed.items()]
+            self._store.add_health_many(pending)
+            self._unflushed.clear()
 
     def _flush_evicted(self, evicted: tuple[str, ...], now: float) -> None:
         for version_id in evicted:
@@ -792,14 +816,15 @@ class DeploymentManager:
         return self._store.health(version_ids, since=since)
 
     def _verdict_of(self, version_id: str, now: float) -> Verdict:
-        rollout = self._state.rollout
-        baseline_id = rollout.stable if rollout is not None and rollout.candidate == version_id else None
+        baseline_id = self._baseline_of(version_id, now)
         ids = [version_id] + ([baseline_id] if baseline_id else [])
         counts = self._window_counts(ids, now)
         verdict = judge(counts[version_id], self.thresholds, counts[baseline_id] if baseline_id else None)
         self._last_check[version_id] = now
         previous = self._verdicts.get(version_id)
         self._verdicts[version_id] = verdict
+        if verdict.healthy is False and not self.auto_rollback and baseline_id is not None:
+            self._flagged.setdefault(version_id, verdict.reason)
         if verdict.healthy is False and (previous is None or previous.healthy is not False):
             _log.warning(
                 "health.unhealthy",
@@ -808,6 +833,28 @@ class DeploymentManager:
                 auto_rollback=self.auto_rollback,
             )
         return verdict
+
+    def _baseline_of(self, version_id: str, now: float) -> str | None:
+        """The version to compare ``version_id`` with over the same window, if any.
+
+        A rollout's candidate is compared with its stable version; a newly active version (still
+        within ``bake_secs``) with the version it replaced, so a failure both share (bad traffic, a
+        broken upstream) does not roll back a canary that just completed.
+        """
+        state = self._state
+        rollout = state.rollout
+        if rollout is not None:
+            return rollout.stable if rollout.candidate == version_id else None
+        if state.active == version_id and self._baking(state, now):
+            return state.rollback_target
+        return None
+
+    def _baking(self, state: ControlState, now: float) -> bool:
+        """Whether the active version took traffic less than ``bake_secs`` ago and can be rolled back."""
+        if state.active is None or state.rollback_target is None:
+            return False
+        activated_at = state.versions[state.active].activated_at
+        return activated_at is not None and now - activated_at <= self.thresholds.bake_secs
 
     def _candidate_verdict(self, now: float | None = None) -> Verdict:
         with self._lock:
@@ -828,10 +875,8 @@ class DeploymentManager:
             suspects: list[tuple[str, str]] = []
             if state.rollout is not None:
                 suspects.append(("candidate", state.rollout.candidate))
-            elif state.active is not None and state.rollback_target is not None:
-                record = state.versions[state.active]
-                if record.activated_at is not None and now - record.activated_at <= self.thresholds.bake_secs:
-                    suspects.append(("active", state.active))
+            elif state.active is not None and self._baking(state, now):
+                suspects.append(("active", state.active))
             verdicts = [(role, vid, self._verdict_of(vid, now)) for role, vid in suspects]
         for role, version_id, verdict in verdicts:
             if verdict.healthy is not False or not self.auto_rollback:

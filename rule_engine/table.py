@@ -13,14 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
-from rule_engine.bundle import Outcome, Rule, RuleBundle
+from rule_engine.bundle import Outcome, Rule, RuleBundle, gc_paused
 from rule_engine.compiler import Matcher, compile_condition
 from rule_engine.errors import RuleEvaluationError
 
 __all__ = ["CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
 
+_T = TypeVar("_T")
 _ANY = None  # index key of "every agent" / "every flow"
 
 
@@ -87,6 +88,7 @@ class RuleTable:
     """An immutable, indexed, compiled rule table built from one bundle."""
 
     __slots__ = (
+        "__weakref__",  # lets tests (and caches) check that an evicted version's table is freed
         "_default",
         "_error_outcome",
         "_index",
@@ -110,6 +112,10 @@ class RuleTable:
 
     def __init__(self, bundle: RuleBundle, *, version_id: str | None = None) -> None:
         """Compile ``bundle``; prefer :meth:`from_bundle`."""
+        with gc_paused():
+            self._build(bundle, version_id)
+
+    def _build(self, bundle: RuleBundle, version_id: str | None) -> None:
         set_ = object.__setattr__
         set_(self, "bundle", bundle)
         set_(self, "digest", bundle.digest)
@@ -240,11 +246,7 @@ class RuleTable:
 
     def explain(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Each applicable rule in order with what it did on ``event``: matched, no match or error."""
-        agent, flow = event.get("agent_id"), event.get("flow_id")
-        try:
-            candidates = self.query(RuleQuery(agent, flow))
-        except TypeError:
-            candidates = self.query(RuleQuery())
+        candidates = _cell(self._index, event.get("agent_id"), event.get("flow_id"))
         trace: list[tuple[str, str]] = []
         for rule in candidates:
             try:
@@ -258,12 +260,19 @@ class RuleTable:
         return trace
 
     def _unhashable_steps(self, event: Mapping[str, Any]) -> Any:
-        by_flow = self._steps[_ANY]
-        flow = event.get("flow_id")
-        try:
-            return by_flow.get(flow) or by_flow[_ANY]
-        except TypeError:
-            return by_flow[_ANY]
+        return _cell(self._steps, event.get("agent_id"), event.get("flow_id"))
+
+
+def _cell(index: Mapping[Any, Mapping[Any, _T]], agent: Any, flow: Any) -> _T:
+    """The index cell for an agent and flow; an unhashable one is named by no rule (the wildcard)."""
+    try:
+        by_flow = index.get(agent) or index[_ANY]
+    except TypeError:
+        by_flow = index[_ANY]
+    try:
+        return by_flow.get(flow) or by_flow[_ANY]
+    except TypeError:
+        return by_flow[_ANY]
 
 
 def _decision(outcome: Outcome, rule_id: str | None, version_id: str | None) -> Decision:

@@ -31,10 +31,11 @@ json_values = st.recursive(
 )
 
 # Keys a bundle really has, so that generated documents get past the first unknown-key check.
-_KEYS = (
-    "bundle_id version description default on_error rules tests id priority agents flows when then "
-    "decision reason params all any not field op value name event expect rule_id"
-).split()
+_KEYS = [
+    *("bundle_id", "version", "description", "default", "on_error", "rules", "tests"),
+    *("id", "priority", "agents", "flows", "when", "then", "decision", "reason", "params"),
+    *("all", "any", "not", "field", "op", "value", "name", "event", "expect", "rule_id"),
+]
 
 bundle_like_values = st.recursive(
     scalars | st.sampled_from([*OPERATORS, "gateway", "a.b", "allow", ""]),
@@ -120,7 +121,9 @@ def mutated_documents(draw: st.DrawFn, document: JSON) -> str:
 
 NAMES = ("a", "b", "c")
 _short_text = st.text(alphabet="abAB", max_size=3)
-_numbers = st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.sampled_from([0.5, -0.0])
+_numbers = (
+    st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.sampled_from([0.5, -0.0])
+)
 _booleans = st.booleans()
 _patterns = st.sampled_from(["a", "^a", "b$", "a|B", "(?i)ab", "a+b", "[ab]A", "^$", "\\d", "."])
 
@@ -174,12 +177,7 @@ class Level(IntEnum):
 
 
 event_scalars = (
-    st.none()
-    | _short_text
-    | _numbers
-    | _booleans
-    | _short_text.map(TextSubclass)
-    | st.sampled_from(list(Level))
+    st.none() | _short_text | _numbers | _booleans | _short_text.map(TextSubclass) | st.sampled_from(list(Level))
 )
 
 _event_lists = st.lists(event_scalars, max_size=3)

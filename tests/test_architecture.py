@@ -45,9 +45,22 @@ def test_public_surface_is_pinned() -> None:
     assert exported == sorted(exported)
     for name in exported:
         assert hasattr(rule_engine, name), name
-    for name in ("DeploymentManager", "RuleEngine", "RuleTable", "RuleBundle", "load_bundle", "compute_request_hash",
-                 "BlueGreen", "Canary", "ABTest", "Scheduled", "HealthThresholds", "DeploymentState",
-                 "RuleEngineError", "BundleValidationError"):
+    for name in (
+        "DeploymentManager",
+        "RuleEngine",
+        "RuleTable",
+        "RuleBundle",
+        "load_bundle",
+        "compute_request_hash",
+        "BlueGreen",
+        "Canary",
+        "ABTest",
+        "Scheduled",
+        "HealthThresholds",
+        "DeploymentState",
+        "RuleEngineError",
+        "BundleValidationError",
+    ):
         assert name in exported, name
 
 

@@ -71,6 +71,11 @@ class StateStore(ABC):
     def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
         """Add ``delta`` to the version's counters in the bucket starting at ``bucket_start``."""
 
+    def add_health_many(self, deltas: Sequence[tuple[str, float, HealthCounts]]) -> None:
+        """Add several ``(version_id, bucket_start, delta)``; backends that can do it in one transaction do."""
+        for version_id, bucket_start, delta in deltas:
+            self.add_health(version_id, bucket_start, delta)
+
     @abstractmethod
     def health(self, version_ids: Sequence[str], since: float | None = None) -> dict[str, HealthCounts]:
         """Each version's counters summed over buckets starting at or after ``since`` (all if None)."""
