@@ -81,6 +81,21 @@ class Change:
         )
         return moved
 
+    def note(self, record: VersionRecord, now: float, reason: str) -> None:
+        """Record a step that changes the rollout but not the version's state (a stage, a hold)."""
+        self.audit.append(
+            AuditEntry(
+                at=now,
+                action=self.action,
+                version_id=record.version_id,
+                from_state=record.state.value,
+                to_state=record.state.value,
+                actor=self.actor,
+                reason=reason,
+                strategy=record.strategy.kind,
+            )
+        )
+
     def put(self, *records: VersionRecord, **state_changes: Any) -> None:
         """Put moved records (and other field changes) into the new state."""
         versions = self.state.with_versions(*records)
@@ -253,7 +268,12 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
         _make_active(change, record, now, reason=f"canary completed after {len(strategy.stages)} stages")
         evict(change, max_history)
         return change
-    change.put(rollout=replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now))
+    change.note(
+        record,
+        now,
+        f"stage {next_index + 1} of {len(strategy.stages)}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
+    )
+    change.put(rollout=replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, held=None))
     change.serving_changed = True
     change.event(
         "rollout.advanced",
@@ -310,6 +330,11 @@ def end_experiment(state: ControlState, now: float, actor: str) -> Change | None
     if now - rollout.started_at < strategy.test_duration_secs:
         return None
     change = Change(state, "end-experiment", actor)
+    change.note(
+        state.versions[rollout.candidate],
+        now,
+        f"test duration of {strategy.test_duration_secs:g}s has passed; the split stays until a winner is chosen",
+    )
     change.put(rollout=replace(rollout, ended_at=now))
     change.event(
         "experiment.ended",
@@ -317,6 +342,18 @@ def end_experiment(state: ControlState, now: float, actor: str) -> Change | None
         stable_version_id=rollout.stable,
         duration_secs=now - rollout.started_at,
     )
+    return change
+
+
+def hold(state: ControlState, now: float, actor: str, *, candidate: str, reason: str) -> Change:
+    """Mark the candidate as held for a person (manual mode, found unhealthy); stored, so it survives restarts."""
+    rollout = state.rollout
+    change = Change(state, "hold", actor)
+    if rollout is None or rollout.candidate != candidate or rollout.held is not None:
+        return change
+    change.note(state.versions[candidate], now, f"held for a person: {reason}")
+    change.put(rollout=replace(rollout, held=reason))
+    change.event("rollout.held", version_id=candidate, strategy=rollout.kind, reason=reason)
     return change
 
 

@@ -187,7 +187,6 @@ class DeploymentManager:
         self._salts: dict[str, Salt] = {}
         self._verdicts: dict[str, Verdict] = {}
         self._last_check: dict[str, float] = {}
-        self._flagged: dict[str, str] = {}  # manual mode: candidates found unhealthy, held for a person
         self._threads: list[_Loop] = []
         self._stale_reason: str | None = None
         self._unflushed: dict[tuple[str, float], HealthCounts] = {}  # drained, not yet in the store
@@ -471,7 +470,7 @@ class DeploymentManager:
         actions.extend(self._judge_and_act(now_hint=None))
         rollout = self._state.rollout
         if rollout is not None and rollout.kind == "canary":
-            if self._candidate_verdict().healthy is True and rollout.candidate not in self._flagged:
+            if self._candidate_verdict().healthy is True and rollout.held is None:
                 change = self._apply(self._plan_advance(rollout.candidate), "advance", "controller")
                 if change.result:
                     actions.append(f"advanced {rollout.candidate}")
@@ -485,6 +484,12 @@ class DeploymentManager:
             if not _still_due(state, version_id, now):  # another process activated it first
                 return Change(state, "noop", "controller")
             return control.activate(state, version_id, now, "controller", max_history=self.max_history)
+
+        return plan
+
+    def _plan_hold(self, candidate: str, reason: str) -> Callable[[ControlState, float], Change]:
+        def plan(state: ControlState, now: float) -> Change:
+            return control.hold(state, now, "controller", candidate=candidate, reason=reason)
 
         return plan
 
@@ -571,8 +576,8 @@ class DeploymentManager:
                 next_at = rollout.stage_started_at + strategy.stage_duration_secs
                 if verdict.healthy is False:
                     holding = f"unhealthy: {verdict.reason}" + ("" if self.auto_rollback else "; waiting for a person")
-                elif rollout.candidate in self._flagged:
-                    holding = f"was unhealthy: {self._flagged[rollout.candidate]}; waiting for a person"
+                elif rollout.held is not None:
+                    holding = f"was unhealthy: {rollout.held}; waiting for a person"
                 elif verdict.healthy is None:
                     holding = verdict.reason
                 elif now < next_at:
@@ -823,8 +828,6 @@ class DeploymentManager:
         self._last_check[version_id] = now
         previous = self._verdicts.get(version_id)
         self._verdicts[version_id] = verdict
-        if verdict.healthy is False and not self.auto_rollback and baseline_id is not None:
-            self._flagged.setdefault(version_id, verdict.reason)
         if verdict.healthy is False and (previous is None or previous.healthy is not False):
             _log.warning(
                 "health.unhealthy",
@@ -879,9 +882,15 @@ class DeploymentManager:
                 suspects.append(("active", state.active))
             verdicts = [(role, vid, self._verdict_of(vid, now)) for role, vid in suspects]
         for role, version_id, verdict in verdicts:
-            if verdict.healthy is not False or not self.auto_rollback:
+            if verdict.healthy is not False:
                 continue
             reason = verdict.reason
+            if not self.auto_rollback:
+                if role == "candidate":
+                    held = self._apply(self._plan_hold(version_id, reason), "hold", "controller", version_id)
+                    if held.audit:
+                        actions.append(f"held {version_id} for a person: {reason}")
+                continue
 
             def plan(
                 state: ControlState,

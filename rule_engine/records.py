@@ -97,6 +97,7 @@ class Rollout:
     salt: str
     algorithm: int = 1
     ended_at: float | None = None  # an A/B test whose duration has passed, awaiting its winner
+    held: str | None = None  # manual mode: found unhealthy; the controller will not advance it
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -111,6 +112,7 @@ class Rollout:
             "salt": self.salt,
             "algorithm": self.algorithm,
             "ended_at": self.ended_at,
+            "held": self.held,
         }
 
     @classmethod
@@ -130,6 +132,7 @@ class Rollout:
             salt=data["salt"],
             algorithm=int(data.get("algorithm", 1)),
             ended_at=data.get("ended_at"),
+            held=data.get("held"),
         )
 
 

@@ -217,7 +217,13 @@ def zygote(url: str) -> None:
         if pid == 0:
             try:
                 sys.stdin.close()
+                errors = os.open(side_file + ".err", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                os.dup2(errors, 2)  # a worker's own failure is reported next to its side file
                 crash_worker(url, side_file, seed)
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
             finally:
                 os._exit(1)
         _emit(pid=pid)

@@ -43,7 +43,7 @@ bundle_like_values = st.recursive(
         st.lists(children, max_size=3)
         | st.dictionaries(st.sampled_from(_KEYS) | st.text(max_size=5), children, max_size=5)
     ),
-    max_leaves=25,
+    max_leaves=15,
 )
 
 bundle_like_documents = st.dictionaries(st.sampled_from(_KEYS), bundle_like_values, max_size=8).map(

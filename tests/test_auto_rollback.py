@@ -247,8 +247,9 @@ def test_manual_mode_reports_and_holds_for_a_person() -> None:
         candidate = _canary(manager)
         with capture_logs() as logs:
             assert manager.update_health_metrics(candidate, 2000, 80) is False
-        assert [e["event"] for e in logs] == ["health.unhealthy"]
+        assert [e["event"] for e in logs] == ["health.unhealthy", "rollout.held"]
         assert logs[0]["auto_rollback"] is False
+        assert [e.action for e in manager.audit_log(candidate)][-1] == "hold"  # stored: survives a restart
         clock.tick(61)
         assert manager.tick().actions == ()
         status = manager.get_rollout_status()

@@ -120,7 +120,8 @@ def test_sigkill_at_random_points_loses_no_committed_operation(tmp_path: Path) -
         return pid
 
     def kill(pid: int) -> None:
-        assert _alive(pid), "a worker died on its own"
+        errors = "".join(p.read_text() for p in tmp_path.glob("*.err"))
+        assert _alive(pid), f"a worker died on its own: {errors}"
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + WAIT
         while _alive(pid):

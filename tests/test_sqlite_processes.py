@@ -64,7 +64,8 @@ def test_deploy_in_one_process_is_seen_by_a_follower_in_another(tmp_path: Path) 
 def test_follower_latency_distribution(tmp_path: Path) -> None:
     """A follower process picks up each of 50 activations quickly (distribution printed; < 1 s asserted)."""
     url = _url(tmp_path)
-    latencies: list[float] = []
+    latencies: list[float] = []  # from the activation's commit having returned to the follower seeing it
+    with_commit: list[float] = []  # from the activation call starting (includes the commit and its fsync)
     rng = random.Random(5)
     with DeploymentManager.open(url, follow=False) as manager:
         watcher = spawn("watch", url, 60)
@@ -74,13 +75,16 @@ def test_follower_latency_distribution(tmp_path: Path) -> None:
             time.sleep(rng.uniform(0, 0.02))  # a random phase against the follower's poll
             started = time.time()
             manager.activate_deployment(version_id)
+            committed = time.time()
             seen = _line(watcher)
             assert seen["active"] == version_id
-            latencies.append(seen["at"] - started)
+            latencies.append(max(0.0, seen["at"] - committed))
+            with_commit.append(seen["at"] - started)
         _stop(watcher)
-    ms = sorted(x * 1000 for x in latencies)
-    p50, p95 = statistics.median(ms), ms[int(0.95 * len(ms)) - 1]
-    print(f"follower latency over {len(ms)} changes: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {ms[-1]:.1f} ms")
+    for label, values in (("after commit", latencies), ("incl. commit", with_commit)):
+        ms = sorted(x * 1000 for x in values)
+        p50, p95 = statistics.median(ms), ms[int(0.95 * len(ms)) - 1]
+        print(f"follower latency {label}, {len(ms)} changes: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {ms[-1]:.1f} ms")
     assert ms[-1] < 1000
 
 
@@ -181,7 +185,14 @@ def test_ticks_from_several_processes_happen_once(tmp_path: Path) -> None:
     assert state.revision == 9  # 5 + three advances + one scheduled activation
     assert state.active == v3
     controller = [(e.version_id, e.to_state) for e in store.audit_log() if e.actor == "controller"]
-    assert controller == [(v2, "active"), (v1, "superseded"), (v3, "active"), (v2, "superseded")]
+    assert controller == [
+        (v2, "rolling_out"),  # stage 2
+        (v2, "rolling_out"),  # stage 3
+        (v2, "active"),
+        (v1, "superseded"),
+        (v3, "active"),
+        (v2, "superseded"),
+    ]
     store.close()
 
 

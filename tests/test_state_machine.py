@@ -131,6 +131,8 @@ class MRollout:
     stage: int
     stage_started_at: float
     started_at: float
+    held: bool = False  # manual mode: found unhealthy by the controller; stored, so it survives a reopen
+    ended: bool = False  # an A/B test whose duration has passed
 
 
 @dataclass
@@ -201,10 +203,20 @@ class Model:
                     total = total + counts
             return total
 
-        baseline = None
-        if self.rollout is not None and self.rollout.candidate == vid:
-            baseline = window(self.rollout.stable)
-        return judge(window(vid), THRESHOLDS, baseline).healthy
+        baseline_id = self.baseline_of(vid, now)
+        return judge(window(vid), THRESHOLDS, window(baseline_id) if baseline_id else None).healthy
+
+    def baseline_of(self, vid: str, now: float) -> str | None:
+        """A candidate is compared with its stable version; a baking active version with the one it replaced."""
+        if self.rollout is not None:
+            return self.rollout.stable if self.rollout.candidate == vid else None
+        return self.rollback_target if vid == self.active and self.baking(now) else None
+
+    def baking(self, now: float) -> bool:
+        if self.active is None or self.rollback_target is None:
+            return False
+        activated = self.versions[self.active].activated_at
+        return activated is not None and now - activated <= THRESHOLDS.bake_secs
 
     # operations: each mutates self; the caller works on a copy and keeps it only on success
 
@@ -256,9 +268,11 @@ class Model:
             self.make_active(rollout.candidate, now)
             self.evict()
         else:
+            self.audit.append((self.action, rollout.candidate, "rolling_out", "rolling_out"))
             rollout.stage += 1
             rollout.share_bp = share
             rollout.stage_started_at = now
+            rollout.held = False
         return True
 
     def promote(self, now: float) -> str:
@@ -302,14 +316,15 @@ class Model:
 
     def judge_and_act(self, now: float, auto_rollback: bool) -> None:
         if self.rollout is not None:
-            suspect = self.rollout.candidate
-        elif self.active is not None and self.rollback_target is not None:
-            activated = self.versions[self.active].activated_at
-            suspect = self.active if activated is not None and now - activated <= THRESHOLDS.bake_secs else None
+            suspect: str | None = self.rollout.candidate
         else:
-            suspect = None
-        if suspect is not None and auto_rollback and self.verdict(suspect, now) is False:
-            self.rollback(now)
+            suspect = self.active if self.baking(now) else None
+        if suspect is not None and self.verdict(suspect, now) is False:
+            if auto_rollback:
+                self.rollback(now)
+            elif self.rollout is not None and not self.rollout.held:
+                self.audit.append(("hold", suspect, "rolling_out", "rolling_out"))
+                self.rollout.held = True
 
     def tick(self, now: float, auto_rollback: bool) -> None:
         due = sorted(
@@ -319,9 +334,19 @@ class Model:
         for record in [v for v in due if v.strategy.activation_time <= now]:
             if self.rollout is None:
                 self.activate(record.vid, now, supersede=False)
+        rollout = self.rollout
+        if rollout is not None and rollout.kind == "ab-test" and not rollout.ended:
+            if now - rollout.started_at >= self.versions[rollout.candidate].strategy.test_duration_secs:
+                self.audit.append(("end-experiment", rollout.candidate, "rolling_out", "rolling_out"))
+                rollout.ended = True
         self.judge_and_act(now, auto_rollback)
         rollout = self.rollout
-        if rollout is not None and rollout.kind == "canary" and self.verdict(rollout.candidate, now) is True:
+        if (
+            rollout is not None
+            and rollout.kind == "canary"
+            and not rollout.held
+            and self.verdict(rollout.candidate, now) is True
+        ):
             self.advance(now, True)
 
 
@@ -689,3 +714,29 @@ def test_audit_log_cannot_be_rewritten_through_the_api() -> None:
     with pytest.raises(AttributeError):
         manager.audit_log()[0].to_state = "rewritten"  # type: ignore[misc]
     assert [(e.action, e.to_state) for e in manager.audit_log()] == [("prepare", "staged"), ("activate", "active")]
+
+
+def test_unhealthy_hold_survives_a_restart() -> None:
+    """A canary held for a person after an unhealthy verdict stays held when the manager is rebuilt on its store."""
+    clock = FakeClock()
+    store = MemoryStore()
+
+    def manager() -> DeploymentManager:
+        return DeploymentManager(max_history=MAX_HISTORY, thresholds=THRESHOLDS, store=store, clock=clock)
+
+    first = manager()
+    first.activate_deployment(first.prepare_deployment(_bundle(0)))
+    stable = first.get_active_version_id()
+    assert stable is not None
+    candidate = first.prepare_deployment(_bundle(1), Canary((10, 50, 100), 60.0))
+    first.activate_deployment(candidate)
+    first.update_health_metrics(stable, 300, 0, avg_latency_us=100.0)
+    assert first.update_health_metrics(candidate, 300, 150, avg_latency_us=100.0) is False
+    clock.t += THRESHOLDS.window_secs + 60  # the bad figures leave the window
+    for version in (stable, candidate):
+        first.update_health_metrics(version, 300, 0, avg_latency_us=100.0)
+    first.tick()
+    assert first.get_rollout_status().percentage == 10.0  # type: ignore[union-attr]
+    second = manager()
+    second.tick()
+    assert second.get_rollout_status().percentage == 10.0  # type: ignore[union-attr]

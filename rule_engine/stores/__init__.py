@@ -6,5 +6,6 @@ Every backend implements :class:`~rule_engine.stores.base.StateStore`, and one c
 
 from rule_engine.stores.base import StateStore, open_store
 from rule_engine.stores.memory import MemoryStore
+from rule_engine.stores.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "StateStore", "open_store"]
+__all__ = ["MemoryStore", "SQLiteStore", "StateStore", "open_store"]
