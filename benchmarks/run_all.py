@@ -49,7 +49,7 @@ def markdown(reports: list[Report]) -> str:
     """Every report as a Markdown table (absolute figures alongside the ratios)."""
     out: list[str] = []
     for report in reports:
-        unit = "bytes/rule" if "memory" in report.title else ("us" if "swap latency" in report.title else "ns")
+        unit = "us" if "swap latency" in report.title else ("bytes/rule" if "memory of" in report.title else "ns")
         scale = 1000.0 if unit == "us" else 1.0
         out.append(f"**{report.title}**  ")
         out.append("baselines: " + ", ".join(f"{k} = {v:,.1f} ns" for k, v in report.baselines.items()))

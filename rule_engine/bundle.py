@@ -266,9 +266,20 @@ class RuleBundle(_Frozen):
         return super().model_validate_json(raw)
 
     @cached_property
+    def canonical(self) -> str:
+        """The canonical JSON text: the document as written, keys sorted, no insignificant whitespace."""
+        return json.dumps(
+            self.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+
+    @cached_property
     def digest(self) -> str:
         """sha256 (hex) of the bundle's canonical JSON: its identity for caching and integrity."""
-        return hashlib.sha256(canonical_json(self).encode()).hexdigest()
+        return hashlib.sha256(self.canonical.encode()).hexdigest()
 
     @property
     def default_outcome(self) -> Outcome:
@@ -283,13 +294,7 @@ class RuleBundle(_Frozen):
 
 def canonical_json(bundle: RuleBundle) -> str:
     """The canonical form: what the author wrote, keys sorted, no insignificant whitespace, UTF-8."""
-    return json.dumps(
-        bundle.model_dump(mode="json", by_alias=True, exclude_unset=True),
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
+    return bundle.canonical
 
 
 def load_bundle(path: str | os.PathLike[str], *, limits: BundleLimits = DEFAULT_LIMITS) -> RuleBundle:
@@ -345,11 +350,17 @@ def _parse_bundle(data: str | bytes | bytearray, limits: BundleLimits) -> RuleBu
         raise BundleValidationError(problems) from None
     except RecursionError:
         raise BundleValidationError([Problem("$", f"nesting depth exceeds the limit of {limits.max_depth}")]) from None
-    problems = _duplicate_key_problems(raw)
+    document, problems = _document_without_duplicates(raw)
     if limits != DEFAULT_LIMITS:
         problems.extend(_semantic_problems(bundle, limits))
     if problems:
         raise BundleValidationError(problems)
+    if document is not None:
+        # The parsed document is what the author wrote: its canonical dump equals the model's
+        # (exclude_unset) and costs a fraction of dumping the model; cached like the property would.
+        bundle.__dict__["canonical"] = json.dumps(
+            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
     return bundle
 
 
@@ -362,11 +373,32 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> None:
         raise _DuplicateKey
 
 
+def _dict_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    built = dict(pairs)
+    if len(built) != len(pairs):
+        raise _DuplicateKey
+    return built
+
+
+def _document_without_duplicates(raw: bytes) -> tuple[Any, list[Problem]]:
+    """The parsed document, or None and the problem naming the first key repeated within an object.
+
+    Pydantic's parser keeps the last of repeated keys silently; this pass refuses them, and its
+    document gives the canonical form (so the digest needs no dump of the model).
+    """
+    try:
+        return json.loads(raw, object_pairs_hook=_dict_without_duplicates), []
+    except _DuplicateKey:
+        return None, _duplicate_key_problems(raw)
+    except (ValueError, RecursionError):  # pydantic's parser accepted it; nothing to add here
+        return None, []
+
+
 def _duplicate_key_problems(raw: bytes) -> list[Problem]:
     """Report the first key repeated within one object (the JSON parser would keep the last silently).
 
-    One extra ``json.loads`` pass whose hook builds nothing, which costs less than a plain
-    ``json.loads``; only when it finds a repeat is the document parsed again to name the place.
+    A pass whose hook builds nothing; only when it finds a repeat is the document parsed again to
+    name the place.
     """
     try:
         json.loads(raw, object_pairs_hook=_reject_duplicates)
@@ -440,100 +472,125 @@ def _prechecked_bytes(data: str | bytes | bytearray, limits: BundleLimits) -> by
 
 
 def _semantic_problems(bundle: RuleBundle, limits: BundleLimits) -> Iterator[Problem]:
-    if len(bundle.rules) > limits.max_rules:
-        yield Problem("rules", f"{len(bundle.rules)} rules, over the limit of {limits.max_rules}")
-    yield from _string_problems(bundle.description, "description", limits)
-    seen: dict[str, int] = {}
-    for index, rule in enumerate(bundle.rules):
-        where = f"rules[{index}]"
-        if rule.id in seen:
-            yield Problem(f"{where}.id", f"duplicate rule id {rule.id!r} (first at rules[{seen[rule.id]}])")
-        else:
-            seen[rule.id] = index
-        yield from _string_problems(rule.description, f"{where}.description", limits)
-        if rule.when is not None:
-            yield from _condition_problems(rule.when, f"{where}.when", 1, limits)
-        yield from _outcome_problems(rule.then, f"{where}.then", limits)
-    for name, outcome in (("default", bundle.default), ("on_error", bundle.on_error)):
-        if outcome is not None:
-            yield from _outcome_problems(outcome, name, limits)
-    names: dict[str, int] = {}
-    for index, test in enumerate(bundle.tests):
-        where = f"tests[{index}]"
-        if test.name in names:
-            yield Problem(
-                f"{where}.name",
-                f"duplicate test name {test.name!r} (first at tests[{names[test.name]}])",
-            )
-        else:
-            names[test.name] = index
-        rule_id = test.expect.rule_id
-        if rule_id is not None and rule_id not in seen:
-            yield Problem(f"{where}.expect.rule_id", f"unknown rule {rule_id!r}{_suggest(rule_id, seen)}")
-        yield from _json_value_problems(test.event, f"{where}.event", limits, 1)
+    """What the schema alone cannot say: duplicates, references, limits, finite numbers."""
+    check = _Checker(limits)
+    return iter(check.bundle(bundle))
 
 
-def _condition_problems(cond: Any, where: str, depth: int, limits: BundleLimits) -> Iterator[Problem]:
-    if depth > limits.max_depth:
-        yield Problem(where, f"condition nesting depth exceeds the limit of {limits.max_depth}")
-        return
-    if isinstance(cond, AllCondition | AnyCondition):
-        key = "all" if isinstance(cond, AllCondition) else "any"
-        if len(cond.conditions) > limits.max_list:
-            yield Problem(
-                f"{where}.{key}", f"list of {len(cond.conditions)} conditions, over the limit of {limits.max_list}"
-            )
-        for i, child in enumerate(cond.conditions):
-            yield from _condition_problems(child, f"{where}.{key}[{i}]", depth + 1, limits)
-    elif isinstance(cond, NotCondition):
-        yield from _condition_problems(cond.condition, f"{where}.not", depth + 1, limits)
-    elif isinstance(cond, Leaf):
-        if len(cond.field) > limits.max_string:
-            yield Problem(f"{where}.field", f"field path longer than the limit of {limits.max_string} characters")
-        if cond.op == "matches" and isinstance(cond.value, str) and len(cond.value) > limits.max_regex:
-            yield Problem(
-                f"{where}.value",
-                f"regular expression of {len(cond.value)} characters, over the limit of {limits.max_regex}",
-            )
-        elif isinstance(cond.value, list) and len(cond.value) > limits.max_list:
-            yield Problem(
-                f"{where}.value",
-                f"list of {len(cond.value)} items, over the limit of {limits.max_list}",
-            )
-        else:
-            yield from _json_value_problems(cond.value, f"{where}.value", limits, depth)
+_Path = tuple[int | str, ...]
+_PLAIN = (int, bool, type(None))
 
 
-def _outcome_problems(outcome: Outcome, where: str, limits: BundleLimits) -> Iterator[Problem]:
-    yield from _string_problems(outcome.reason, f"{where}.reason", limits)
-    if outcome.params is not None:
-        yield from _json_value_problems(outcome.params, f"{where}.params", limits, 1)
+class _Checker:
+    """Walks a validated bundle once, collecting problems; paths are rendered only for problems."""
 
+    def __init__(self, limits: BundleLimits) -> None:
+        self.limits = limits
+        self.problems: list[Problem] = []
 
-def _string_problems(text: str | None, where: str, limits: BundleLimits) -> Iterator[Problem]:
-    if text is not None and len(text) > limits.max_string:
-        yield Problem(where, f"string of {len(text)} characters, over the limit of {limits.max_string}")
+    def add(self, path: _Path, message: str) -> None:
+        self.problems.append(Problem(_render_loc(list(path), ""), message))
 
+    def bundle(self, bundle: RuleBundle) -> list[Problem]:
+        limits = self.limits
+        if len(bundle.rules) > limits.max_rules:
+            self.add(("rules",), f"{len(bundle.rules)} rules, over the limit of {limits.max_rules}")
+        self.string(bundle.description, ("description",))
+        seen: dict[str, int] = {}
+        for index, rule in enumerate(bundle.rules):
+            if rule.id in seen:
+                self.add(("rules", index, "id"), f"duplicate rule id {rule.id!r} (first at rules[{seen[rule.id]}])")
+            else:
+                seen[rule.id] = index
+            if rule.description is not None:
+                self.string(rule.description, ("rules", index, "description"))
+            if rule.when is not None:
+                self.condition(rule.when, ("rules", index, "when"), 1)
+            self.outcome(rule.then, ("rules", index, "then"))
+        for name, outcome in (("default", bundle.default), ("on_error", bundle.on_error)):
+            if outcome is not None:
+                self.outcome(outcome, (name,))
+        names: dict[str, int] = {}
+        for index, test in enumerate(bundle.tests):
+            if test.name in names:
+                self.add(
+                    ("tests", index, "name"),
+                    f"duplicate test name {test.name!r} (first at tests[{names[test.name]}])",
+                )
+            else:
+                names[test.name] = index
+            rule_id = test.expect.rule_id
+            if rule_id is not None and rule_id not in seen:
+                self.add(("tests", index, "expect", "rule_id"), f"unknown rule {rule_id!r}{_suggest(rule_id, seen)}")
+            self.value(test.event, ("tests", index, "event"), 1)
+        return self.problems
 
-def _json_value_problems(value: Any, where: str, limits: BundleLimits, depth: int) -> Iterator[Problem]:
-    if depth > limits.max_depth:
-        yield Problem(where, f"nesting depth exceeds the limit of {limits.max_depth}")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            yield Problem(where, f"number {value!r} is not finite (NaN and Infinity are not JSON)")
-    elif isinstance(value, str):
-        yield from _string_problems(value, where, limits)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if len(key) > limits.max_string:
-                yield Problem(where, f"key of {len(key)} characters, over the limit of {limits.max_string}")
-            yield from _json_value_problems(item, _key_path(where, key), limits, depth + 1)
-    elif isinstance(value, list):
-        if len(value) > limits.max_list:
-            yield Problem(where, f"list of {len(value)} items, over the limit of {limits.max_list}")
+    def condition(self, cond: Any, path: _Path, depth: int) -> None:
+        limits = self.limits
+        if depth > limits.max_depth:
+            self.add(path, f"condition nesting depth exceeds the limit of {limits.max_depth}")
             return
-        for i, item in enumerate(value):
-            yield from _json_value_problems(item, f"{where}[{i}]", limits, depth + 1)
+        kind = type(cond)
+        if kind is Leaf:
+            if len(cond.field) > limits.max_string:
+                self.add((*path, "field"), f"field path longer than the limit of {limits.max_string} characters")
+            value = cond.value
+            if type(value) in _PLAIN:
+                return
+            if cond.op == "matches" and isinstance(value, str) and len(value) > limits.max_regex:
+                self.add(
+                    (*path, "value"),
+                    f"regular expression of {len(value)} characters, over the limit of {limits.max_regex}",
+                )
+            elif isinstance(value, list) and len(value) > limits.max_list:
+                self.add((*path, "value"), f"list of {len(value)} items, over the limit of {limits.max_list}")
+            else:
+                self.value(value, (*path, "value"), depth)
+        elif kind is AllCondition or kind is AnyCondition:
+            key = "all" if kind is AllCondition else "any"
+            if len(cond.conditions) > limits.max_list:
+                self.add(
+                    (*path, key), f"list of {len(cond.conditions)} conditions, over the limit of {limits.max_list}"
+                )
+            for i, child in enumerate(cond.conditions):
+                self.condition(child, (*path, key, i), depth + 1)
+        elif kind is NotCondition:
+            self.condition(cond.condition, (*path, "not"), depth + 1)
+
+    def outcome(self, outcome: Outcome, path: _Path) -> None:
+        if outcome.reason is not None:
+            self.string(outcome.reason, (*path, "reason"))
+        if outcome.params is not None:
+            self.value(outcome.params, (*path, "params"), 1)
+
+    def string(self, text: str | None, path: _Path) -> None:
+        if text is not None and len(text) > self.limits.max_string:
+            self.add(path, f"string of {len(text)} characters, over the limit of {self.limits.max_string}")
+
+    def value(self, value: Any, path: _Path, depth: int) -> None:
+        limits = self.limits
+        kind = type(value)
+        if kind in _PLAIN:
+            return
+        if depth > limits.max_depth:
+            self.add(path, f"nesting depth exceeds the limit of {limits.max_depth}")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                self.add(path, f"number {value!r} is not finite (NaN and Infinity are not JSON)")
+        elif isinstance(value, str):
+            if len(value) > limits.max_string:
+                self.add(path, f"string of {len(value)} characters, over the limit of {limits.max_string}")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if len(key) > limits.max_string:
+                    self.add(path, f"key of {len(key)} characters, over the limit of {limits.max_string}")
+                self.value(item, (*path, key), depth + 1)
+        elif isinstance(value, list):
+            if len(value) > limits.max_list:
+                self.add(path, f"list of {len(value)} items, over the limit of {limits.max_list}")
+                return
+            for i, item in enumerate(value):
+                self.value(item, (*path, i), depth + 1)
 
 
 # --- operator value shapes ------------------------------------------------------------------------

@@ -132,35 +132,43 @@ _TYPE_TEST = {
 
 
 class _Generator:
-    """Walks one condition tree, producing an expression, its shape key and its constants."""
+    """Walks one condition tree, collecting its shape key and constants, and (``emit``) its source.
 
-    def __init__(self, rule_id: str) -> None:
+    On a shape-cache hit only the constants are needed, so the walk runs without building any
+    text; the source is generated on a miss, by a second walk that collects the same constants in
+    the same order.
+    """
+
+    def __init__(self, rule_id: str, *, emit: bool) -> None:
         self.rule_id = rule_id
+        self.emit = emit
         self.constants: list[Any] = []
-        self.shape: list[str] = []
+        self.shape: list[Any] = []
         self._variables = 0
 
     def constant(self, value: Any) -> str:
         self.constants.append(value)
-        return f"c{len(self.constants) - 1}"
+        return f"c{len(self.constants) - 1}" if self.emit else ""
 
     def variable(self) -> str:
         self._variables += 1
-        return f"v{self._variables}"
+        return f"v{self._variables}" if self.emit else ""
 
     def expression(self, cond: Any) -> str:
-        if isinstance(cond, AllCondition | AnyCondition):
-            joiner = " and " if isinstance(cond, AllCondition) else " or "
-            self.shape.append("all(" if isinstance(cond, AllCondition) else "any(")
+        kind = type(cond)
+        if kind is AllCondition or kind is AnyCondition:
+            self.shape.append(kind)
             parts = [self.expression(child) for child in cond.conditions]
-            self.shape.append(")")
-            return "(" + joiner.join(parts) + ")"
-        if isinstance(cond, NotCondition):
-            self.shape.append("not(")
+            self.shape.append(None)
+            if not self.emit:
+                return ""
+            return "(" + (" and " if kind is AllCondition else " or ").join(parts) + ")"
+        if kind is NotCondition:
+            self.shape.append(kind)
             inner = self.expression(cond.condition)
-            self.shape.append(")")
-            return f"(not {inner})"
-        if isinstance(cond, Leaf):
+            self.shape.append(None)
+            return f"(not {inner})" if self.emit else ""
+        if kind is Leaf:
             return self.leaf(cond)
         raise TypeError(f"not a condition: {cond!r}")  # pragma: no cover - models allow no other
 
@@ -168,14 +176,22 @@ class _Generator:
         path = leaf.path
         op, value = leaf.op, leaf.value
         value_kind = _element_kind(value) if op in ("in", "not_in") else kind_of(value)
-        self.shape.append(f"[{len(path)}:{op}:{value_kind if leaf.has_value else '-'}]")
+        self.shape.append((len(path), op, value_kind if leaf.has_value else "-"))
+        emit = self.emit
         steps: list[str] = []
         holder = "event"
         for part in path[:-1]:
+            name = self.constant(part)
             nested = self.variable()
-            steps.append(f"(type({nested} := {holder}.get({self.constant(part)})) is dict or _map({nested}))")
+            if emit:
+                steps.append(f"(type({nested} := {holder}.get({name})) is dict or _map({nested}))")
             holder = nested
         key = self.constant(path[-1])
+        compares = op != "exists" and not (op in ("eq", "ne") and value is None)
+        if not emit:
+            if compares:
+                self.test(leaf, "", value_kind)  # collects the test's constants only
+            return ""
         if op == "exists":
             steps.append(f"{key} in {holder}")
         elif op in ("eq", "ne") and value is None:
@@ -193,38 +209,45 @@ class _Generator:
     def test(self, leaf: Leaf, v: str, value_kind: str) -> str:
         op, value = leaf.op, leaf.value
         info = self.constant(LeafInfo(self.rule_id, leaf.field, op, _frozen_value(value)))
+        c = self.constant(_operand(op, value))
+        if not self.emit:
+            return ""
         otherwise = f"_slow({info}, {v})"
         if op in _COMPARISON:
-            c = self.constant(value)
             symbol = "is" if value_kind == "bool" and op == "eq" else _COMPARISON[op]
             symbol = "is not" if value_kind == "bool" and op == "ne" else symbol
             guard = _TYPE_TEST[value_kind].format(v=v)
             return f"({v} {symbol} {c} if {guard} else {otherwise})"
         if op in ("in", "not_in"):
-            c = self.constant(frozenset(value))
             guard = _TYPE_TEST[value_kind].format(v=v)
             return f"({v} {'in' if op == 'in' else 'not in'} {c} if {guard} else {otherwise})"
         if op == "contains":
-            c = self.constant(value)
             if value_kind == "string":  # == between a string and any non-string is False
                 return f"({c} in {v} if type({v}) is str or type({v}) is list else {otherwise})"
             # 1 == True == 1.0 in Python; the slower kind check runs only when `in` finds something
             return f"({c} in {v} and _has({c}, {v}) if type({v}) is list else {otherwise})"
         if op in ("starts_with", "ends_with"):
-            c = self.constant(value)
             method = "startswith" if op == "starts_with" else "endswith"
             return f"({v}.{method}({c}) if type({v}) is str else {otherwise})"
         if op == "matches":
-            c = self.constant(_regex.compile_search(value))
             return f"({c}({v}) if type({v}) is str else {otherwise})"
         raise ValueError(f"unknown operator {op!r}")  # pragma: no cover
+
+
+def _operand(op: str, value: Any) -> Any:
+    """The constant a leaf's test compares with: a set for in/not_in, a search for matches."""
+    if op in ("in", "not_in"):
+        return frozenset(value)
+    if op == "matches":
+        return _regex.compile_search(value)
+    return value
 
 
 def _frozen_value(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-_shape_cache: dict[str, Callable[..., Matcher]] = {}
+_shape_cache: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
 _shape_lock = threading.Lock()
 
 
@@ -232,12 +255,14 @@ def compile_condition(condition: Any, rule_id: str = "?") -> Matcher:
     """Compile a condition model into a matcher ``event -> bool`` (``match_always`` for None)."""
     if condition is None:
         return match_always
-    generator = _Generator(rule_id)
-    expression = generator.expression(condition)
-    shape = "".join(generator.shape)
+    generator = _Generator(rule_id, emit=False)
+    generator.expression(condition)
+    shape = tuple(generator.shape)
     factory = _shape_cache.get(shape)
     if factory is None:
-        factory = _build_factory(expression, len(generator.constants))
+        source = _Generator(rule_id, emit=True)
+        expression = source.expression(condition)
+        factory = _build_factory(expression, len(source.constants))
         with _shape_lock:
             if len(_shape_cache) >= _SHAPE_CACHE_SIZE:
                 _shape_cache.clear()

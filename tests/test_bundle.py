@@ -425,3 +425,15 @@ def test_schema_module_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> 
     """`python -m rule_engine.schema` prints exactly the checked-in file."""
     schema_main()
     assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.joinpath("bundles").glob("*.json")) + [EXAMPLE], ids=lambda p: p.name
+)
+def test_canonical_form_from_the_parse_equals_the_models(path: Path) -> None:
+    """The canonical text cached while parsing is exactly the one derived from the validated model."""
+    bundle = load_bundle(path)
+    from_model = RuleBundle.canonical.func(bundle)  # the cached_property's own computation
+    assert bundle.canonical == from_model
+    reparsed = parse_bundle(json.dumps(json.loads(path.read_bytes()), indent=3, sort_keys=False))
+    assert reparsed.digest == bundle.digest
