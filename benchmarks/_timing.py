@@ -233,10 +233,7 @@ class Report:
     def format(self) -> str:
         lines = [f"== {self.title}"]
         if self.baselines:
-            lines.append(
-                "baselines (same run): "
-                + ", ".join(f"{k} = {v:.1f} ns" for k, v in self.baselines.items())
-            )
+            lines.append("baselines (same run): " + ", ".join(f"{k} = {v:.1f} ns" for k, v in self.baselines.items()))
         w = max([len(r.name) for r in self.rows] + [4])
         lines.append(f"{'case':<{w}}  {'ns/call':>10}  {'ratio':>12}  {'goal':>9}  result")
         for r in self.rows:

@@ -55,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         repeat=args.repeat,
     )
     report = Report(
-        title=(
-            f"ideal baselines: {len(bundle['rules'])} rules, first match at rule "
-            f"{args.match_at} of the pair"
-        ),
+        title=(f"ideal baselines: {len(bundle['rules'])} rules, first match at rule {args.match_at} of the pair"),
         meta={"build_s": round(build_s, 3), "loop_overhead_ns": round(loop_overhead(), 2)},
     )
     report.baseline("H", ns["H"])
@@ -76,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         ns["ideal_evaluate"],
         baseline="call",
     )
-    print(
-        f"index build: {build_s:.2f} s; timing-loop overhead {report.meta['loop_overhead_ns']} ns"
-    )
+    print(f"index build: {build_s:.2f} s; timing-loop overhead {report.meta['loop_overhead_ns']} ns")
     return report.finish(args)
 
 

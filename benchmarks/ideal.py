@@ -164,8 +164,7 @@ class IdealEvaluator:
             for a in ag if ag is not None else (None,):
                 named_flows.setdefault(a, set()).update(fl or ())
         lists: dict[str | None, dict[str | None, list[_Entry]]] = {
-            a: {f: [] for f in (*sorted(fs | named_flows[None]), None)}
-            for a, fs in named_flows.items()
+            a: {f: [] for f in (*sorted(fs | named_flows[None]), None)} for a, fs in named_flows.items()
         }
         # Append every rule, in priority order, to every list it applies to.
         for _, ag, fl, entry in compiled:

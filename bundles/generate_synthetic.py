@@ -214,9 +214,7 @@ def _plan(seed: int, agent_index: int, flow_index: int, rules_per_pair: int) -> 
     prefixes = tuple(f"/api/{w}/" for w in _distinct(_PATH_WORDS, n, rng))
     verified = tuple(rng.random() < 0.5 for _ in range(n))
     rps = tuple(rng.choice((1, 5, 10, 50)) for _ in range(n))
-    return _PairPlan(
-        agent, flow, shapes, risk, age, amount, countries, tiers, oses, prefixes, verified, rps
-    )
+    return _PairPlan(agent, flow, shapes, risk, age, amount, countries, tiers, oses, prefixes, verified, rps)
 
 
 def _leaf(field: str, op: str, value: Any) -> JSON:
@@ -366,9 +364,7 @@ def expected_outcome(
     return (rule["then"]["decision"], rule["id"])
 
 
-def synthetic_bundle(
-    agents: int = 50, flows: int = 20, rules_per_pair: int = 10, seed: int = 0
-) -> JSON:
+def synthetic_bundle(agents: int = 50, flows: int = 20, rules_per_pair: int = 10, seed: int = 0) -> JSON:
     """A valid bundle with ``agents * flows * rules_per_pair`` rules (10,000 by default)."""
     if agents < 1 or flows < 1 or rules_per_pair < 1:
         raise ValueError("agents, flows and rules_per_pair must all be >= 1")
@@ -382,9 +378,7 @@ def synthetic_bundle(
     tests: list[JSON] = []
     for a, f in samples:
         match_at = min(6, rules_per_pair)
-        decision, rule_id = expected_outcome(
-            a, f, match_at, seed=seed, rules_per_pair=rules_per_pair
-        )
+        decision, rule_id = expected_outcome(a, f, match_at, seed=seed, rules_per_pair=rules_per_pair)
         tests.append(
             {
                 "name": f"{agent_name(a)}/{flow_name(f)}: rule {match_at} is the first match",

@@ -742,7 +742,9 @@ def _message(error: Any, loc: list[int | str]) -> str:
     if kind in ("leaf_value", "field_path", "rule_id"):
         return str(error["msg"])
     if kind == "string_pattern_mismatch":
-        return f"invalid {loc[-1] if loc else 'value'} {_clip(value)}: only the characters A-Z a-z 0-9 . _ - are allowed"
+        return (
+            f"invalid {loc[-1] if loc else 'value'} {_clip(value)}: only the characters A-Z a-z 0-9 . _ - are allowed"
+        )
     message = str(error["msg"])
     message = message[0].lower() + message[1:] if message else message
     if kind.endswith("_type") or kind.endswith("_parsing"):

@@ -428,7 +428,7 @@ def test_schema_module_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize(
-    "path", sorted(Path(__file__).parent.parent.joinpath("bundles").glob("*.json")) + [EXAMPLE], ids=lambda p: p.name
+    "path", [*sorted(Path(__file__).parent.parent.joinpath("bundles").glob("*.json")), EXAMPLE], ids=lambda p: p.name
 )
 def test_canonical_form_from_the_parse_equals_the_models(path: Path) -> None:
     """The canonical text cached while parsing is exactly the one derived from the validated model."""

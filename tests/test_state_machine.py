@@ -335,10 +335,10 @@ class Model:
             if self.rollout is None:
                 self.activate(record.vid, now, supersede=False)
         rollout = self.rollout
-        if rollout is not None and rollout.kind == "ab-test" and not rollout.ended:
-            if now - rollout.started_at >= self.versions[rollout.candidate].strategy.test_duration_secs:
-                self.audit.append(("end-experiment", rollout.candidate, "rolling_out", "rolling_out"))
-                rollout.ended = True
+        due = rollout is not None and rollout.kind == "ab-test" and not rollout.ended
+        if due and now - rollout.started_at >= self.versions[rollout.candidate].strategy.test_duration_secs:
+            self.audit.append(("end-experiment", rollout.candidate, "rolling_out", "rolling_out"))
+            rollout.ended = True
         self.judge_and_act(now, auto_rollback)
         rollout = self.rollout
         if (

@@ -62,9 +62,7 @@ def forbid_network() -> None:
 
 def finish(exit_code: int = 0) -> None:
     """Exit now, even if an SDK left a non-daemon thread behind (reported on stderr)."""
-    leftover = [
-        t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
-    ]
+    leftover = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     if leftover:
         print(f"note: threads still alive at exit: {leftover}", file=sys.stderr)
     sys.stdout.flush()

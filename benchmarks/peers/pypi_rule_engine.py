@@ -162,9 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rule = rule_engine.Rule(translate(r["when"]), context=context)
         for a in r["agents"]:
             for f in r["flows"]:
-                index.setdefault(a, {}).setdefault(f, []).append(
-                    (rule, r["id"], r["then"]["decision"])
-                )
+                index.setdefault(a, {}).setdefault(f, []).append((rule, r["id"], r["then"]["decision"]))
     build_indexed_s = time.perf_counter() - t0
     indexed = IndexedPeer(index, default)
     pairs = {(a, f): len(v) for a, fl in index.items() for f, v in fl.items()}
@@ -199,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         entries = []
         for _, r in rules:
-            text = (
-                f"agent_id in {_lit(r['agents'])} and flow_id in {_lit(r['flows'])} "
-                f"and {translate(r['when'])}"
-            )
+            text = f"agent_id in {_lit(r['agents'])} and flow_id in {_lit(r['flows'])} and {translate(r['when'])}"
             entries.append(
                 (
                     rule_engine.Rule(text, context=context),

@@ -72,16 +72,13 @@ def _synthetic_bundle_file(directory: str) -> str:
     return str(path)
 
 
-def run_peer(
-    peer: Peer, bundle_path: str | None = None, *, extra_args: Sequence[str] = ()
-) -> dict[str, Any]:
+def run_peer(peer: Peer, bundle_path: str | None = None, *, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Run one peer script; its JSON object, or ``{"peer": name, "unavailable": reason}``."""
     python = venv_python(peer.name)
     if not python.exists():
         return {
             "peer": peer.name,
-            "unavailable": f"no venv at {python.parent.parent} "
-            "(run: bash benchmarks/peers/setup_peers.sh)",
+            "unavailable": f"no venv at {python.parent.parent} (run: bash benchmarks/peers/setup_peers.sh)",
         }
     cmd = [str(python), str(PEERS_DIR / peer.script)]
     if peer.needs_bundle:
@@ -131,9 +128,7 @@ def run_peers(
     selected = [p for p in PEERS if only is None or p.name in only]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-        if bundle_path is None and any(
-            p.needs_bundle and venv_python(p.name).exists() for p in selected
-        ):
+        if bundle_path is None and any(p.needs_bundle and venv_python(p.name).exists() for p in selected):
             bundle_path = _synthetic_bundle_file(tmp)
         for peer in selected:
             args = (peer_args or {}).get(peer.name, ())

@@ -75,9 +75,7 @@ def main() -> None:
         share = rollout_share(lambda k: client.is_enabled(TOGGLE, {"userId": k}))
         require_share(share)
         ctx = {"userId": HASH_KEY}
-        ns, baseline_ns = measure_with_baselines(
-            {"is_enabled": (client.is_enabled, (TOGGLE, ctx))}, repeat=args.repeat
-        )
+        ns, baseline_ns = measure_with_baselines({"is_enabled": (client.is_enabled, (TOGGLE, ctx))}, repeat=args.repeat)
         threads = live_threads()
         client.destroy()
     emit(
