@@ -278,3 +278,26 @@ def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     parser.add_argument("--repeat", type=int, default=25, help="timing repeats per case")
     return parser
+
+
+def bench_main(
+    description: str | None,
+    run: Callable[..., Sequence[Report]],
+    argv: list[str] | None = None,
+    quick_help: str = "small smoke run",
+) -> int:
+    """The command line every bench script shares: ``--quick``, ``--repeat``, ``--json PATH``.
+
+    ``run(quick=..., repeat=...)`` returns the reports; they are printed (and dumped as JSON when
+    asked), and the exit status is 1 when a goal was missed.
+    """
+    parser = add_report_args(argparse.ArgumentParser(description=description))
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    reports = run(quick=args.quick, repeat=args.repeat)
+    for report in reports:
+        report.print()
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps([r.to_json() for r in reports], indent=2) + "\n")
+    return 0 if all(r.ok for r in reports) else 1

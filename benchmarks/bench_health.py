@@ -12,7 +12,6 @@ the same run on the 10k-rule synthetic table. Goal: recording adds <= 20% to an 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping
@@ -25,7 +24,7 @@ for _p in (str(HERE), str(HERE.parent / "bundles"), str(HERE.parent)):
         sys.path.insert(0, _p)
 
 import mmh3  # noqa: E402
-from _timing import Report, add_report_args, interleaved  # noqa: E402
+from _timing import Report, bench_main, interleaved  # noqa: E402
 from bench_manager import canary_manager, keys_by_side, quiet_logs  # noqa: E402
 from generate_synthetic import expected_outcome, matching_event, synthetic_bundle  # noqa: E402
 from ideal import HASH_KEY, bare_method_call  # noqa: E402
@@ -127,15 +126,7 @@ def run(*, quick: bool = False, repeat: int = 25, bundle_json: bytes | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_report_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    args = parser.parse_args(argv)
-    reports = run(quick=args.quick, repeat=args.repeat)
-    for report in reports:
-        report.print()
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_json() for r in reports], indent=2) + "\n", encoding="utf-8")
-    return 0 if all(r.ok for r in reports) else 1
+    return bench_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

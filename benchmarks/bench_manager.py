@@ -22,7 +22,6 @@ events, without I/O), as a service that ships its logs would pay.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -41,7 +40,7 @@ for _p in (str(HERE), str(HERE.parent / "bundles"), str(HERE.parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _timing import Report, add_report_args, interleaved  # noqa: E402
+from _timing import Report, bench_main, interleaved  # noqa: E402
 from generate_synthetic import expected_outcome, matching_event, synthetic_bundle  # noqa: E402
 from ideal import HASH_KEY, IdealEvaluator, bare_method_call, ideal_route  # noqa: E402
 
@@ -300,15 +299,7 @@ def run(*, quick: bool = False, repeat: int = 25, bundle_json: bytes | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_report_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--quick", action="store_true", help="small smoke run")
-    args = parser.parse_args(argv)
-    reports = run(quick=args.quick, repeat=args.repeat)
-    for report in reports:
-        report.print()
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_json() for r in reports], indent=2) + "\n", encoding="utf-8")
-    return 0 if all(r.ok for r in reports) else 1
+    return bench_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

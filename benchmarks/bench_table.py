@@ -17,7 +17,6 @@ Every figure is a ratio against a baseline measured in this process, in this run
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import hashlib
@@ -36,7 +35,7 @@ for _p in (str(HERE), str(HERE.parent / "bundles"), str(HERE.parent)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from _timing import Report, add_report_args, interleaved  # noqa: E402
+from _timing import Report, bench_main, interleaved  # noqa: E402
 from generate_synthetic import expected_outcome, matching_event, synthetic_bundle  # noqa: E402
 from ideal import HASH_KEY, IdealEvaluator, bare_method_call  # noqa: E402
 
@@ -239,17 +238,9 @@ def run(*, quick: bool = False, repeat: int = 25) -> tuple[list[Report], dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = add_report_args(argparse.ArgumentParser(description=__doc__))
-    parser.add_argument("--quick", action="store_true", help="small smoke run (no 100k table)")
-    args = parser.parse_args(argv)
-    reports, _ = run(quick=args.quick, repeat=args.repeat)
-    ok = True
-    for report in reports:
-        report.print()
-        ok = ok and report.ok
-    if args.json:
-        Path(args.json).write_text(json.dumps([r.to_json() for r in reports], indent=2) + "\n", encoding="utf-8")
-    return 0 if ok else 1
+    return bench_main(
+        __doc__, lambda quick, repeat: run(quick=quick, repeat=repeat)[0], argv, "small smoke run (no 100k table)"
+    )
 
 
 if __name__ == "__main__":

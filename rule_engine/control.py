@@ -66,30 +66,25 @@ class Change:
     ) -> VersionRecord:
         """Check and record ``record -> target``; return the moved record (not yet in ``state``)."""
         check_transition(record.version_id, record.state, target, self.action)
-        moved = record.moved(target, now, **changes)
-        self.audit.append(
-            AuditEntry(
-                at=now,
-                action=self.action,
-                version_id=record.version_id,
-                from_state=record.state.value,
-                to_state=target.value,
-                actor=self.actor,
-                reason=reason,
-                strategy=record.strategy.kind,
-            )
-        )
-        return moved
+        self._audit(record, target.value, now, reason)
+        return record.moved(target, now, **changes)
 
     def note(self, record: VersionRecord, now: float, reason: str) -> None:
         """Record a step that changes the rollout but not the version's state (a stage, a hold)."""
+        self._audit(record, record.state.value, now, reason)
+
+    def _audit(self, record: VersionRecord, to_state: str, now: float, reason: str) -> None:
+        self.audit_as(self.action, record, to_state, now, reason)
+
+    def audit_as(self, action: str, record: VersionRecord, to_state: str, now: float, reason: str) -> None:
+        """Append an audit entry for ``record`` (its current state -> ``to_state``)."""
         self.audit.append(
             AuditEntry(
                 at=now,
-                action=self.action,
+                action=action,
                 version_id=record.version_id,
                 from_state=record.state.value,
-                to_state=record.state.value,
+                to_state=to_state,
                 actor=self.actor,
                 reason=reason,
                 strategy=record.strategy.kind,
@@ -129,7 +124,7 @@ def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: f
         to_state=S.STAGED.value,
     )
     change.result = record.version_id
-    evict(change, max_history, keep=record.version_id)
+    evict(change, max_history, now, keep=record.version_id)
     return change
 
 
@@ -186,7 +181,7 @@ def activate(
             from_state=S.STAGED.value,
             to_state=S.ROLLING_OUT.value,
         )
-    evict(change, max_history)
+    evict(change, max_history, now)
     change.result = version_id
     return change
 
@@ -266,7 +261,7 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
     change.result = True
     if share >= BASIS_POINTS:
         _make_active(change, record, now, reason=f"canary completed after {len(strategy.stages)} stages")
-        evict(change, max_history)
+        evict(change, max_history, now)
         return change
     change.note(
         record,
@@ -292,7 +287,7 @@ def promote(state: ControlState, now: float, actor: str, *, max_history: int = 1
     rollout = _rollout_of_kind(state, "canary", "promote")
     change = Change(state, "promote", actor)
     _make_active(change, state.versions[rollout.candidate], now, reason=f"promoted by {actor}")
-    evict(change, max_history)
+    evict(change, max_history, now)
     change.result = rollout.candidate
     return change
 
@@ -316,7 +311,7 @@ def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_hi
         winner=winner,
         stable_version_id=rollout.stable,
     )
-    evict(change, max_history)
+    evict(change, max_history, now)
     return change
 
 
@@ -422,7 +417,7 @@ def protected(state: ControlState) -> set[str]:
     return keep
 
 
-def evict(change: Change, max_history: int, keep: str | None = None) -> None:
+def evict(change: Change, max_history: int, now: float, keep: str | None = None) -> None:
     """Drop the oldest unprotected versions until at most ``max_history`` remain."""
     state = change.state
     excess = len(state.versions) - max_history
@@ -434,18 +429,7 @@ def evict(change: Change, max_history: int, keep: str | None = None) -> None:
         return
     for victim in victims:
         record = state.versions[victim]
-        change.audit.append(
-            AuditEntry(
-                at=change.audit[-1].at if change.audit else record.updated_at,
-                action="evict",
-                version_id=victim,
-                from_state=record.state.value,
-                to_state="evicted",
-                actor=change.actor,
-                reason=f"history is limited to {max_history} versions",
-                strategy=record.strategy.kind,
-            )
-        )
+        change.audit_as("evict", record, "evicted", now, f"history is limited to {max_history} versions")
         change.event("history.evicted", version_id=victim, state=record.state.value, max_history=max_history)
     versions = state.with_versions(drop=tuple(victims))
     lineage = tuple(v for v in state.lineage if v not in victims)

@@ -747,10 +747,9 @@ class DeploymentManager:
         )
         self._snapshot = snapshot
         self._state = state
-        for version_id in [v for v in self._tables if v not in state.versions]:
-            del self._tables[version_id]
-        for version_id in [v for v in self._recorders if v not in state.versions]:
-            del self._recorders[version_id]
+        for per_version in (self._tables, self._recorders, self._verdicts, self._last_check):
+            for version_id in [v for v in per_version if v not in state.versions]:
+                del per_version[version_id]  # evicted from history: free what this process kept
         self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
 
     def _table_for(self, version_id: str) -> RuleTable:
@@ -809,12 +808,15 @@ class DeploymentManager:
             self._unflushed.clear()
 
     def _flush_evicted(self, evicted: tuple[str, ...], now: float) -> None:
+        """Keep what evicted versions counted for the next flush (no store I/O after a commit)."""
+        bucket = self._bucket(now)
         for version_id in evicted:
             recorder = self._recorders.get(version_id)
             if recorder is not None:
                 delta = recorder.drain()
                 if delta:
-                    self._store.add_health(version_id, self._bucket(now), delta)
+                    key = (version_id, bucket)
+                    self._unflushed[key] = self._unflushed.get(key, HealthCounts()) + delta
 
     def _window_counts(self, version_ids: list[str], now: float) -> dict[str, HealthCounts]:
         since = self._bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)
