@@ -82,6 +82,7 @@ class HealthCounts:
     latency_sum_us: float = 0.0
     histogram: tuple[int, ...] = ()
     decisions: Mapping[str, int] = field(default_factory=dict)
+    rules: Mapping[str, int] = field(default_factory=dict)  # matches per rule id; "" = the default decision
 
     def __add__(self, other: HealthCounts) -> HealthCounts:
         return HealthCounts(
@@ -91,6 +92,7 @@ class HealthCounts:
             self.latency_sum_us + other.latency_sum_us,
             _add_lists(self.histogram, other.histogram),
             _add_maps(self.decisions, other.decisions),
+            _add_maps(self.rules, other.rules),
         )
 
     def __bool__(self) -> bool:
@@ -135,6 +137,7 @@ class HealthCounts:
             "latency_sum_us": self.latency_sum_us,
             "histogram": list(self.histogram),
             "decisions": dict(self.decisions),
+            "rules": dict(self.rules),
         }
 
     @classmethod
@@ -147,6 +150,7 @@ class HealthCounts:
             float(data.get("latency_sum_us", 0.0)),
             tuple(int(x) for x in data.get("histogram", ())),
             {str(k): int(v) for k, v in dict(data.get("decisions", {})).items()},
+            {str(k): int(v) for k, v in dict(data.get("rules", {})).items()},
         )
 
 
@@ -196,6 +200,7 @@ class HealthMetrics:
     window: HealthCounts = field(default_factory=HealthCounts)
     verdict: bool | None = None
     verdict_reason: str = ""
+    rule_matches: Mapping[str, int] = field(default_factory=dict)  # lifetime; "" = no rule (default)
 
     @classmethod
     def of(
@@ -218,6 +223,7 @@ class HealthMetrics:
             window=window,
             verdict=verdict.healthy,
             verdict_reason=verdict.reason,
+            rule_matches=dict(lifetime.rules),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,6 +246,7 @@ class HealthMetrics:
             },
             "healthy": self.verdict,
             "reason": self.verdict_reason,
+            "rule_matches": dict(sorted(self.rule_matches.items(), key=lambda item: -item[1])),
         }
 
 
@@ -414,6 +421,7 @@ def _sum_shards(shards: list[_Shard]) -> HealthCounts:
     evaluations = errors = timeouts = latency = 0
     histogram = [0] * HISTOGRAM_BUCKETS
     decisions: dict[str, int] = {}
+    rules: dict[str, int] = {}
     for shard in shards:
         counts = list(shard.histogram)  # one entry per evaluation, errors included
         evaluations += sum(counts)
@@ -425,12 +433,15 @@ def _sum_shards(shards: list[_Shard]) -> HealthCounts:
         for outcome, count in list(shard.outcomes.items()):
             name = getattr(outcome, "decision", str(outcome))
             decisions[name] = decisions.get(name, 0) + count
-    return HealthCounts(evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions)
+            rule_id = getattr(outcome, "rule_id", None) or ""
+            rules[rule_id] = rules.get(rule_id, 0) + count
+    return HealthCounts(evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions, rules)
 
 
 def _subtract(a: HealthCounts, b: HealthCounts) -> HealthCounts:
     histogram = tuple(x - (b.histogram[i] if i < len(b.histogram) else 0) for i, x in enumerate(a.histogram))
     decisions = {k: v - b.decisions.get(k, 0) for k, v in a.decisions.items() if v - b.decisions.get(k, 0)}
+    rules = {k: v - b.rules.get(k, 0) for k, v in a.rules.items() if v - b.rules.get(k, 0)}
     return HealthCounts(
         a.evaluations - b.evaluations,
         a.errors - b.errors,
@@ -438,4 +449,5 @@ def _subtract(a: HealthCounts, b: HealthCounts) -> HealthCounts:
         a.latency_sum_us - b.latency_sum_us,
         histogram if any(histogram) else (),
         decisions,
+        rules,
     )

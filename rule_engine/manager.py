@@ -190,6 +190,7 @@ class DeploymentManager:
         self._threads: list[_Loop] = []
         self._stale_reason: str | None = None
         self._unflushed: dict[tuple[str, float], HealthCounts] = {}  # drained, not yet in the store
+        self._last_prune = float("-inf")
         self._refresh()
 
     # --- construction and lifetime ----------------------------------------------------------------
@@ -468,6 +469,7 @@ class DeploymentManager:
         if change.events:
             actions.append("ended A/B test")
         actions.extend(self._judge_and_act(now_hint=None))
+        self._prune_health()
         rollout = self._state.rollout
         if rollout is not None and rollout.kind == "canary":
             if self._candidate_verdict().healthy is True and rollout.held is None:
@@ -478,6 +480,19 @@ class DeploymentManager:
             if status is not None and status.holding:
                 holding.append(f"{rollout.candidate}: {status.holding}")
         return TickReport(tuple(actions), tuple(holding))
+
+    def _prune_health(self) -> None:
+        """Drop health buckets no verdict or running A/B report can need (at most once a window)."""
+        with self._lock:
+            now = self._clock.now()
+            if now - self._last_prune < self.thresholds.window_secs:
+                return
+            keep_from = now - 2 * self.thresholds.window_secs
+            rollout = self._state.rollout
+            if rollout is not None:
+                keep_from = min(keep_from, self._bucket(rollout.started_at))
+            self._store.prune_health(self._bucket(keep_from))
+            self._last_prune = now
 
     def _plan_scheduled(self, version_id: str) -> Callable[[ControlState, float], Change]:
         def plan(state: ControlState, now: float) -> Change:

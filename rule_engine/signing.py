@@ -216,6 +216,56 @@ class TrustPolicy:
         if not self._ed25519 and not self._hmac:
             raise ValueError("a TrustPolicy needs at least one trusted key")
 
+    @classmethod
+    def from_dict(cls, data: Any) -> TrustPolicy:
+        """A policy from the trust-file JSON form; raise ``ValueError`` naming what is wrong.
+
+        ``{"ed25519": {key_id: "<base64 public key>"}, "hmac-sha256": {key_id: "<base64 secret>"}}``;
+        either section may be left out, but at least one key is needed.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(ALGORITHMS))
+        if unknown:
+            raise ValueError(f"unknown sections {unknown}; expected {', '.join(repr(a) for a in ALGORITHMS)}")
+        keys: dict[str, dict[str, bytes]] = {}
+        for alg in ALGORITHMS:
+            section = data.get(alg, {})
+            if not isinstance(section, Mapping):
+                raise ValueError(f"{alg!r} must map key ids to base64 keys, got {type(section).__name__}")
+            keys[alg] = {}
+            for key_id, text in section.items():
+                if not key_id or not isinstance(text, str):
+                    raise ValueError(f"{alg}.{key_id!r}: expected a non-empty key id and a base64 string")
+                try:
+                    keys[alg][key_id] = base64.b64decode(text, validate=True)
+                except (binascii.Error, ValueError):
+                    raise ValueError(f"{alg}.{key_id!r}: not valid base64") from None
+                size = len(keys[alg][key_id])
+                if alg == "ed25519" and size != 32:
+                    raise ValueError(f"ed25519.{key_id!r}: a public key is 32 bytes, got {size}")
+                if alg == "hmac-sha256" and size < MIN_HMAC_SECRET_BYTES:
+                    raise ValueError(f"hmac-sha256.{key_id!r}: a secret is at least {MIN_HMAC_SECRET_BYTES} bytes, got {size}")
+        try:
+            return cls(ed25519=keys["ed25519"], hmac=keys["hmac-sha256"])
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> TrustPolicy:
+        """A policy from a JSON trust file (see :meth:`from_dict`); raise ``ValueError`` naming the file and why."""
+        where = os.fspath(path)
+        try:
+            data = json.loads(Path(path).read_bytes())
+        except OSError as exc:
+            raise ValueError(f"trust file {where!r}: cannot read it: {exc.strerror or exc}") from None
+        except (ValueError, RecursionError):
+            raise ValueError(f"trust file {where!r}: not JSON") from None
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"trust file {where!r}: {exc}") from None
+
     @property
     def key_ids(self) -> tuple[str, ...]:
         """The trusted key ids (``alg:key_id``), sorted."""
