@@ -4,14 +4,19 @@ Every command prints for people by default and one JSON object with ``--json``. 
 status is 0; on any failure it is 1 (2 for a usage error) and stderr holds exactly one line starting
 with ``error:``, never a traceback (set ``RULE_ENGINE_DEBUG=1`` to see one for unexpected errors).
 The state store is ``--store URL``, else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``.
+With ``--trust FILE`` (else ``$RULE_ENGINE_TRUST``) ``deploy`` and ``validate`` refuse bundles without a
+trusted signature (``BUNDLE.sig``); ``keygen`` and ``sign`` make keys and signatures (docs/cli.md).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import getpass
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -31,9 +36,19 @@ from rule_engine.bundle import RuleBundle, load_bundle
 from rule_engine.bundle_tests import run_bundle_tests
 from rule_engine.clock import iso
 from rule_engine.engine import RuleEngine
-from rule_engine.errors import BundleValidationError, RuleEngineError, StoreError
+from rule_engine.errors import BundleTrustError, BundleValidationError, RuleEngineError, StoreError
 from rule_engine.logging_setup import cli_logging, level_for
 from rule_engine.manager import DeploymentInfo, DeploymentManager, RolloutStatus, TickReport
+from rule_engine.signing import (
+    Ed25519Key,
+    HmacKey,
+    Signature,
+    SigningKey,
+    TrustPolicy,
+    find_signature,
+    sign_bundle,
+    write_signature,
+)
 from rule_engine.stores.base import store_url_from_env
 from rule_engine.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
 
@@ -56,6 +71,7 @@ class CliContext:
     """What every command shares: the store URL, output mode, and the manager once opened."""
 
     store_url: str | None = None
+    trust_file: str | None = None
     manager: DeploymentManager | None = None  # preset (tests, embedding) or opened on first use
     owns_manager: bool = False
     opened: list[DeploymentManager] = field(default_factory=list)
@@ -64,6 +80,17 @@ class CliContext:
     def url(self) -> str:
         """The store URL in effect."""
         return store_url_from_env(self.store_url)
+
+    def trust(self) -> TrustPolicy | None:
+        """The trust policy from ``--trust`` / ``$RULE_ENGINE_TRUST``, or None; a bad file fails the command."""
+        if self.trust_file is None:
+            return None
+        try:
+            return TrustPolicy.from_file(self.trust_file)
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise CommandFailed(f"trust file {self.trust_file!r}: {exc}") from None
+        except ValueError as exc:
+            raise CommandFailed(str(exc)) from None
 
     def open(self, *, follow: bool = False, **kwargs: Any) -> DeploymentManager:
         """The manager on the store (opened once, closed when the command ends)."""
@@ -139,6 +166,8 @@ def _fail(message: str, code: int) -> int:
 
 def _bundle_error_line(exc: BundleValidationError) -> str:
     where = f"{exc.source}: " if exc.source else ""
+    if isinstance(exc, BundleTrustError) and exc.problems:  # the message already says why: unsigned, ...
+        return f"{where}{exc.problems[0].message}"
     kind = "bundle tests failed" if type(exc).__name__ == "BundleTestFailure" else "invalid bundle"
     if not exc.problems:
         return f"{where}{kind}"
@@ -190,14 +219,24 @@ by_option = click.option(
     metavar="URL",
     help="State store: sqlite:///path/state.db or memory://  [default: $RULE_ENGINE_STORE, else sqlite:///.rule-engine/state.db]",
 )
+@click.option(
+    "--trust",
+    "trust_file",
+    default=None,
+    envvar="RULE_ENGINE_TRUST",
+    metavar="FILE",
+    help="JSON trust file: deploy and validate then refuse bundles without a trusted BUNDLE.sig  [default: $RULE_ENGINE_TRUST]",
+)
 @click.option("-v", "--verbose", count=True, help="Log library events to stderr (-v info, -vv debug).")
 @click.version_option(package_name="rule_engine", prog_name="rule-engine")
 @click.pass_context
-def cli(ctx: click.Context, store_url: str | None, verbose: int) -> None:
+def cli(ctx: click.Context, store_url: str | None, trust_file: str | None, verbose: int) -> None:
     """Ship rule bundles to live evaluators: validate, deploy by strategy, watch health, roll back."""
     state = ctx.ensure_object(CliContext)
     if store_url is not None:
         state.store_url = store_url
+    if trust_file:
+        state.trust_file = trust_file
     ctx.with_resource(cli_logging(level_for(verbose)))
 
 
@@ -207,17 +246,20 @@ def cli(ctx: click.Context, store_url: str | None, verbose: int) -> None:
 @cli.command()
 @click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE...")
 @json_option
-def validate(bundles: tuple[str, ...], as_json: bool) -> None:
-    """Validate bundle files and run their own tests."""
-    results = [_validate_one(path) for path in bundles]
+@click.pass_context
+def validate(ctx: click.Context, bundles: tuple[str, ...], as_json: bool) -> None:
+    """Validate bundle files and run their own tests (with --trust: check their signatures first)."""
+    trust = ctx.ensure_object(CliContext).trust()
+    results = [_validate_one(path, trust) for path in bundles]
     failed = [r for r in results if not r["ok"]]
 
     def human() -> None:
         for r in results:
             if r["ok"]:
+                signed = f"; signed by {r['signature']['alg']}:{r['signature']['key_id']}" if trust else ""
                 click.echo(
                     f"OK    {r['path']}  ({r['bundle_id']} {r['version']}: {r['rules']} rules, "
-                    f"{r['tests']} tests passed)"
+                    f"{r['tests']} tests passed{signed})"
                 )
             else:
                 count = len(r["problems"])
@@ -234,12 +276,24 @@ def validate(bundles: tuple[str, ...], as_json: bool) -> None:
         )
 
 
-def _validate_one(path: str) -> dict[str, Any]:
+def _validate_one(path: str, trust: TrustPolicy | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {"path": path, "ok": False, "bundle_id": None, "version": None, "digest": None}
+    if trust is not None:
+        result["signature"] = {"status": "unchecked", "alg": None, "key_id": None}
     try:
         bundle = load_bundle(path)
         result.update(bundle_id=bundle.bundle_id, version=bundle.version, digest=bundle.digest)
         result.update(rules=len(bundle.rules), tests=len(bundle.tests))
+        if trust is not None:  # before the bundle's tests run
+            result["signature"]["status"] = "refused"
+            signature = find_signature(path)
+            result["signature"].update(
+                status="refused" if signature else "unsigned",
+                alg=signature.alg if signature else None,
+                key_id=signature.key_id if signature else None,
+            )
+            trust.verify(bundle, signature)
+            result["signature"]["status"] = "trusted"
         run_bundle_tests(bundle)
     except BundleValidationError as exc:
         result["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems] or [
@@ -377,8 +431,18 @@ def deploy(
     chosen = _build_strategy(strategy, stages, stage_duration, split_ratio, test_duration, at)
     who = actor or _default_actor()
     with _managed(ctx) as state:
-        manager = state.open()
-        version_id = manager.prepare_deployment(Path(bundle), chosen, deployed_by=who)
+        trust = state.trust()
+        source: Path | RuleBundle = Path(bundle)
+        signature: Signature | None = None
+        if trust is not None:  # refuse an untrusted bundle before the store is even opened
+            source = load_bundle(bundle)
+            try:
+                signature = find_signature(bundle)
+                trust.verify(source, signature)
+            except BundleTrustError as exc:
+                raise exc.with_source(bundle) from None
+        manager = state.open(trust=trust) if trust is not None else state.open()
+        version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
         if not isinstance(chosen, Scheduled):
             try:
                 manager.activate_deployment(version_id, actor=who, supersede=supersede)
@@ -404,6 +468,148 @@ def deploy(
                 click.echo("  the controller advances it stage by stage while it stays healthy")
 
         _emit(as_json, data, human)
+
+
+# --- keygen and sign ----------------------------------------------------------------------------------
+
+_KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_KEY_FIELD = {"ed25519": "private_key", "hmac-sha256": "secret"}
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` with ``mode`` (never overwriting) and write ``text``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), mode)
+        out.write(text)
+
+
+def _key_json(data: dict[str, str]) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
+def _read_signing_key(path: str) -> SigningKey:
+    """The signing key in a ``keygen`` key file; CommandFailed naming the file and what is wrong."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise CommandFailed(f"key file {path!r}: cannot read it: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError):
+        raise CommandFailed(f"key file {path!r}: not JSON (expected a file written by 'rule-engine keygen')") from None
+    alg = data.get("alg") if isinstance(data, dict) else None
+    if alg not in _KEY_FIELD:
+        raise CommandFailed(f"key file {path!r}: 'alg' must be one of {', '.join(_KEY_FIELD)} (is it a .pub file?)")
+    field_name = _KEY_FIELD[alg]
+    key_id, text = data.get("key_id"), data.get(field_name)
+    if not isinstance(key_id, str) or not key_id or not isinstance(text, str):
+        raise CommandFailed(f"key file {path!r}: needs a 'key_id' and a base64 {field_name!r}")
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519Key.from_private_bytes(key_id, raw) if alg == "ed25519" else HmacKey(key_id, raw)
+    except (binascii.Error, ValueError) as exc:
+        raise CommandFailed(f"key file {path!r}: bad {field_name!r}: {exc}") from None
+
+
+@cli.command()
+@click.option(
+    "--alg",
+    type=click.Choice(["ed25519", "hmac-sha256"]),
+    default="ed25519",
+    show_default=True,
+    help="ed25519: a key pair (consumers hold only the public key); hmac-sha256: one shared secret.",
+)
+@click.option("--key-id", required=True, metavar="ID", help="The key's name, recorded in every signature.")
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="DIR", help="Where to write ID.key"
+)
+@json_option
+def keygen(alg: str, key_id: str, out_dir: str, as_json: bool) -> None:
+    """Make a signing key: DIR/ID.key (private, mode 0600) and, for ed25519, DIR/ID.pub; print the trust entry."""
+    if not _KEY_ID.fullmatch(key_id):
+        raise click.BadParameter(
+            f"{key_id!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            param_hint="--key-id",
+        )
+    directory = Path(out_dir)
+    private_path = directory / f"{key_id}.key"
+    public_path = directory / f"{key_id}.pub" if alg == "ed25519" else None
+    for path in (private_path, public_path):
+        if path is not None and (path.exists() or path.is_symlink()):
+            raise CommandFailed(
+                f"{path}: already exists; refusing to overwrite a key (choose another --key-id or --out)"
+            )
+    if alg == "ed25519":
+        from cryptography.hazmat.primitives import serialization
+
+        pair = Ed25519Key.generate(key_id)
+        private = pair.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        trusted = _b64(pair.public_bytes())
+    else:
+        private = HmacKey.generate(key_id).secret
+        trusted = _b64(private)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_new(private_path, _key_json({"alg": alg, "key_id": key_id, _KEY_FIELD[alg]: _b64(private)}), 0o600)
+    if public_path is not None:
+        _write_new(public_path, _key_json({"alg": alg, "key_id": key_id, "public_key": trusted}), 0o644)
+    snippet = {alg: {key_id: trusted}}
+    data = {
+        "alg": alg,
+        "key_id": key_id,
+        "private_key_file": str(private_path),
+        "public_key_file": str(public_path) if public_path else None,
+        "trust": snippet,
+    }
+
+    def human() -> None:
+        click.echo(f"wrote {private_path}  (private, mode 0600: keep it secret)")
+        if public_path is not None:
+            click.echo(f"wrote {public_path}  (public)")
+        click.echo("trust file entry (merge into the file given to --trust / $RULE_ENGINE_TRUST):")
+        click.echo("  " + json.dumps(snippet))
+        if alg == "hmac-sha256":
+            click.echo("  it holds the shared secret: keep the trust file private (mode 0600) too")
+        click.echo(f"sign with: rule-engine sign BUNDLE --key {private_path}")
+
+    _emit(as_json, data, human)
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(dir_okay=False))
+@click.option("--key", "key_file", required=True, metavar="KEYFILE", help="A private key file from 'keygen'.")
+@json_option
+def sign(bundle: str, key_file: str, as_json: bool) -> None:
+    """Validate a bundle (and run its tests), sign its canonical form, and write BUNDLE.sig beside it."""
+    key = _read_signing_key(key_file)
+    parsed = load_bundle(bundle)
+    try:
+        run_bundle_tests(parsed)
+    except BundleValidationError as exc:
+        raise exc.with_source(bundle) from None
+    signature = sign_bundle(parsed, key)
+    path = write_signature(signature, bundle)
+    data = {
+        "bundle": bundle,
+        "bundle_id": parsed.bundle_id,
+        "version": parsed.version,
+        "digest": signature.digest,
+        "alg": signature.alg,
+        "key_id": signature.key_id,
+        "signature_file": str(path),
+    }
+
+    def human() -> None:
+        click.echo(f"signed {bundle}  ({parsed.bundle_id} {parsed.version})")
+        click.echo(f"  key:       {signature.alg}:{signature.key_id}")
+        click.echo(f"  digest:    {signature.digest}")
+        click.echo(f"  signature: {path}")
+
+    _emit(as_json, data, human)
 
 
 # --- status ----------------------------------------------------------------------------------------

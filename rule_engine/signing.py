@@ -245,7 +245,9 @@ class TrustPolicy:
                 if alg == "ed25519" and size != 32:
                     raise ValueError(f"ed25519.{key_id!r}: a public key is 32 bytes, got {size}")
                 if alg == "hmac-sha256" and size < MIN_HMAC_SECRET_BYTES:
-                    raise ValueError(f"hmac-sha256.{key_id!r}: a secret is at least {MIN_HMAC_SECRET_BYTES} bytes, got {size}")
+                    raise ValueError(
+                        f"hmac-sha256.{key_id!r}: a secret is at least {MIN_HMAC_SECRET_BYTES} bytes, got {size}"
+                    )
         try:
             return cls(ed25519=keys["ed25519"], hmac=keys["hmac-sha256"])
         except ValueError as exc:

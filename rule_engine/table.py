@@ -25,7 +25,7 @@ _T = TypeVar("_T")
 _ANY = None  # index key of "every agent" / "every flow"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Decision:
     """The answer for one event.
 
@@ -33,6 +33,9 @@ class Decision:
     the event could not be evaluated; ``decision`` then holds the bundle's ``on_error`` decision.
     ``version_id`` names the deployed version that answered (None for a table built outside a
     :class:`~rule_engine.DeploymentManager`).
+
+    A table builds every decision it can give once, so decisions compare (and hash) by identity:
+    compare their fields (``decision``, ``rule_id``...) to compare answers.
     """
 
     decision: str
@@ -57,8 +60,6 @@ class Decision:
             "version_id": self.version_id,
             "error": self.error,
         }
-
-    __hash__ = object.__hash__  # identity: decisions are prebuilt, counted by identity
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
