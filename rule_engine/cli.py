@@ -502,7 +502,9 @@ def _read_signing_key(path: str) -> SigningKey:
         raise CommandFailed(f"key file {path!r}: not JSON (expected a file written by 'rule-engine keygen')") from None
     alg = data.get("alg") if isinstance(data, dict) else None
     if alg not in _KEY_FIELD:
-        raise CommandFailed(f"key file {path!r}: 'alg' must be one of {', '.join(_KEY_FIELD)} (is it a .pub file?)")
+        raise CommandFailed(f"key file {path!r}: 'alg' must be one of {', '.join(_KEY_FIELD)}")
+    if "public_key" in data:
+        raise CommandFailed(f"key file {path!r}: this is a public key (.pub); sign with the private .key file")
     field_name = _KEY_FIELD[alg]
     key_id, text = data.get("key_id"), data.get(field_name)
     if not isinstance(key_id, str) or not key_id or not isinstance(text, str):
