@@ -654,7 +654,10 @@ class DeploymentManager:
                 for attempt in range(self._max_retries):
                     state = self._store.load()
                     if state.revision != self._state.revision:
-                        self._publish(state)
+                        try:
+                            self._publish(state)
+                        except _BundleGone:
+                            continue  # that state is already outdated: read it again
                     now = self._clock.now()
                     change = plan(state, now)
                     if change.state is state:
@@ -718,7 +721,26 @@ class DeploymentManager:
 
     def _refresh(self) -> None:
         with self._lock:
-            self._publish(self._store.load())
+            self._publish_latest()
+
+    def _publish_latest(self, attempts: int = 20) -> ControlState:
+        """Load the stored state and publish it, re-reading if it changes under us.
+
+        The state and the bundles are separate reads: another process may evict a version's
+        bundle between them, which only happens once the state read is outdated; read again.
+        """
+        for _ in range(attempts - 1):
+            state = self._store.load()
+            try:
+                self._publish(state)
+            except _BundleGone:
+                if self._store.revision() == state.revision:
+                    raise
+                continue
+            return state
+        state = self._store.load()
+        self._publish(state)
+        return state
 
     def _follow_once(self) -> bool:
         try:
@@ -729,10 +751,9 @@ class DeploymentManager:
                     self._stale_reason = None
                 return False
             with self._lock:
-                state = self._store.load()
-                if state.revision == self._state.revision:
+                if self._store.revision() == self._state.revision:
                     return False
-                self._publish(state)
+                self._publish_latest()
         except (RuleEngineError, OSError, ValueError) as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if self._stale_reason is None:
@@ -772,7 +793,7 @@ class DeploymentManager:
         if table is None:
             text = self._store.bundle_json(version_id)
             if text is None:
-                raise StoreError(f"the store holds no bundle for {version_id!r}")
+                raise _BundleGone(f"the store holds no bundle for {version_id!r}")
             bundle = parse_bundle(text)
             table = self._base_table(bundle).restamped(version_id)
             self._tables[version_id] = table
@@ -1004,6 +1025,10 @@ def _coerce_bundle(bundle: BundleSource) -> RuleBundle:
     if isinstance(bundle, str | os.PathLike):
         return load_bundle(Path(bundle))
     raise TypeError(f"expected a RuleBundle, a mapping, JSON text or a path, got {type(bundle).__name__}")
+
+
+class _BundleGone(StoreError):
+    """A version's bundle was not in the store: the state it came from was outdated (or corrupt)."""
 
 
 class _Loop:
