@@ -167,7 +167,7 @@ def followed(tmp_path: Path) -> Iterator[tuple[DeploymentManager, DeploymentMana
     writer.close()
 
 
-def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+def _until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
