@@ -17,7 +17,6 @@ import math
 import os
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import mmh3
 import structlog
 
 from rule_engine import control
+from rule_engine.background import BackgroundLoop
 from rule_engine.bundle import RuleBundle, canonical_json, load_bundle, parse_bundle
 from rule_engine.bundle_tests import run_bundle_tests
 from rule_engine.clock import Clock, SystemClock, iso
@@ -36,15 +36,9 @@ from rule_engine.errors import (
     StoreError,
     VersionNotFoundError,
 )
-from rule_engine.health import (
-    HealthCounts,
-    HealthMetrics,
-    HealthThresholds,
-    Verdict,
-    VersionRecorder,
-    judge,
-)
+from rule_engine.health import HealthCounts, HealthMetrics, HealthThresholds, Verdict
 from rule_engine.hooks import DeploymentEvent, Hook, HookPoint, Hooks
+from rule_engine.ledger import HealthLedger
 from rule_engine.records import AuditEntry, ControlState, VersionRecord
 from rule_engine.report import ExperimentReport, build_experiment_report
 from rule_engine.routing import Salt, compute_request_hash
@@ -55,97 +49,14 @@ from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
 from rule_engine.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
 from rule_engine.table import RuleTable
+from rule_engine.views import DeploymentInfo, RolloutStatus, TickReport, VersionId, info_of
 
 __all__ = ["DeploymentInfo", "DeploymentManager", "RolloutStatus", "TickReport", "VersionId"]
 
-VersionId = str
 _MASK64 = (1 << 64) - 1
 _log = structlog.get_logger("rule_engine")
 S = DeploymentState
 BundleSource = RuleBundle | Mapping[str, Any] | str | bytes | os.PathLike[str]
-
-
-@dataclass(frozen=True, slots=True)
-class DeploymentInfo:
-    """Everything known about one version."""
-
-    version_id: VersionId
-    bundle_id: str
-    bundle_version: str
-    digest: str
-    deployed_by: str
-    strategy: Strategy
-    state: DeploymentState
-    current_percentage: float
-    failure_reason: str | None
-    created_at: float
-    updated_at: float
-    activated_at: float | None
-    finished_at: float | None
-    health_metrics: HealthMetrics
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {
-            "version_id": self.version_id,
-            "bundle_id": self.bundle_id,
-            "bundle_version": self.bundle_version,
-            "digest": self.digest,
-            "deployed_by": self.deployed_by,
-            "strategy": self.strategy.to_dict(),
-            "state": self.state.value,
-            "current_percentage": self.current_percentage,
-            "failure_reason": self.failure_reason,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "activated_at": iso(self.activated_at),
-            "finished_at": iso(self.finished_at),
-            "health": self.health_metrics.to_dict(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutStatus:
-    """A rollout or A/B test in progress, and why it is (or is not) moving."""
-
-    version_id: VersionId
-    stable_version_id: VersionId
-    strategy: str
-    state: DeploymentState
-    percentage: float
-    stage: int
-    stages: tuple[float, ...]
-    stage_started_at: float
-    next_step_at: float | None
-    ended_at: float | None
-    verdict: Verdict
-    holding: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {
-            "version_id": self.version_id,
-            "stable_version_id": self.stable_version_id,
-            "strategy": self.strategy,
-            "state": self.state.value,
-            "percentage": self.percentage,
-            "stage": self.stage,
-            "stages": list(self.stages),
-            "stage_started_at": iso(self.stage_started_at),
-            "next_step_at": iso(self.next_step_at),
-            "ended_at": iso(self.ended_at),
-            "healthy": self.verdict.healthy,
-            "health_reason": self.verdict.reason,
-            "holding": self.holding,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TickReport:
-    """What one :meth:`DeploymentManager.tick` did, and what it held back and why."""
-
-    actions: tuple[str, ...]
-    holding: tuple[str, ...]
 
 
 class DeploymentManager:
@@ -170,9 +81,7 @@ class DeploymentManager:
         if max_history < 1:
             raise ValueError(f"max_history must be >= 1, got {max_history}")
         self.max_history = max_history
-        self.thresholds = thresholds if thresholds is not None else HealthThresholds()
         self.auto_rollback = auto_rollback
-        self.evaluation_deadline_us = evaluation_deadline_us
         self._store: StateStore = store if store is not None else MemoryStore()
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._max_retries = max_commit_retries
@@ -183,14 +92,12 @@ class DeploymentManager:
         self._state = ControlState()
         self._tables: dict[str, RuleTable] = {}
         self._compiled: dict[str, RuleTable] = {}  # digest -> table without version id
-        self._recorders: dict[str, VersionRecorder] = {}
         self._salts: dict[str, Salt] = {}
-        self._verdicts: dict[str, Verdict] = {}
-        self._last_check: dict[str, float] = {}
-        self._threads: list[_Loop] = []
+        self._threads: list[BackgroundLoop] = []
         self._stale_reason: str | None = None
-        self._unflushed: dict[tuple[str, float], HealthCounts] = {}  # drained, not yet in the store
-        self._last_prune = float("-inf")
+        self._health = HealthLedger(
+            self._store, thresholds if thresholds is not None else HealthThresholds(), evaluation_deadline_us
+        )
         self._refresh()
 
     # --- construction and lifetime ----------------------------------------------------------------
@@ -226,7 +133,7 @@ class DeploymentManager:
         self._threads.clear()
         with self._lock:
             with contextlib.suppress(StoreError):
-                self._flush_health(self._clock.now())
+                self._health.flush(self._clock.now())
             self._store.close()
 
     def __enter__(self) -> DeploymentManager:
@@ -234,6 +141,24 @@ class DeploymentManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def thresholds(self) -> HealthThresholds:
+        """When a version counts as unhealthy (see :class:`HealthThresholds`)."""
+        return self._health.thresholds
+
+    @thresholds.setter
+    def thresholds(self, thresholds: HealthThresholds) -> None:
+        self._health.thresholds = thresholds
+
+    @property
+    def evaluation_deadline_us(self) -> float:
+        """An evaluation slower than this counts as a timeout (for versions that start serving after a change)."""
+        return self._health.deadline_us
+
+    @evaluation_deadline_us.setter
+    def evaluation_deadline_us(self, deadline_us: float) -> None:
+        self._health.deadline_us = deadline_us
 
     @property
     def store(self) -> StateStore:
@@ -420,7 +345,7 @@ class DeploymentManager:
             self._require_version(version_id)
             now = self._clock.now()
             delta = HealthCounts(evaluations, errors, timeouts, avg_latency_us * evaluations)
-            self._store.add_health(version_id, self._bucket(now), delta)
+            self._health.add(version_id, delta, now)
         self._judge_and_act(now_hint=None)
         return self.get_health_status(version_id)
 
@@ -433,18 +358,18 @@ class DeploymentManager:
         with self._lock:
             self._require_version(version_id)
             now = self._clock.now()
-            self._flush_health(now)
+            self._health.flush(now)
             return self._verdict_of(version_id, now)
 
     def get_experiment_report(self) -> ExperimentReport:
         """Per-variant figures of the A/B test in progress, with a significance test on error rates."""
         with self._lock:
             now = self._clock.now()
-            self._flush_health(now)
+            self._health.flush(now)
             rollout = self._state.rollout
             if rollout is None or rollout.kind != "ab-test":
                 raise InvalidTransitionError("no A/B test is in progress")
-            counts = self._store.health([rollout.stable, rollout.candidate], since=self._bucket(rollout.started_at))
+            counts = self._health.since([rollout.stable, rollout.candidate], rollout.started_at)
             return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
 
     # --- the controller ---------------------------------------------------------------------------------
@@ -469,7 +394,8 @@ class DeploymentManager:
         if change.events:
             actions.append("ended A/B test")
         actions.extend(self._judge_and_act(now_hint=None))
-        self._prune_health()
+        with self._lock:
+            self._health.prune(self._clock.now(), self._state.rollout)
         rollout = self._state.rollout
         if rollout is not None and rollout.kind == "canary":
             if self._candidate_verdict().healthy is True and rollout.held is None:
@@ -480,19 +406,6 @@ class DeploymentManager:
             if status is not None and status.holding:
                 holding.append(f"{rollout.candidate}: {status.holding}")
         return TickReport(tuple(actions), tuple(holding))
-
-    def _prune_health(self) -> None:
-        """Drop health buckets no verdict or running A/B report can need (at most once a window)."""
-        with self._lock:
-            now = self._clock.now()
-            if now - self._last_prune < self.thresholds.window_secs:
-                return
-            keep_from = now - 2 * self.thresholds.window_secs
-            rollout = self._state.rollout
-            if rollout is not None:
-                keep_from = min(keep_from, self._bucket(rollout.started_at))
-            self._store.prune_health(self._bucket(keep_from))
-            self._last_prune = now
 
     def _plan_scheduled(self, version_id: str) -> Callable[[ControlState, float], Change]:
         def plan(state: ControlState, now: float) -> Change:
@@ -516,17 +429,17 @@ class DeploymentManager:
 
         return plan
 
-    def start_controller(self, interval: float = 1.0) -> _Loop:
+    def start_controller(self, interval: float = 1.0) -> BackgroundLoop:
         """Run :meth:`tick` every ``interval`` seconds on one background thread until stopped.
 
         Returns a handle with ``stop()``; also a context manager (``with manager.start_controller():``).
         """
-        loop = _Loop("rule-engine-controller", interval, self._controller_step)
+        loop = BackgroundLoop("rule-engine-controller", interval, self._controller_step)
         self._threads.append(loop)
         loop.start()
         return loop
 
-    def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> _Loop:
+    def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> BackgroundLoop:
         """Pick up changes other processes commit to the store, and flush health counters, in the background."""
         state = {"last_flush": self._clock.now()}
 
@@ -536,9 +449,9 @@ class DeploymentManager:
             if now - state["last_flush"] >= flush_interval:
                 state["last_flush"] = now
                 with self._lock:
-                    self._flush_health(now)
+                    self._health.flush(now)
 
-        loop = _Loop("rule-engine-follower", poll_interval, step)
+        loop = BackgroundLoop("rule-engine-follower", poll_interval, step)
         self._threads.append(loop)
         loop.start()
         return loop
@@ -561,12 +474,12 @@ class DeploymentManager:
             if record is None:
                 return None
             now = self._clock.now()
-            self._flush_health(now)
-            lifetime = self._store.health([version_id])[version_id]
-            window = self._window_counts([version_id], now)[version_id]
+            self._health.flush(now)
+            lifetime = self._health.lifetime(version_id)
+            window = self._health.window([version_id], now)[version_id]
             verdict = self._verdict_of(version_id, now)
-            metrics = HealthMetrics.of(lifetime, window, verdict, self._last_check.get(version_id))
-            return _info(record, self._state, metrics)
+            metrics = HealthMetrics.of(lifetime, window, verdict, self._health.last_check(version_id))
+            return info_of(record, self._state, metrics)
 
     def get_deployment_history(self) -> list[VersionId]:
         """The versions kept in history, oldest first (at most ``max_history``, plus protected ones)."""
@@ -579,7 +492,7 @@ class DeploymentManager:
             if rollout is None:
                 return None
             now = self._clock.now()
-            self._flush_health(now)
+            self._health.flush(now)
             record = self._state.versions[rollout.candidate]
             strategy = record.strategy
             verdict = self._candidate_verdict(now)
@@ -681,7 +594,7 @@ class DeploymentManager:
                             raise
                         continue
                     change.state = committed
-                    self._flush_evicted(change.evicted, now)
+                    self._health.keep_evicted(change.evicted, now)
                     self._publish(committed)
                     for name, fields in change.events:
                         _log.info(name, **fields)
@@ -777,15 +690,15 @@ class DeploymentManager:
             candidate,
             salt,
             rollout.share_bp if rollout is not None else 0,
-            stable_recorder=self._recorder(state.active) if state.active else None,
-            candidate_recorder=self._recorder(rollout.candidate) if rollout is not None else None,
+            stable_recorder=self._health.recorder(state.active) if state.active else None,
+            candidate_recorder=self._health.recorder(rollout.candidate) if rollout is not None else None,
             revision=state.revision,
         )
         self._snapshot = snapshot
         self._state = state
-        for per_version in (self._tables, self._recorders, self._verdicts, self._last_check):
-            for version_id in [v for v in per_version if v not in state.versions]:
-                del per_version[version_id]  # evicted from history: free what this process kept
+        for version_id in [v for v in self._tables if v not in state.versions]:
+            del self._tables[version_id]  # evicted from history: free the table
+        self._health.forget_all_but(state.versions)
         self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
 
     def _table_for(self, version_id: str) -> RuleTable:
@@ -814,88 +727,14 @@ class DeploymentManager:
             salt = self._salts[text] = Salt.from_text(text)
         return salt
 
-    def _recorder(self, version_id: str) -> VersionRecorder:
-        recorder = self._recorders.get(version_id)
-        if recorder is None:
-            recorder = self._recorders[version_id] = VersionRecorder(version_id, self.evaluation_deadline_us)
-        return recorder
-
     def _require_version(self, version_id: str) -> VersionRecord:
         record = self._state.versions.get(version_id)
         if record is None:
             raise VersionNotFoundError(version_id, list(self._state.versions)[-5:])
         return record
 
-    def _bucket(self, now: float) -> float:
-        size = self.thresholds.bucket_secs
-        return math.floor(now / size) * size
-
-    def _flush_health(self, now: float) -> None:
-        """Drain the recorders into the store in one write; kept for the next flush if the store fails."""
-        bucket = self._bucket(now)
-        for version_id, recorder in list(self._recorders.items()):
-            delta = recorder.drain()
-            if delta:
-                key = (version_id, bucket)
-                self._unflushed[key] = self._unflushed.get(key, HealthCounts()) + delta
-        if self._unflushed:
-            pending = [(version_id, start, delta) for (version_id, start), delta in self._unflushed.items()]
-            self._store.add_health_many(pending)
-            self._unflushed.clear()
-
-    def _flush_evicted(self, evicted: tuple[str, ...], now: float) -> None:
-        """Keep what evicted versions counted for the next flush (no store I/O after a commit)."""
-        bucket = self._bucket(now)
-        for version_id in evicted:
-            recorder = self._recorders.get(version_id)
-            if recorder is not None:
-                delta = recorder.drain()
-                if delta:
-                    key = (version_id, bucket)
-                    self._unflushed[key] = self._unflushed.get(key, HealthCounts()) + delta
-
-    def _window_counts(self, version_ids: list[str], now: float) -> dict[str, HealthCounts]:
-        since = self._bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)
-        return self._store.health(version_ids, since=since)
-
     def _verdict_of(self, version_id: str, now: float) -> Verdict:
-        baseline_id = self._baseline_of(version_id, now)
-        ids = [version_id] + ([baseline_id] if baseline_id else [])
-        counts = self._window_counts(ids, now)
-        verdict = judge(counts[version_id], self.thresholds, counts[baseline_id] if baseline_id else None)
-        self._last_check[version_id] = now
-        previous = self._verdicts.get(version_id)
-        self._verdicts[version_id] = verdict
-        if verdict.healthy is False and (previous is None or previous.healthy is not False):
-            _log.warning(
-                "health.unhealthy",
-                version_id=version_id,
-                reason=verdict.reason,
-                auto_rollback=self.auto_rollback,
-            )
-        return verdict
-
-    def _baseline_of(self, version_id: str, now: float) -> str | None:
-        """The version to compare ``version_id`` with over the same window, if any.
-
-        A rollout's candidate is compared with its stable version; a newly active version (still
-        within ``bake_secs``) with the version it replaced, so a failure both share (bad traffic, a
-        broken upstream) does not roll back a canary that just completed.
-        """
-        state = self._state
-        rollout = state.rollout
-        if rollout is not None:
-            return rollout.stable if rollout.candidate == version_id else None
-        if state.active == version_id and self._baking(state, now):
-            return state.rollback_target
-        return None
-
-    def _baking(self, state: ControlState, now: float) -> bool:
-        """Whether the active version took traffic less than ``bake_secs`` ago and can be rolled back."""
-        if state.active is None or state.rollback_target is None:
-            return False
-        activated_at = state.versions[state.active].activated_at
-        return activated_at is not None and now - activated_at <= self.thresholds.bake_secs
+        return self._health.verdict(self._state, version_id, now, auto_rollback=self.auto_rollback)
 
     def _candidate_verdict(self, now: float | None = None) -> Verdict:
         with self._lock:
@@ -903,7 +742,7 @@ class DeploymentManager:
             if rollout is None:
                 return Verdict(None, "no rollout in progress")
             now = self._clock.now() if now is None else now
-            self._flush_health(now)
+            self._health.flush(now)
             return self._verdict_of(rollout.candidate, now)
 
     def _judge_and_act(self, now_hint: float | None) -> list[str]:
@@ -911,12 +750,12 @@ class DeploymentManager:
         actions: list[str] = []
         with self._lock:
             now = self._clock.now()
-            self._flush_health(now)
+            self._health.flush(now)
             state = self._state
             suspects: list[tuple[str, str]] = []
             if state.rollout is not None:
                 suspects.append(("candidate", state.rollout.candidate))
-            elif state.active is not None and self._baking(state, now):
+            elif state.active is not None and self._health.baking(state, now):
                 suspects.append(("active", state.active))
             verdicts = [(role, vid, self._verdict_of(vid, now)) for role, vid in suspects]
         for role, version_id, verdict in verdicts:
@@ -985,34 +824,6 @@ def _serving_of(state: ControlState) -> tuple[str | None, str | None, float]:
     return state.active, rollout.candidate, rollout.share_bp / 100
 
 
-def _info(record: VersionRecord, state: ControlState, metrics: HealthMetrics) -> DeploymentInfo:
-    rollout = state.rollout
-    if rollout is not None and record.version_id == rollout.candidate:
-        percentage = rollout.share_bp / 100
-    elif rollout is not None and record.version_id == rollout.stable:
-        percentage = 100 - rollout.share_bp / 100
-    elif record.version_id == state.active:
-        percentage = 100.0
-    else:
-        percentage = 0.0
-    return DeploymentInfo(
-        version_id=record.version_id,
-        bundle_id=record.bundle_id,
-        bundle_version=record.bundle_version,
-        digest=record.digest,
-        deployed_by=record.deployed_by,
-        strategy=record.strategy,
-        state=record.state,
-        current_percentage=percentage,
-        failure_reason=record.failure_reason,
-        created_at=record.created_at,
-        updated_at=record.updated_at,
-        activated_at=record.activated_at,
-        finished_at=record.finished_at,
-        health_metrics=metrics,
-    )
-
-
 def _coerce_bundle(bundle: BundleSource) -> RuleBundle:
     if isinstance(bundle, RuleBundle):
         return bundle
@@ -1029,48 +840,3 @@ def _coerce_bundle(bundle: BundleSource) -> RuleBundle:
 
 class _BundleGone(StoreError):
     """A version's bundle was not in the store: the state it came from was outdated (or corrupt)."""
-
-
-class _Loop:
-    """A stoppable background thread calling ``step`` every ``interval`` seconds."""
-
-    def __init__(self, name: str, interval: float, step: Callable[[], None]) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be > 0, got {interval}")
-        self.interval = interval
-        self._step = step
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-
-    def start(self) -> None:
-        """Start the thread."""
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._step()
-            except Exception as exc:
-                _log.error(
-                    "background.step_failed",
-                    thread=self._thread.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-            self._stop.wait(self.interval)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread and wait for it (at most ``timeout`` seconds)."""
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    @property
-    def running(self) -> bool:
-        """Whether the thread is alive."""
-        return self._thread.is_alive()
-
-    def __enter__(self) -> _Loop:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,8 +10,34 @@ import rule_engine
 PACKAGE = Path(rule_engine.__file__).parent
 
 # The data plane: pure, immutable, no I/O. It must never import the control plane.
-DATA_PLANE = {"bundle", "compiler", "table", "routing", "_regex", "snapshot", "errors"}
-CONTROL_PLANE = {"manager", "control", "stores", "hooks", "health", "records", "states", "strategies", "cli", "demo"}
+DATA_PLANE = {
+    "bundle",
+    "_bundle_values",
+    "_bundle_errors",
+    "_bundle_json",
+    "_bundle_checks",
+    "compiler",
+    "table",
+    "routing",
+    "_regex",
+    "snapshot",
+    "errors",
+}
+CONTROL_PLANE = {
+    "manager",
+    "control",
+    "stores",
+    "hooks",
+    "health",
+    "ledger",
+    "records",
+    "states",
+    "strategies",
+    "views",
+    "background",
+    "cli",
+    "demo",
+}
 
 
 def _imports_of(module: Path) -> set[str]:

@@ -1,0 +1,142 @@
+"""HealthLedger: one process's side of health, between the hot path's recorders and the store.
+
+It owns the :class:`VersionRecorder` of each version this process serves, the counts drained from
+them but not yet written (kept when a store write fails, and for versions just evicted, so nothing
+is written after a commit), and the verdicts computed from the store's recent window, which sums
+the counts every process flushed. The manager calls it under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+import structlog
+
+from rule_engine.health import HealthCounts, HealthThresholds, Verdict, VersionRecorder, judge
+from rule_engine.records import ControlState, Rollout
+from rule_engine.stores.base import StateStore
+
+__all__ = ["HealthLedger"]
+
+_log = structlog.get_logger("rule_engine")
+
+
+class HealthLedger:
+    """Recorders, pending counts and verdicts of the versions one manager knows."""
+
+    def __init__(self, store: StateStore, thresholds: HealthThresholds, deadline_us: float) -> None:
+        self.store = store
+        self.thresholds = thresholds
+        self.deadline_us = deadline_us
+        self._recorders: dict[str, VersionRecorder] = {}
+        self._pending: dict[tuple[str, float], HealthCounts] = {}  # drained, not yet in the store
+        self._verdicts: dict[str, Verdict] = {}
+        self._last_check: dict[str, float] = {}
+        self._last_prune = float("-inf")
+
+    def recorder(self, version_id: str) -> VersionRecorder:
+        """The hot path's counters for a version (created on first use)."""
+        recorder = self._recorders.get(version_id)
+        if recorder is None:
+            recorder = self._recorders[version_id] = VersionRecorder(version_id, self.deadline_us)
+        return recorder
+
+    def bucket(self, now: float) -> float:
+        """The start of the time bucket ``now`` falls in."""
+        size = self.thresholds.bucket_secs
+        return math.floor(now / size) * size
+
+    def flush(self, now: float) -> None:
+        """Drain every recorder and write all pending counts in one store call.
+
+        If the store fails, the counts stay pending for the next flush (and the error propagates).
+        """
+        for version_id, recorder in list(self._recorders.items()):
+            self._keep(version_id, recorder.drain(), now)
+        if self._pending:
+            self.store.add_health_many([(vid, start, delta) for (vid, start), delta in self._pending.items()])
+            self._pending.clear()
+
+    def keep_evicted(self, evicted: Sequence[str], now: float) -> None:
+        """Drain versions leaving history into the pending counts (no store I/O: called after a commit)."""
+        for version_id in evicted:
+            recorder = self._recorders.get(version_id)
+            if recorder is not None:
+                self._keep(version_id, recorder.drain(), now)
+
+    def _keep(self, version_id: str, delta: HealthCounts, now: float) -> None:
+        if delta:
+            key = (version_id, self.bucket(now))
+            self._pending[key] = self._pending.get(key, HealthCounts()) + delta
+
+    def add(self, version_id: str, delta: HealthCounts, now: float) -> None:
+        """Write figures reported from outside (``update_health_metrics``) at once."""
+        self.store.add_health(version_id, self.bucket(now), delta)
+
+    def window(self, version_ids: Sequence[str], now: float) -> dict[str, HealthCounts]:
+        """Each version's counts over the recent window (all processes)."""
+        since = self.bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)
+        return self.store.health(list(version_ids), since=since)
+
+    def lifetime(self, version_id: str) -> HealthCounts:
+        """A version's lifetime totals (all processes)."""
+        return self.store.health([version_id])[version_id]
+
+    def since(self, version_ids: Sequence[str], start: float) -> dict[str, HealthCounts]:
+        """Each version's counts since the bucket holding ``start``."""
+        return self.store.health(list(version_ids), since=self.bucket(start))
+
+    def last_check(self, version_id: str) -> float | None:
+        """When the version was last judged by this process."""
+        return self._last_check.get(version_id)
+
+    def verdict(self, state: ControlState, version_id: str, now: float, *, auto_rollback: bool) -> Verdict:
+        """Judge a version over the window, against its baseline if it has one; log when it turns unhealthy."""
+        baseline_id = self.baseline_of(state, version_id, now)
+        ids = [version_id] + ([baseline_id] if baseline_id else [])
+        counts = self.window(ids, now)
+        verdict = judge(counts[version_id], self.thresholds, counts[baseline_id] if baseline_id else None)
+        self._last_check[version_id] = now
+        previous = self._verdicts.get(version_id)
+        self._verdicts[version_id] = verdict
+        if verdict.healthy is False and (previous is None or previous.healthy is not False):
+            _log.warning("health.unhealthy", version_id=version_id, reason=verdict.reason, auto_rollback=auto_rollback)
+        return verdict
+
+    def baseline_of(self, state: ControlState, version_id: str, now: float) -> str | None:
+        """The version to compare ``version_id`` with over the same window, if any.
+
+        A rollout's candidate is compared with its stable version; a newly active version (still
+        within ``bake_secs``) with the version it replaced, so a failure both share (bad traffic, a
+        broken upstream) does not roll back a canary that just completed.
+        """
+        rollout = state.rollout
+        if rollout is not None:
+            return rollout.stable if rollout.candidate == version_id else None
+        if state.active == version_id and self.baking(state, now):
+            return state.rollback_target
+        return None
+
+    def baking(self, state: ControlState, now: float) -> bool:
+        """Whether the active version took traffic less than ``bake_secs`` ago and can be rolled back."""
+        if state.active is None or state.rollback_target is None:
+            return False
+        activated_at = state.versions[state.active].activated_at
+        return activated_at is not None and now - activated_at <= self.thresholds.bake_secs
+
+    def prune(self, now: float, rollout: Rollout | None) -> None:
+        """Drop buckets no verdict or running A/B report can need (at most once a window)."""
+        if now - self._last_prune < self.thresholds.window_secs:
+            return
+        keep_from = now - 2 * self.thresholds.window_secs
+        if rollout is not None:
+            keep_from = min(keep_from, rollout.started_at)
+        self.store.prune_health(self.bucket(keep_from))
+        self._last_prune = now
+
+    def forget_all_but(self, version_ids: Collection[str]) -> None:
+        """Free what this process kept for versions that left history."""
+        for per_version in (self._recorders, self._verdicts, self._last_check):
+            for version_id in [v for v in per_version if v not in version_ids]:
+                del per_version[version_id]

@@ -1,0 +1,128 @@
+"""What the manager reports: a version's info, a rollout's status, a tick's report (immutable views)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rule_engine.clock import iso
+from rule_engine.health import HealthMetrics, Verdict
+from rule_engine.records import ControlState, VersionRecord
+from rule_engine.states import DeploymentState
+from rule_engine.strategies import Strategy
+
+__all__ = ["DeploymentInfo", "RolloutStatus", "TickReport", "VersionId", "info_of"]
+
+VersionId = str
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentInfo:
+    """Everything known about one version."""
+
+    version_id: VersionId
+    bundle_id: str
+    bundle_version: str
+    digest: str
+    deployed_by: str
+    strategy: Strategy
+    state: DeploymentState
+    current_percentage: float
+    failure_reason: str | None
+    created_at: float
+    updated_at: float
+    activated_at: float | None
+    finished_at: float | None
+    health_metrics: HealthMetrics
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "version_id": self.version_id,
+            "bundle_id": self.bundle_id,
+            "bundle_version": self.bundle_version,
+            "digest": self.digest,
+            "deployed_by": self.deployed_by,
+            "strategy": self.strategy.to_dict(),
+            "state": self.state.value,
+            "current_percentage": self.current_percentage,
+            "failure_reason": self.failure_reason,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "activated_at": iso(self.activated_at),
+            "finished_at": iso(self.finished_at),
+            "health": self.health_metrics.to_dict(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutStatus:
+    """A rollout or A/B test in progress, and why it is (or is not) moving."""
+
+    version_id: VersionId
+    stable_version_id: VersionId
+    strategy: str
+    state: DeploymentState
+    percentage: float
+    stage: int
+    stages: tuple[float, ...]
+    stage_started_at: float
+    next_step_at: float | None
+    ended_at: float | None
+    verdict: Verdict
+    holding: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {
+            "version_id": self.version_id,
+            "stable_version_id": self.stable_version_id,
+            "strategy": self.strategy,
+            "state": self.state.value,
+            "percentage": self.percentage,
+            "stage": self.stage,
+            "stages": list(self.stages),
+            "stage_started_at": iso(self.stage_started_at),
+            "next_step_at": iso(self.next_step_at),
+            "ended_at": iso(self.ended_at),
+            "healthy": self.verdict.healthy,
+            "health_reason": self.verdict.reason,
+            "holding": self.holding,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TickReport:
+    """What one :meth:`DeploymentManager.tick` did, and what it held back and why."""
+
+    actions: tuple[str, ...]
+    holding: tuple[str, ...]
+
+
+def info_of(record: VersionRecord, state: ControlState, metrics: HealthMetrics) -> DeploymentInfo:
+    """The info of a version in ``state``, with its health figures."""
+    rollout = state.rollout
+    if rollout is not None and record.version_id == rollout.candidate:
+        percentage = rollout.share_bp / 100
+    elif rollout is not None and record.version_id == rollout.stable:
+        percentage = 100 - rollout.share_bp / 100
+    elif record.version_id == state.active:
+        percentage = 100.0
+    else:
+        percentage = 0.0
+    return DeploymentInfo(
+        version_id=record.version_id,
+        bundle_id=record.bundle_id,
+        bundle_version=record.bundle_version,
+        digest=record.digest,
+        deployed_by=record.deployed_by,
+        strategy=record.strategy,
+        state=record.state,
+        current_percentage=percentage,
+        failure_reason=record.failure_reason,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        activated_at=record.activated_at,
+        finished_at=record.finished_at,
+        health_metrics=metrics,
+    )
