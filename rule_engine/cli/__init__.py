@@ -1,0 +1,50 @@
+"""The ``rule-engine`` command line: validate, deploy, watch and roll back rule bundles.
+
+Every command prints for people by default and one JSON object with ``--json``. On success the exit
+status is 0; on any failure it is 1 (2 for a usage error) and stderr holds exactly one line starting
+with ``error:``, never a traceback (set ``RULE_ENGINE_DEBUG=1`` to see one for unexpected errors).
+The state store is ``--store URL``, else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``.
+With ``--trust FILE`` (else ``$RULE_ENGINE_TRUST``) ``deploy`` and ``validate`` refuse bundles without a
+trusted signature (``BUNDLE.sig``); ``keygen`` and ``sign`` make keys and signatures (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rule_engine.cli._common import CliContext as CliContext
+from rule_engine.cli._common import CommandFailed as CommandFailed
+from rule_engine.cli._common import cli
+from rule_engine.cli.bundles import diff, evaluate, schema, validate
+from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
+from rule_engine.cli.run import controller, demo
+from rule_engine.cli.signing import keygen, sign
+from rule_engine.cli.status import history, status
+
+__all__ = ["cli", "main"]
+
+for _command in (
+    validate,
+    deploy,
+    keygen,
+    sign,
+    status,
+    advance,
+    promote,
+    rollback,
+    conclude,
+    history,
+    diff,
+    evaluate,
+    controller,
+    demo,
+    schema,
+):
+    cli.add_command(_command)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``rule-engine`` console script."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="rule-engine")
+    raise SystemExit(0)  # pragma: no cover - cli.main always exits

@@ -1,0 +1,95 @@
+"""Long-running commands: the controller loop and the demo."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from types import FrameType
+from typing import Any
+
+import click
+
+from rule_engine.cli._common import CommandFailed, _managed, json_option
+from rule_engine.clock import iso
+from rule_engine.errors import RuleEngineError
+from rule_engine.manager import TickReport
+
+# --- controller ---------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--interval", type=click.FloatRange(min=0.01), default=1.0, show_default=True, metavar="SECONDS")
+@click.option("--once", is_flag=True, help="Tick once and exit (for cron).")
+@click.option(
+    "--auto-rollback/--no-auto-rollback", default=True, show_default=True, help="Roll back unhealthy versions."
+)
+@json_option
+@click.pass_context
+def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: bool, as_json: bool) -> None:
+    """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    with _managed(ctx) as state:
+        manager = state.open(follow=not once, auto_rollback=auto_rollback)
+        manager.auto_rollback = auto_rollback
+        previous: dict[signal.Signals, Any] = {}
+        if not once and threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, on_signal)
+        try:
+            if not as_json:
+                click.echo(f"controller on {state.url}, ticking every {interval:g}s (Ctrl-C to stop)")
+            last_holding: tuple[str, ...] = ()
+            ticks = 0
+            while True:
+                ticks += 1
+                try:
+                    report = manager.tick()
+                except (RuleEngineError, OSError) as exc:  # a busy or unreachable store: try again next tick
+                    if once:
+                        raise
+                    report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
+                now = iso(time.time())
+                if as_json:
+                    click.echo(
+                        json.dumps({"time": now, "actions": list(report.actions), "holding": list(report.holding)})
+                    )
+                else:
+                    for action in report.actions:
+                        click.echo(f"{now}  {action}")
+                    if report.holding != last_holding:
+                        for why in report.holding:
+                            click.echo(f"{now}  holding {why}")
+                last_holding = report.holding
+                if once or stop.wait(interval):
+                    break
+            if not as_json:
+                click.echo(f"controller stopped after {ticks} tick{'s' if ticks != 1 else ''}")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+# --- demo and schema -----------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--fast", is_flag=True, help="Shorter stages (for tests).")
+@click.option(
+    "--store", "demo_store", default=None, metavar="URL", help="Store to use [default: a temporary SQLite file]."
+)
+@json_option
+def demo(fast: bool, demo_store: str | None, as_json: bool) -> None:
+    """Run the whole story on a temporary store: blue-green v1, canary v2, broken v3 rolled back."""
+    from rule_engine.demo import run_demo
+
+    summary = run_demo(fast=fast, store_url=demo_store, echo=None if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+    if not summary["ok"]:
+        raise CommandFailed(f"the demo did not end as expected: {summary['problem']}")
