@@ -346,7 +346,7 @@ class DeploymentManager:
             now = self._clock.now()
             delta = HealthCounts(evaluations, errors, timeouts, avg_latency_us * evaluations)
             self._health.add(version_id, delta, now)
-        self._judge_and_act(now_hint=None)
+        self._judge_and_act()
         return self.get_health_status(version_id)
 
     def get_health_status(self, version_id: VersionId) -> bool | None:
@@ -393,7 +393,7 @@ class DeploymentManager:
         change = self._apply(_plan_end_experiment, "end-experiment", "controller")
         if change.events:
             actions.append("ended A/B test")
-        actions.extend(self._judge_and_act(now_hint=None))
+        actions.extend(self._judge_and_act())
         with self._lock:
             self._health.prune(self._clock.now(), self._state.rollout)
         rollout = self._state.rollout
@@ -410,7 +410,7 @@ class DeploymentManager:
     def _plan_scheduled(self, version_id: str) -> Callable[[ControlState, float], Change]:
         def plan(state: ControlState, now: float) -> Change:
             if not _still_due(state, version_id, now):  # another process activated it first
-                return Change(state, "noop", "controller")
+                return _nothing_to_do(state)
             return control.activate(state, version_id, now, "controller", max_history=self.max_history)
 
         return plan
@@ -424,7 +424,7 @@ class DeploymentManager:
     def _plan_advance(self, candidate: str) -> Callable[[ControlState, float], Change]:
         def plan(state: ControlState, now: float) -> Change:
             if state.rollout is None or state.rollout.candidate != candidate:
-                return Change(state, "noop", "controller")
+                return _nothing_to_do(state)
             return control.advance(state, now, "controller", healthy=True, max_history=self.max_history)
 
         return plan
@@ -745,7 +745,7 @@ class DeploymentManager:
             self._health.flush(now)
             return self._verdict_of(rollout.candidate, now)
 
-    def _judge_and_act(self, now_hint: float | None) -> list[str]:
+    def _judge_and_act(self) -> list[str]:
         """Judge the candidate and a newly active version; roll back the unhealthy when automatic."""
         actions: list[str] = []
         with self._lock:
@@ -782,7 +782,7 @@ class DeploymentManager:
                     else (state.rollout is None and state.active == vid and state.rollback_target is not None)
                 )
                 if not still:
-                    return Change(state, "noop", "controller")
+                    return _nothing_to_do(state)
                 return control.rollback(state, now, "controller", reason=why, automatic=True)
 
             change = self._apply(plan, "rollback", "controller", version_id)
@@ -803,8 +803,13 @@ class DeploymentManager:
             _log.error("controller.tick_failed", error=f"{type(exc).__name__}: {exc}")
 
 
+def _nothing_to_do(state: ControlState) -> Change:
+    """A plan that changes nothing (the step was done already, maybe by another process)."""
+    return Change(state, "noop", "controller")
+
+
 def _plan_end_experiment(state: ControlState, now: float) -> Change:
-    return control.end_experiment(state, now, "controller") or Change(state, "noop", "controller")
+    return control.end_experiment(state, now, "controller") or _nothing_to_do(state)
 
 
 def _still_due(state: ControlState, version_id: str, now: float) -> bool:
