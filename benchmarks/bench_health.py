@@ -30,8 +30,8 @@ from generate_synthetic import expected_outcome, matching_event, synthetic_bundl
 from ideal import HASH_KEY, bare_method_call  # noqa: E402
 
 from rule_engine import BlueGreen, Decision, DeploymentManager, RuleEngine, parse_bundle  # noqa: E402
-from rule_engine.engine import NO_VERSION  # noqa: E402
-from rule_engine.routing import compute_request_hash  # noqa: E402
+from rule_engine.serving.engine import NO_VERSION  # noqa: E402
+from rule_engine.serving.routing import compute_request_hash  # noqa: E402
 
 AGENT, FLOW, MATCH_AT = 7, 3, 6
 _MASK64 = (1 << 64) - 1
@@ -47,7 +47,7 @@ class UnrecordedEngine(RuleEngine):
     __slots__ = ()
 
     def evaluate(self, event: Mapping[str, Any], key: Any = None) -> Decision:
-        snapshot = self._manager._snapshot
+        snapshot = self._cell.current
         table = snapshot.stable
         if table is None:
             return NO_VERSION

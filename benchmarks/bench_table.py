@@ -39,10 +39,10 @@ from _timing import Report, bench_main, interleaved  # noqa: E402
 from generate_synthetic import expected_outcome, matching_event, synthetic_bundle  # noqa: E402
 from ideal import HASH_KEY, IdealEvaluator, bare_method_call  # noqa: E402
 
-import rule_engine.bundle  # noqa: E402
-import rule_engine.table  # noqa: E402
+import rule_engine.bundle.models  # noqa: E402
+import rule_engine.evaluation.table  # noqa: E402
 from rule_engine import RuleTable, parse_bundle  # noqa: E402
-from rule_engine.bundle import canonical_json  # noqa: E402
+from rule_engine.bundle.models import canonical_json  # noqa: E402
 
 AGENT, FLOW, MATCH_AT = 7, 3, 6  # the (agent, flow) pair and match position of every single-event figure
 
@@ -183,12 +183,12 @@ def _digest(bundle: Any) -> str:
 
 def _prepare_without_gc_pause(raw: bytes) -> RuleTable:
     """prepare() with the library's gc pause replaced by a no-op: the cost the pause removes."""
-    saved = rule_engine.bundle.gc_paused, rule_engine.table.gc_paused
-    rule_engine.bundle.gc_paused = rule_engine.table.gc_paused = contextlib.nullcontext  # type: ignore[assignment]
+    saved = rule_engine.bundle.models.gc_paused, rule_engine.evaluation.table.gc_paused
+    rule_engine.bundle.models.gc_paused = rule_engine.evaluation.table.gc_paused = contextlib.nullcontext  # type: ignore[assignment]
     try:
         return prepare(raw)
     finally:
-        rule_engine.bundle.gc_paused, rule_engine.table.gc_paused = saved
+        rule_engine.bundle.models.gc_paused, rule_engine.evaluation.table.gc_paused = saved
 
 
 def run(*, quick: bool = False, repeat: int = 25) -> tuple[list[Report], dict[str, Any]]:

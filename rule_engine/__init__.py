@@ -1,11 +1,20 @@
 """rule_engine: ship rule bundles to live evaluators without restarts, by strategy, with rollback.
 
-Everything a user needs is importable from here; the modules behind it are implementation.
+Everything a user needs is importable from here; the packages behind it are implementation
+(``docs/architecture.md`` draws them): ``bundle`` and ``evaluation`` and ``serving`` are the data
+plane, ``control``, ``health``, ``deployment`` and ``stores`` the control plane, ``cli`` an edge.
 """
 
-from rule_engine.bundle import BundleLimits, RuleBundle, load_bundle, parse_bundle
-from rule_engine.bundle_tests import run_bundle_tests
-from rule_engine.engine import RuleEngine
+from rule_engine.bundle.models import BundleLimits, RuleBundle, load_bundle, parse_bundle
+from rule_engine.bundle.signing import Signature, TrustPolicy, sign_bundle, verify_bundle
+from rule_engine.clock import Clock, SystemClock
+from rule_engine.control.records import AuditEntry
+from rule_engine.control.states import DeploymentState
+from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, VersionId
+from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
+from rule_engine.deployment.config import DeploymentConfig
+from rule_engine.deployment.hooks import DeploymentEvent, HookPoint
+from rule_engine.deployment.manager import DeploymentManager
 from rule_engine.errors import (
     ActivationTimeNotReachedError,
     BundleTestFailure,
@@ -13,6 +22,7 @@ from rule_engine.errors import (
     BundleValidationError,
     ConflictError,
     DeploymentError,
+    InvalidStrategyError,
     InvalidTransitionError,
     NoPreviousVersionError,
     Problem,
@@ -23,28 +33,15 @@ from rule_engine.errors import (
     StoreURLError,
     VersionNotFoundError,
 )
-from rule_engine.health import HealthMetrics, HealthThresholds, Verdict
-from rule_engine.hooks import DeploymentEvent, HookPoint
-from rule_engine.manager import (
-    DeploymentInfo,
-    DeploymentManager,
-    RolloutStatus,
-    TickReport,
-    VersionId,
-)
-from rule_engine.records import AuditEntry
-from rule_engine.report import ExperimentReport, VariantReport
-from rule_engine.routing import compute_request_hash
-from rule_engine.states import DeploymentState
-from rule_engine.strategies import (
-    ABTest,
-    BlueGreen,
-    Canary,
-    InvalidStrategyError,
-    Scheduled,
-    Strategy,
-)
-from rule_engine.table import CompiledRule, Decision, RuleQuery, RuleTable
+from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.evaluation.table import CompiledRule, Decision, RuleQuery, RuleTable
+from rule_engine.health.report import ExperimentReport, VariantReport
+from rule_engine.health.thresholds import HealthMetrics, HealthThresholds
+from rule_engine.health.verdict import Verdict
+from rule_engine.serving.engine import RuleEngine
+from rule_engine.serving.routing import compute_request_hash
+from rule_engine.serving.snapshot import ServingSnapshot
+from rule_engine.stores.base import StateStore, open_store
 
 __all__ = [
     "ABTest",
@@ -56,9 +53,11 @@ __all__ = [
     "BundleTrustError",
     "BundleValidationError",
     "Canary",
+    "Clock",
     "CompiledRule",
     "ConflictError",
     "Decision",
+    "DeploymentConfig",
     "DeploymentError",
     "DeploymentEvent",
     "DeploymentInfo",
@@ -81,18 +80,26 @@ __all__ = [
     "RuleQuery",
     "RuleTable",
     "Scheduled",
+    "ServingSnapshot",
+    "Signature",
+    "StateStore",
     "StoreError",
     "StoreURLError",
     "Strategy",
+    "SystemClock",
     "TickReport",
+    "TrustPolicy",
     "VariantReport",
     "Verdict",
     "VersionId",
     "VersionNotFoundError",
     "compute_request_hash",
     "load_bundle",
+    "open_store",
     "parse_bundle",
     "run_bundle_tests",
+    "sign_bundle",
+    "verify_bundle",
 ]
 
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@ Every error the library raises on purpose derives from :class:`RuleEngineError`:
     │   ├── ActivationTimeNotReachedError         "Activation time not reached"
     │   ├── InvalidTransitionError                not allowed from the current state
     │   └── RolloutInProgressError                a second rollout while one is in progress
+    ├── InvalidStrategyError (also ValueError)    a strategy's parameters are invalid
     └── StoreError                                the state store failed or is unreachable
         ├── ConflictError                         a concurrent writer changed the state first
         └── StoreURLError (also ValueError)       an unknown or malformed store URL
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from rule_engine.clock import iso
 
 
 class RuleEngineError(Exception):
@@ -106,7 +109,7 @@ class ActivationTimeNotReachedError(DeploymentError):
         self.version_id = version_id
         self.activation_time = activation_time
         super().__init__(
-            f"Activation time not reached for {version_id!r}: due at {_iso(activation_time)}, "
+            f"Activation time not reached for {version_id!r}: due at {iso(activation_time)}, "
             f"{activation_time - now:.0f}s from now (the controller's tick() activates it then)"
         )
 
@@ -127,6 +130,10 @@ class RolloutInProgressError(DeploymentError):
         )
 
 
+class InvalidStrategyError(RuleEngineError, ValueError):
+    """A strategy's parameters are invalid; the message says which and why."""
+
+
 class StoreError(RuleEngineError):
     """The state store failed, is unreachable or holds data this version cannot read."""
 
@@ -137,9 +144,3 @@ class ConflictError(StoreError):
 
 class StoreURLError(StoreError, ValueError):
     """The store URL is malformed or names an unsupported backend."""
-
-
-def _iso(ts: float) -> str:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -1,7 +1,7 @@
 """A deliberately plain reference interpreter of rule conditions, written from the format spec.
 
 It walks the condition model for every event, with none of the compiler's code generation,
-caching or fast paths, so that property tests can hold :mod:`rule_engine.compiler` to the spec:
+caching or fast paths, so that property tests can hold :mod:`rule_engine.evaluation.compiler` to the spec:
 
 * a field path is looked up part by part; a part applied to something that is not an object
   (mapping), or a key that is absent, makes the field *missing*;
@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from rule_engine.bundle import AllCondition, AnyCondition, Leaf, NotCondition
+from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition
 
 __all__ = ["MISSING", "Mismatch", "json_kind", "lookup", "reference_match"]
 

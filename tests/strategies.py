@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from rule_engine.bundle import OPERATORS
+from rule_engine.bundle.models import OPERATORS
 
 JSON = Any
 

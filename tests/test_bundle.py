@@ -15,11 +15,11 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 from strategies import bundle_like_documents, dumps, json_values, mutated_documents, unicode_text
 
-from rule_engine.bundle import OPERATORS, RuleBundle, load_bundle, parse_bundle
-from rule_engine.bundle_tests import run_bundle_tests
+from rule_engine.bundle.models import OPERATORS, RuleBundle, load_bundle, parse_bundle
+from rule_engine.bundle.schema import bundle_json_schema
+from rule_engine.bundle.schema import main as schema_main
 from rule_engine.errors import BundleTestFailure, BundleValidationError, Problem
-from rule_engine.schema import bundle_json_schema
-from rule_engine.schema import main as schema_main
+from rule_engine.evaluation.selftest import run_bundle_tests
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = Path(__file__).parent / "cases" / "issue_example.json"
@@ -360,10 +360,10 @@ def _schema_validator() -> Draft202012Validator:
 
 
 def test_checked_in_schema_is_current() -> None:
-    """docs/bundle.schema.json equals bundle_json_schema(); regenerate with `python -m rule_engine.schema`."""
+    """docs/bundle.schema.json equals bundle_json_schema(); regenerate with `python -m rule_engine.bundle.schema`."""
     checked_in = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert checked_in == bundle_json_schema(), (
-        "docs/bundle.schema.json is stale; run: python -m rule_engine.schema > docs/bundle.schema.json"
+        "docs/bundle.schema.json is stale; run: python -m rule_engine.bundle.schema > docs/bundle.schema.json"
     )
 
 
@@ -422,7 +422,7 @@ def test_schema_shape() -> None:
 
 
 def test_schema_module_prints_the_schema(capsys: pytest.CaptureFixture[str]) -> None:
-    """`python -m rule_engine.schema` prints exactly the checked-in file."""
+    """`python -m rule_engine.bundle.schema` prints exactly the checked-in file."""
     schema_main()
     assert capsys.readouterr().out == SCHEMA_FILE.read_text(encoding="utf-8")
 

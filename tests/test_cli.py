@@ -197,7 +197,7 @@ def test_evaluate_inline_and_from_file(run: Any, tmp_path: Path) -> None:
 
 def test_schema_prints_the_bundle_json_schema(run: Any) -> None:
     """schema prints a JSON Schema document."""
-    pytest.importorskip("rule_engine.schema")
+    pytest.importorskip("rule_engine.bundle.schema")
     data = ok_json(run("schema"))
     assert "$schema" in data
 

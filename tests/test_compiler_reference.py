@@ -12,9 +12,9 @@ from pydantic import TypeAdapter
 from reference import Mismatch, reference_match
 from strategies import Level, TextSubclass, conditions, events
 
-from rule_engine.bundle import Condition
-from rule_engine.compiler import compile_condition
+from rule_engine.bundle.models import Condition
 from rule_engine.errors import RuleEvaluationError
+from rule_engine.evaluation.compiler import compile_condition
 
 _CONDITION = TypeAdapter(Condition)
 

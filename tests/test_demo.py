@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rule_engine import RuleTable, load_bundle
-from rule_engine.demo import bundle_text, make_event
+from rule_engine.cli.demo import bundle_text, make_event
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 SCRIPT = Path(sys.executable).parent / "rule-engine"

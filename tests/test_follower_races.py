@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rule_engine import DeploymentManager
-from rule_engine.records import ControlState
+from rule_engine.control.records import ControlState
 from rule_engine.stores.memory import MemoryStore
 
 BUNDLES = Path(__file__).parent.parent / "bundles"

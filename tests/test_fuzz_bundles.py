@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rule_engine import BundleLimits, BundleValidationError, RuleTable, load_bundle, parse_bundle
-from rule_engine import compiler as compiler_module
+from rule_engine.evaluation import compiler as compiler_module
 from tests.strategies import bundle_like_documents, bundle_like_values, mutated_documents, unicode_text
 
 SOAK = os.environ.get("RULE_ENGINE_SOAK") == "1"

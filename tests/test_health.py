@@ -12,7 +12,8 @@ import pytest
 from freezegun import freeze_time
 
 from rule_engine import Canary, HealthThresholds, RuleEngine
-from rule_engine.health import HealthCounts, judge, two_proportion_z_test
+from rule_engine.health.verdict import judge, two_proportion_z_test
+from rule_engine.serving.counts import HealthCounts
 from tests._support_health import START, bundle, drive, manager_with_stable
 
 T = HealthThresholds()

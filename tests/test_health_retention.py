@@ -7,7 +7,7 @@ from pathlib import Path
 from freezegun import freeze_time
 
 from rule_engine import ABTest, BlueGreen, DeploymentManager, HealthThresholds, RuleEngine
-from rule_engine.health import HealthCounts
+from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.sqlite import SQLiteStore
 
 BUNDLES = Path(__file__).parent.parent / "bundles"

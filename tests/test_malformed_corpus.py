@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from rule_engine.bundle import load_bundle
-from rule_engine.bundle_tests import run_bundle_tests
+from rule_engine.bundle.models import load_bundle
 from rule_engine.errors import BundleTestFailure, BundleValidationError, Problem
+from rule_engine.evaluation.selftest import run_bundle_tests
 
 CORPUS = Path(__file__).parent / "cases" / "malformed"
 EXPECTED: dict[str, dict[str, str]] = json.loads((CORPUS / "expected.json").read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rule_engine import ABTest, BlueGreen, Canary, DeploymentManager, RuleEngine, compute_request_hash
-from rule_engine.routing import ALGORITHM_VERSION, Salt, bucket_of
+from rule_engine.serving.routing import ALGORITHM_VERSION, Salt, bucket_of
 from tests._support_deployment import START, mini_bundle
 
 CASES = json.loads((Path(__file__).parent / "cases" / "routing_v1.json").read_text(encoding="utf-8"))

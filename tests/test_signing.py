@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from rule_engine import BlueGreen, BundleTrustError, DeploymentManager, load_bundle, parse_bundle
-from rule_engine.bundle import RuleBundle, canonical_json
-from rule_engine.signing import (
+from rule_engine.bundle.models import RuleBundle, canonical_json
+from rule_engine.bundle.signing import (
     Ed25519Key,
     HmacKey,
     Signature,
@@ -209,7 +209,7 @@ def test_manager_never_stages_a_refused_bundle(
     manager.activate_deployment(first)
     history, audit, revision = manager.get_deployment_history(), manager.audit_log(), manager.store.revision()
 
-    import rule_engine.manager as manager_module
+    import rule_engine.deployment.manager as manager_module
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("bundle tests ran before the trust check")

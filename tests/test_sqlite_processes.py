@@ -16,7 +16,7 @@ from _support_processes import BUNDLES, spawn
 from freezegun import freeze_time
 
 from rule_engine import BlueGreen, Canary, DeploymentManager, DeploymentState, Scheduled
-from rule_engine.records import Rollout
+from rule_engine.control.records import Rollout
 from rule_engine.stores.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.slow

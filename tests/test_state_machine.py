@@ -51,7 +51,8 @@ from rule_engine import (
     VersionNotFoundError,
     compute_request_hash,
 )
-from rule_engine.health import HealthCounts, judge
+from rule_engine.health.verdict import judge
+from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.memory import MemoryStore
 

@@ -12,14 +12,14 @@ from types import MappingProxyType
 
 import pytest
 
+from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
+from rule_engine.control.states import DeploymentState
+from rule_engine.control.strategies import BlueGreen
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
-from rule_engine.health import HealthCounts
-from rule_engine.records import AuditEntry, ControlState, VersionRecord
-from rule_engine.states import DeploymentState
+from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore, open_store
 from rule_engine.stores.memory import MemoryStore
 from rule_engine.stores.sqlite import SQLiteStore
-from rule_engine.strategies import BlueGreen
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from rule_engine.bundle import RuleBundle, load_bundle, parse_bundle
-from rule_engine.bundle_tests import run_bundle_tests
+from rule_engine.bundle.models import RuleBundle, load_bundle, parse_bundle
 from rule_engine.errors import RuleEvaluationError
-from rule_engine.table import Decision, RuleQuery, RuleTable
+from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.evaluation.table import Decision, RuleQuery, RuleTable
 
 ROOT = Path(__file__).parent.parent
 BUNDLES = ROOT / "bundles"

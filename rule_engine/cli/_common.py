@@ -14,12 +14,12 @@ from typing import Any
 
 import click
 
-from rule_engine.errors import BundleTrustError, BundleValidationError, RuleEngineError, StoreError
-from rule_engine.logging_setup import cli_logging, level_for
-from rule_engine.manager import DeploymentManager
-from rule_engine.signing import (
+from rule_engine.bundle.signing import (
     TrustPolicy,
 )
+from rule_engine.cli.logs import cli_logging, level_for
+from rule_engine.deployment.manager import DeploymentManager
+from rule_engine.errors import BundleTrustError, BundleValidationError, RuleEngineError, StoreError
 from rule_engine.stores.base import store_url_from_env
 
 _DEBUG_ENV = "RULE_ENGINE_DEBUG"

@@ -9,15 +9,15 @@ from typing import Any
 
 import click
 
-from rule_engine.bundle import RuleBundle, load_bundle
-from rule_engine.bundle_tests import run_bundle_tests
-from rule_engine.cli._common import CliContext, CommandFailed, _emit, _managed, _os_error_line, json_option
-from rule_engine.engine import RuleEngine
-from rule_engine.errors import BundleValidationError
-from rule_engine.signing import (
+from rule_engine.bundle.models import RuleBundle, load_bundle
+from rule_engine.bundle.signing import (
     TrustPolicy,
     find_signature,
 )
+from rule_engine.cli._common import CliContext, CommandFailed, _emit, _managed, _os_error_line, json_option
+from rule_engine.errors import BundleValidationError
+from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.serving.engine import RuleEngine
 
 # --- validate ----------------------------------------------------------------------------------------
 
@@ -220,7 +220,7 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool
 def schema(as_json: bool) -> None:
     """Print the JSON Schema of the bundle format (always JSON; --json is accepted for symmetry)."""
     try:
-        from rule_engine.schema import bundle_json_schema  # type: ignore[import-not-found,unused-ignore]
+        from rule_engine.bundle.schema import bundle_json_schema  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         raise CommandFailed("the bundle JSON Schema is not available in this version of rule_engine") from None
     click.echo(json.dumps(bundle_json_schema(), indent=2))

@@ -9,14 +9,14 @@ from typing import Any
 
 import click
 
-from rule_engine.bundle import RuleBundle, load_bundle
-from rule_engine.cli._common import CommandFailed, _bar, _default_actor, _emit, _managed, by_option, json_option
-from rule_engine.errors import BundleTrustError, RuleEngineError
-from rule_engine.signing import (
+from rule_engine.bundle.models import RuleBundle, load_bundle
+from rule_engine.bundle.signing import (
     Signature,
     find_signature,
 )
-from rule_engine.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
+from rule_engine.cli._common import CommandFailed, _bar, _default_actor, _emit, _managed, by_option, json_option
+from rule_engine.control.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
+from rule_engine.errors import BundleTrustError, RuleEngineError
 
 # --- deploy ----------------------------------------------------------------------------------------
 

@@ -13,8 +13,8 @@ import click
 
 from rule_engine.cli._common import CommandFailed, _managed, json_option
 from rule_engine.clock import iso
+from rule_engine.deployment.manager import TickReport
 from rule_engine.errors import RuleEngineError
-from rule_engine.manager import TickReport
 
 # --- controller ---------------------------------------------------------------------------------------
 
@@ -86,7 +86,7 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
 @json_option
 def demo(fast: bool, demo_store: str | None, as_json: bool) -> None:
     """Run the whole story on a temporary store: blue-green v1, canary v2, broken v3 rolled back."""
-    from rule_engine.demo import run_demo
+    from rule_engine.cli.demo import run_demo
 
     summary = run_demo(fast=fast, store_url=demo_store, echo=None if as_json else click.echo)
     if as_json:

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import click
 
-from rule_engine.bundle import load_bundle
-from rule_engine.bundle_tests import run_bundle_tests
-from rule_engine.cli._common import CommandFailed, _emit, json_option
-from rule_engine.errors import BundleValidationError
-from rule_engine.signing import (
+from rule_engine.bundle.models import load_bundle
+from rule_engine.bundle.signing import (
     Ed25519Key,
     HmacKey,
     SigningKey,
     sign_bundle,
     write_signature,
 )
+from rule_engine.cli._common import CommandFailed, _emit, json_option
+from rule_engine.errors import BundleValidationError
+from rule_engine.evaluation.selftest import run_bundle_tests
 
 # --- keygen and sign ----------------------------------------------------------------------------------
 

@@ -20,9 +20,9 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import StoreURLError
-from rule_engine.health import HealthCounts
-from rule_engine.records import AuditEntry, ControlState
+from rule_engine.serving.counts import HealthCounts
 
 __all__ = ["DEFAULT_STORE_URL", "StateStore", "open_store", "store_url_from_env"]
 

@@ -6,9 +6,9 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 
+from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError
-from rule_engine.health import HealthCounts, sum_counts
-from rule_engine.records import AuditEntry, ControlState
+from rule_engine.serving.counts import HealthCounts, sum_counts
 from rule_engine.stores.base import StateStore
 
 __all__ = ["MemoryStore"]

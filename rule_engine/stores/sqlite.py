@@ -31,9 +31,9 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
-from rule_engine.health import HealthCounts
-from rule_engine.records import AuditEntry, ControlState
+from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]

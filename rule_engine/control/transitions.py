@@ -14,6 +14,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal
 
+from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
+from rule_engine.control.states import DeploymentState, check_transition
+from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled
 from rule_engine.errors import (
     ActivationTimeNotReachedError,
     InvalidTransitionError,
@@ -21,10 +24,7 @@ from rule_engine.errors import (
     RolloutInProgressError,
     VersionNotFoundError,
 )
-from rule_engine.records import AuditEntry, ControlState, Rollout, VersionRecord
-from rule_engine.routing import ALGORITHM_VERSION, BASIS_POINTS, percent_to_bp
-from rule_engine.states import DeploymentState, check_transition
-from rule_engine.strategies import ABTest, BlueGreen, Canary, Scheduled
+from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS, percent_to_bp
 
 __all__ = [
     "Change",

@@ -21,11 +21,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from rule_engine.engine import RuleEngine
+from rule_engine.control.strategies import BlueGreen, Canary
+from rule_engine.deployment.manager import DeploymentManager
 from rule_engine.errors import StoreError
-from rule_engine.health import HealthThresholds
-from rule_engine.manager import DeploymentManager
-from rule_engine.strategies import BlueGreen, Canary
+from rule_engine.health.thresholds import HealthThresholds
+from rule_engine.serving.engine import RuleEngine
 
 __all__ = ["bundle_text", "make_event", "run_demo"]
 

@@ -23,12 +23,17 @@ from typing import Any
 import mmh3
 import structlog
 
-from rule_engine import control
-from rule_engine.background import BackgroundLoop
-from rule_engine.bundle import RuleBundle, canonical_json, load_bundle, parse_bundle
-from rule_engine.bundle_tests import run_bundle_tests
+from rule_engine.bundle.models import RuleBundle, canonical_json, load_bundle, parse_bundle
+from rule_engine.bundle.signing import Signature, TrustPolicy, signature_beside
 from rule_engine.clock import Clock, SystemClock, iso
-from rule_engine.control import Change
+from rule_engine.control import transitions as control
+from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
+from rule_engine.control.states import DeploymentState
+from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, VersionId, info_of
+from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
+from rule_engine.control.transitions import Change
+from rule_engine.deployment.background import BackgroundLoop
+from rule_engine.deployment.hooks import DeploymentEvent, Hook, HookPoint, Hooks
 from rule_engine.errors import (
     ConflictError,
     InvalidTransitionError,
@@ -36,20 +41,17 @@ from rule_engine.errors import (
     StoreError,
     VersionNotFoundError,
 )
-from rule_engine.health import HealthCounts, HealthMetrics, HealthThresholds, Verdict
-from rule_engine.hooks import DeploymentEvent, Hook, HookPoint, Hooks
-from rule_engine.ledger import HealthLedger
-from rule_engine.records import AuditEntry, ControlState, VersionRecord
-from rule_engine.report import ExperimentReport, build_experiment_report
-from rule_engine.routing import Salt, compute_request_hash
-from rule_engine.signing import Signature, TrustPolicy, signature_beside
-from rule_engine.snapshot import EMPTY_SNAPSHOT, ServingSnapshot
-from rule_engine.states import DeploymentState
+from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.evaluation.table import RuleTable
+from rule_engine.health.ledger import HealthLedger
+from rule_engine.health.report import ExperimentReport, build_experiment_report
+from rule_engine.health.thresholds import HealthMetrics, HealthThresholds
+from rule_engine.health.verdict import Verdict
+from rule_engine.serving.counts import HealthCounts
+from rule_engine.serving.routing import Salt, compute_request_hash
+from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
-from rule_engine.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
-from rule_engine.table import RuleTable
-from rule_engine.views import DeploymentInfo, RolloutStatus, TickReport, VersionId, info_of
 
 __all__ = ["DeploymentInfo", "DeploymentManager", "RolloutStatus", "TickReport", "VersionId"]
 
@@ -88,7 +90,7 @@ class DeploymentManager:
         self.trust = trust  # when set, prepare_deployment refuses bundles without a trusted signature
         self._lock = threading.RLock()
         self._hooks = Hooks()
-        self._snapshot: ServingSnapshot = EMPTY_SNAPSHOT
+        self._cell = ServingCell()
         self._state = ControlState()
         self._tables: dict[str, RuleTable] = {}
         self._compiled: dict[str, RuleTable] = {}  # digest -> table without version id
@@ -169,11 +171,11 @@ class DeploymentManager:
 
     def get_active_table(self) -> RuleTable | None:
         """The stable table (serving all traffic outside a rollout); None before any activation."""
-        return self._snapshot.stable
+        return self._cell.current.stable
 
     def route_and_get_table(self, request_hash: int) -> RuleTable | None:
         """The table serving a request with this hash (see :func:`compute_request_hash`)."""
-        snapshot = self._snapshot
+        snapshot = self._cell.current
         candidate = snapshot.candidate
         if candidate is not None and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
             return candidate
@@ -181,7 +183,7 @@ class DeploymentManager:
 
     def route(self, key: str) -> RuleTable | None:
         """The table serving a request with routing key ``key`` (hashed once)."""
-        snapshot = self._snapshot
+        snapshot = self._cell.current
         candidate = snapshot.candidate
         if candidate is not None:
             # compute_request_hash(key), inlined for the common str key (one C call, no varargs).
@@ -196,13 +198,18 @@ class DeploymentManager:
         return compute_request_hash(*parts)
 
     @property
+    def serving_cell(self) -> ServingCell:
+        """The cell this manager publishes its serving snapshot into (what :class:`RuleEngine` reads)."""
+        return self._cell
+
+    @property
     def snapshot(self) -> ServingSnapshot:
         """What serves now (immutable)."""
-        return self._snapshot
+        return self._cell.current
 
     def get_active_version_id(self) -> VersionId | None:
         """The id of the stable version, or None before any activation."""
-        table = self._snapshot.stable
+        table = self._cell.current.stable
         return table.version_id if table is not None else None
 
     # --- control plane: operations ------------------------------------------------------------------
@@ -575,7 +582,7 @@ class DeploymentManager:
                     change = plan(state, now)
                     if change.state is state:
                         return change
-                    before = _serving(self._snapshot)
+                    before = _serving(self._cell.current)
                     if change.serving_changed:
                         self._hooks.run(
                             HookPoint.BEFORE_SWAP,
@@ -606,14 +613,14 @@ class DeploymentManager:
                     action,
                     version_id,
                     actor,
-                    _serving(self._snapshot),
-                    _serving(self._snapshot),
+                    _serving(self._cell.current),
+                    _serving(self._cell.current),
                     str(exc),
                     exc,
                 ),
             )
             raise
-        after = _serving(self._snapshot)
+        after = _serving(self._cell.current)
         if change.serving_changed:
             self._hooks.run(HookPoint.AFTER_SWAP, self._event(change, before, after))
         if change.rolled_back is not None:
@@ -694,7 +701,7 @@ class DeploymentManager:
             candidate_recorder=self._health.recorder(rollout.candidate) if rollout is not None else None,
             revision=state.revision,
         )
-        self._snapshot = snapshot
+        self._cell.current = snapshot
         self._state = state
         for version_id in [v for v in self._tables if v not in state.versions]:
             del self._tables[version_id]  # evicted from history: free the table

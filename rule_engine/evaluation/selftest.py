@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from rule_engine.bundle import RuleBundle
+from rule_engine.bundle.models import RuleBundle
 from rule_engine.errors import BundleTestFailure, Problem, RuleEvaluationError
-from rule_engine.table import RuleTable
+from rule_engine.evaluation.table import RuleTable
 
 __all__ = ["run_bundle_tests"]
 

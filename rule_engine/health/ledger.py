@@ -13,8 +13,11 @@ from collections.abc import Collection, Sequence
 
 import structlog
 
-from rule_engine.health import HealthCounts, HealthThresholds, Verdict, VersionRecorder, judge
-from rule_engine.records import ControlState, Rollout
+from rule_engine.control.records import ControlState, Rollout
+from rule_engine.health.thresholds import HealthThresholds
+from rule_engine.health.verdict import Verdict, judge
+from rule_engine.serving.counts import HealthCounts
+from rule_engine.serving.recorder import VersionRecorder
 from rule_engine.stores.base import StateStore
 
 __all__ = ["HealthLedger"]

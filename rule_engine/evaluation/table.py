@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from rule_engine.bundle import Outcome, Rule, RuleBundle, gc_paused
-from rule_engine.compiler import Matcher, compile_condition
+from rule_engine.bundle.models import Outcome, Rule, RuleBundle, gc_paused
 from rule_engine.errors import RuleEvaluationError
+from rule_engine.evaluation.compiler import Matcher, compile_condition
 
 __all__ = ["CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
 

@@ -32,13 +32,13 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from rule_engine._bundle_checks import semantic_problems as _semantic_problems
-from rule_engine._bundle_errors import problems_from
-from rule_engine._bundle_json import document_without_duplicates as _document_without_duplicates
-from rule_engine._bundle_json import duplicate_key_problems
-from rule_engine._bundle_json import prechecked_bytes as _prechecked_bytes
-from rule_engine._bundle_values import OPERATORS, Operator, value_problem
-from rule_engine._bundle_values import kind_of as kind_of
+from rule_engine.bundle.checks import semantic_problems as _semantic_problems
+from rule_engine.bundle.jsontext import document_without_duplicates as _document_without_duplicates
+from rule_engine.bundle.jsontext import duplicate_key_problems
+from rule_engine.bundle.jsontext import prechecked_bytes as _prechecked_bytes
+from rule_engine.bundle.problems import problems_from
+from rule_engine.bundle.values import OPERATORS, Operator, value_problem
+from rule_engine.bundle.values import kind_of as kind_of
 from rule_engine.errors import BundleValidationError, Problem
 
 __all__ = [

@@ -1,15 +1,15 @@
 """The JSON Schema (draft 2020-12) of rule bundles, for editors and other tools.
 
-The schema is derived from the pydantic models in :mod:`rule_engine.bundle` and then tightened
+The schema is derived from the pydantic models in :mod:`rule_engine.bundle.models` and then tightened
 with what the models check in code: the value each operator takes, field-path syntax, string
 limits. It describes the shape of a bundle; the validator also checks what a schema cannot say
 (regular-expression syntax, duplicate rule ids and test names, nesting depth, duplicate JSON keys,
 integers written as ``1.0``) and runs the bundle's tests, so a document the schema accepts can
-still be rejected by :func:`rule_engine.bundle.load_bundle`.
+still be rejected by :func:`rule_engine.bundle.models.load_bundle`.
 
 ``docs/bundle.schema.json`` is generated from this module; regenerate it with::
 
-    python -m rule_engine.schema > docs/bundle.schema.json
+    python -m rule_engine.bundle.schema > docs/bundle.schema.json
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Any
 
-from rule_engine.bundle import DEFAULT_LIMITS, OPERATORS, RuleBundle
+from rule_engine.bundle.models import DEFAULT_LIMITS, OPERATORS, RuleBundle
 
 __all__ = ["SCHEMA_ID", "bundle_json_schema", "main"]
 
@@ -187,7 +187,7 @@ def _string_limit(prop: JSONSchema) -> None:
 
 
 def main() -> None:
-    """Print the schema (``python -m rule_engine.schema > docs/bundle.schema.json``)."""
+    """Print the schema (``python -m rule_engine.bundle.schema > docs/bundle.schema.json``)."""
     sys.stdout.write(json.dumps(bundle_json_schema(), indent=2, ensure_ascii=False) + "\n")
 
 

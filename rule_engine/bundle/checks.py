@@ -10,11 +10,11 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from rule_engine._bundle_errors import render_loc, suggest
+from rule_engine.bundle.problems import render_loc, suggest
 from rule_engine.errors import Problem
 
 if TYPE_CHECKING:
-    from rule_engine.bundle import BundleLimits, Leaf, NotCondition, Outcome, RuleBundle
+    from rule_engine.bundle.models import BundleLimits, Leaf, NotCondition, Outcome, RuleBundle
 
 
 def semantic_problems(bundle: RuleBundle, limits: BundleLimits) -> Iterator[Problem]:
@@ -32,7 +32,7 @@ class _Checker:
 
     def __init__(self, limits: BundleLimits) -> None:
         # The models' own validator runs this walk, so they are imported when it runs, not above.
-        from rule_engine.bundle import AllCondition, AnyCondition, Leaf, NotCondition
+        from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition
 
         self.limits = limits
         self.problems: list[Problem] = []

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from rule_engine._bundle_values import OPERATORS, clip, kind_of
+from rule_engine.bundle.values import OPERATORS, clip, kind_of
 from rule_engine.errors import Problem
 
 _CONDITION_KEYS = frozenset({"all", "any", "not", "field", "op", "value"})

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from rule_engine._bundle_errors import render_loc
+from rule_engine.bundle.problems import render_loc
 from rule_engine.errors import BundleValidationError, Problem
 
 if TYPE_CHECKING:
-    from rule_engine.bundle import BundleLimits
+    from rule_engine.bundle.models import BundleLimits
 
 
 class _DuplicateKey(Exception):

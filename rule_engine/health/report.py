@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rule_engine.clock import iso
-from rule_engine.health import HealthCounts, two_proportion_z_test
-from rule_engine.records import Rollout
+from rule_engine.control.records import Rollout
+from rule_engine.health.verdict import two_proportion_z_test
+from rule_engine.serving.counts import HealthCounts
 
 __all__ = ["ExperimentReport", "VariantReport", "build_experiment_report"]
 

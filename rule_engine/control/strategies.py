@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from rule_engine.clock import as_timestamp, iso
-from rule_engine.errors import RuleEngineError
+from rule_engine.errors import InvalidStrategyError
 
 __all__ = [
     "ABTest",
@@ -29,10 +29,6 @@ __all__ = [
     "Strategy",
     "strategy_from_dict",
 ]
-
-
-class InvalidStrategyError(RuleEngineError, ValueError):
-    """A strategy's parameters are invalid; the message says which and why."""
 
 
 @dataclass(frozen=True, slots=True)

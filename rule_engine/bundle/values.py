@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
-from rule_engine import _regex
+from rule_engine.bundle import regex as _regex
 
 Operator = Literal[
     "eq",

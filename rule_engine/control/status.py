@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from rule_engine.clock import iso
-from rule_engine.health import HealthMetrics, Verdict
-from rule_engine.records import ControlState, VersionRecord
-from rule_engine.states import DeploymentState
-from rule_engine.strategies import Strategy
+from rule_engine.control.records import ControlState, VersionRecord
+from rule_engine.control.states import DeploymentState
+from rule_engine.control.strategies import Strategy
+from rule_engine.health.thresholds import HealthMetrics
+from rule_engine.health.verdict import Verdict
 
 __all__ = ["DeploymentInfo", "RolloutStatus", "TickReport", "VersionId", "info_of"]
 

@@ -15,8 +15,8 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from rule_engine.clock import iso
-from rule_engine.states import DeploymentState
-from rule_engine.strategies import Strategy, strategy_from_dict
+from rule_engine.control.states import DeploymentState
+from rule_engine.control.strategies import Strategy, strategy_from_dict
 
 __all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
 

@@ -1,6 +1,7 @@
 """RuleEngine: the evaluator's entry point. Route, evaluate, count; never raise for a broken rule.
 
-``evaluate(event, key=...)`` reads the manager's serving snapshot once, routes the request by its key
+``evaluate(event, key=...)`` reads the current serving snapshot once (from a :class:`ServingCell`
+that a manager publishes into), routes the request by its key
 (consistent hashing: the same key keeps its version for the whole rollout), evaluates it on the
 routed table and counts the outcome for that version's health, all without a lock.
 
@@ -15,15 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from time import perf_counter_ns
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mmh3
 
-from rule_engine.routing import compute_request_hash
-from rule_engine.table import Decision
-
-if TYPE_CHECKING:
-    from rule_engine.manager import DeploymentManager
+from rule_engine.evaluation.table import Decision
+from rule_engine.serving.routing import compute_request_hash
+from rule_engine.serving.snapshot import ServingCell, SnapshotSource
 
 __all__ = ["NO_VERSION", "RuleEngine"]
 
@@ -32,27 +31,32 @@ _MASK64 = (1 << 64) - 1
 
 
 class RuleEngine:
-    """Evaluates events on whatever version a :class:`DeploymentManager` serves for their key.
+    """Evaluates events on whatever version is served for their key.
+
+    ``source`` is a :class:`~rule_engine.DeploymentManager` or anything else exposing a
+    ``serving_cell``, or a :class:`ServingCell` itself: the engine knows nothing else of the control
+    plane (as LaunchDarkly's evaluator is fed read-only callables).
 
     The routing key is ``key`` when given, else the event's ``key_field`` (``user_id`` by default).
     A request with no key is served by the stable version: a canary only ever sees identifiable,
     sticky traffic.
     """
 
-    __slots__ = ("_manager", "key_field")
+    __slots__ = ("_cell", "_source", "key_field")
 
-    def __init__(self, manager: DeploymentManager, *, key_field: str = "user_id") -> None:
-        self._manager = manager
+    def __init__(self, source: SnapshotSource | ServingCell, *, key_field: str = "user_id") -> None:
+        self._source = source
+        self._cell: ServingCell = source if isinstance(source, ServingCell) else source.serving_cell
         self.key_field = key_field
 
     @property
-    def manager(self) -> DeploymentManager:
-        """The manager whose versions this engine serves."""
-        return self._manager
+    def manager(self) -> Any:
+        """What this engine was built on (the manager, usually)."""
+        return self._source
 
     def evaluate(self, event: Mapping[str, Any], key: Any = None) -> Decision:
         """Decide ``event`` on the version its routing key is assigned to. Never raises for bad rules."""
-        snapshot = self._manager._snapshot
+        snapshot = self._cell.current
         table = snapshot.stable
         if table is None:
             return NO_VERSION

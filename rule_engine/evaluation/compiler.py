@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rule_engine import _regex
-from rule_engine.bundle import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
+from rule_engine.bundle import regex as _regex
+from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
 from rule_engine.errors import RuleEvaluationError
 
 __all__ = ["Matcher", "compile_condition", "match_always"]
@@ -274,6 +274,6 @@ def _build_factory(expression: str, constants: int) -> Callable[..., Matcher]:
     names = ", ".join(f"c{i}" for i in range(constants))
     source = f"def factory({names}):\n    def match(event):\n        return {expression}\n    return match\n"
     namespace: dict[str, Any] = {}
-    exec(compile(source, "<rule_engine.compiler>", "exec"), dict(_GLOBALS), namespace)
+    exec(compile(source, "<rule_engine.evaluation.compiler>", "exec"), dict(_GLOBALS), namespace)
     factory: Callable[..., Matcher] = namespace["factory"]
     return factory

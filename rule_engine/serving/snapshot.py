@@ -3,23 +3,21 @@
 The control plane builds a new :class:`ServingSnapshot` for every change and publishes it with one
 attribute assignment; readers take it with one attribute read and never lock. A snapshot routes a
 request hash to the stable or the candidate table with the rollout's salt (see
-:mod:`rule_engine.routing`).
+:mod:`rule_engine.serving.routing`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from rule_engine.routing import Salt
+from rule_engine.serving.routing import Salt
 
 if TYPE_CHECKING:
-    from rule_engine.health import VersionRecorder
-    from rule_engine.table import RuleTable
+    from rule_engine.evaluation.table import RuleTable
+    from rule_engine.serving.recorder import VersionRecorder
 
-__all__ = ["EMPTY_SNAPSHOT", "ServingSnapshot"]
-
-_MASK64 = (1 << 64) - 1
+__all__ = ["EMPTY_SNAPSHOT", "ServingCell", "ServingSnapshot", "SnapshotSource"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +65,27 @@ class ServingSnapshot:
             revision,
         )
 
-    def route(self, request_hash: int) -> RuleTable | None:
-        """The table serving a request with this hash."""
-        candidate = self.candidate
-        if candidate is not None and (self.multiplier * request_hash + self.offset) & _MASK64 < self.limit:
-            return candidate
-        return self.stable
-
 
 EMPTY_SNAPSHOT = ServingSnapshot(stable=None)
+
+
+class ServingCell:
+    """The one mutable thing the data plane reads: a slot holding the current :class:`ServingSnapshot`.
+
+    The control plane publishes by assigning ``cell.current`` (one assignment); readers take
+    ``cell.current`` once per call and work on that immutable object, with no lock.
+    """
+
+    __slots__ = ("current",)
+
+    def __init__(self, snapshot: ServingSnapshot = EMPTY_SNAPSHOT) -> None:
+        self.current = snapshot
+
+
+class SnapshotSource(Protocol):
+    """Anything that exposes a :class:`ServingCell` (a :class:`~rule_engine.DeploymentManager` does)."""
+
+    @property
+    def serving_cell(self) -> ServingCell:
+        """The cell this source publishes into."""
+        ...

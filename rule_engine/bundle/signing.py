@@ -8,7 +8,7 @@ Two algorithms, chosen by the trust model (docs/reliability.md, "Signing and tru
 - ``hmac-sha256`` (standard library): one shared secret both signs and verifies. Only for setups where
   every holder of the secret is trusted to publish.
 
-A signature covers the bundle's canonical JSON (:func:`rule_engine.bundle.canonical_json`, whose
+A signature covers the bundle's canonical JSON (:func:`rule_engine.bundle.models.canonical_json`, whose
 sha256 is ``RuleBundle.digest``), prefixed with a fixed context string so that a signature made for
 something else can never pass as a bundle signature::
 
@@ -37,7 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from rule_engine.bundle import RuleBundle, canonical_json
+from rule_engine.bundle.models import RuleBundle, canonical_json
 from rule_engine.errors import BundleTrustError, Problem
 
 if TYPE_CHECKING:

@@ -1,0 +1,1 @@
+"""Control plane, pure (no I/O, no threads): states, strategies, records, transitions, status views."""

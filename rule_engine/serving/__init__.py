@@ -1,0 +1,1 @@
+"""Data plane: routing (the only bucket arithmetic), the serving snapshot, hot-path counting, the evaluator."""
