@@ -141,7 +141,7 @@ def test_timeouts_on_real_traffic_roll_back_the_candidate() -> None:
     manager2 = DeploymentManager(thresholds=THRESHOLDS, auto_rollback=True, clock=clock)
     stable2 = manager2.prepare_deployment(bundle("1.0.0"))
     manager2.activate_deployment(stable2)
-    manager2.evaluation_deadline_us = 0.0  # applies to versions that start serving from now on: the candidate
+    manager2.configure(evaluation_deadline_us=0.0)  # applies to versions that start serving from now on: the candidate
     slow = manager2.prepare_deployment(bundle("2.0.0"), CANARY)
     manager2.activate_deployment(slow)
     drive(RuleEngine(manager2), 5000)

@@ -42,6 +42,7 @@ def test_opening_on_a_state_whose_bundle_was_just_evicted_reads_again() -> None:
     outdated, latest = _history_that_evicts_v1(store)
     store.stale = outdated
     reader = DeploymentManager(store=store)
+    reader.refresh()  # the constructor does no I/O: loading is explicit (open() does it)
     assert reader.get_active_version_id() == latest
 
 

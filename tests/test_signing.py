@@ -209,7 +209,7 @@ def test_manager_never_stages_a_refused_bundle(
     manager.activate_deployment(first)
     history, audit, revision = manager.get_deployment_history(), manager.audit_log(), manager.store.revision()
 
-    import rule_engine.deployment.manager as manager_module
+    import rule_engine.deployment.intake as manager_module
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("bundle tests ran before the trust check")

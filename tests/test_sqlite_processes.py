@@ -150,8 +150,8 @@ def test_concurrent_random_operations_are_serializable_and_followers_converge(tm
     assert len(committed) > 20
     replayed = _replay(committed)
     assert replayed.get_active_version_id() == state.active
-    assert {v: r.state for v, r in replayed._state.versions.items()} == {v: r.state for v, r in state.versions.items()}
-    assert _rollout_shape(replayed._state.rollout) == _rollout_shape(state.rollout)
+    assert {v: r.state for v, r in replayed.state.versions.items()} == {v: r.state for v, r in state.versions.items()}
+    assert _rollout_shape(replayed.state.rollout) == _rollout_shape(state.rollout)
     health: dict[str, int] = {}
     for o in ops:
         if o["op"] == "health" and o["result"]:

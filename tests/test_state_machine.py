@@ -374,13 +374,15 @@ class ManagerMachine(RuleBasedStateMachine):
         FIGURES["examples"] += 1
 
     def _manager(self) -> DeploymentManager:
-        return DeploymentManager(
+        manager = DeploymentManager(
             max_history=MAX_HISTORY,
             thresholds=THRESHOLDS,
             auto_rollback=self.auto_rollback,
             store=self.store,
             clock=self.clock,
         )
+        manager.refresh()  # the constructor does no I/O: a reopened store is loaded explicitly
+        return manager
 
     def teardown(self) -> None:
         self.store.close()
@@ -723,7 +725,9 @@ def test_unhealthy_hold_survives_a_restart() -> None:
     store = MemoryStore()
 
     def manager() -> DeploymentManager:
-        return DeploymentManager(max_history=MAX_HISTORY, thresholds=THRESHOLDS, store=store, clock=clock)
+        rebuilt = DeploymentManager(max_history=MAX_HISTORY, thresholds=THRESHOLDS, store=store, clock=clock)
+        rebuilt.refresh()  # the constructor does no I/O: loading is explicit
+        return rebuilt
 
     first = manager()
     first.activate_deployment(first.prepare_deployment(_bundle(0)))

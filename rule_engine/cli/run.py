@@ -13,7 +13,7 @@ import click
 
 from rule_engine.cli._common import CommandFailed, _managed, json_option
 from rule_engine.clock import iso
-from rule_engine.deployment.manager import TickReport
+from rule_engine.control.status import TickReport
 from rule_engine.errors import RuleEngineError
 
 # --- controller ---------------------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
 
     with _managed(ctx) as state:
         manager = state.open(follow=not once, auto_rollback=auto_rollback)
-        manager.auto_rollback = auto_rollback
+        manager.configure(auto_rollback=auto_rollback)
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):

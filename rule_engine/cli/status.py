@@ -6,7 +6,7 @@ import click
 
 from rule_engine.cli._common import _bar, _emit, _managed, json_option
 from rule_engine.clock import iso
-from rule_engine.deployment.manager import DeploymentInfo, RolloutStatus
+from rule_engine.control.status import DeploymentInfo, RolloutStatus
 
 # --- status ----------------------------------------------------------------------------------------
 

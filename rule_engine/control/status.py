@@ -8,11 +8,11 @@ from typing import Any
 from rule_engine.clock import iso
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import Strategy
+from rule_engine.control.strategies import Canary, Strategy
 from rule_engine.health.thresholds import HealthMetrics
 from rule_engine.health.verdict import Verdict
 
-__all__ = ["DeploymentInfo", "RolloutStatus", "TickReport", "VersionId", "info_of"]
+__all__ = ["DeploymentInfo", "RolloutStatus", "TickReport", "VersionId", "info_of", "rollout_status"]
 
 VersionId = str
 
@@ -126,4 +126,48 @@ def info_of(record: VersionRecord, state: ControlState, metrics: HealthMetrics) 
         activated_at=record.activated_at,
         finished_at=record.finished_at,
         health_metrics=metrics,
+    )
+
+
+def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_rollback: bool) -> RolloutStatus | None:
+    """The rollout in ``state`` (None when there is none), its next step and why it holds, given the candidate's verdict."""
+    rollout = state.rollout
+    if rollout is None:
+        return None
+    record = state.versions[rollout.candidate]
+    strategy = record.strategy
+    stages: tuple[float, ...] = ()
+    next_at: float | None = None
+    holding: str | None = None
+    if isinstance(strategy, Canary):
+        stages = strategy.stages
+        next_at = rollout.stage_started_at + strategy.stage_duration_secs
+        if verdict.healthy is False:
+            holding = f"unhealthy: {verdict.reason}" + ("" if auto_rollback else "; waiting for a person")
+        elif rollout.held is not None:
+            holding = f"was unhealthy: {rollout.held}; waiting for a person"
+        elif verdict.healthy is None:
+            holding = verdict.reason
+        elif now < next_at:
+            holding = f"stage lasts until {iso(next_at)}"
+    else:
+        duration = getattr(strategy, "test_duration_secs", 0.0)
+        next_at = rollout.started_at + duration
+        if rollout.ended_at is not None:
+            holding = "test ended; waiting for conclude_experiment(winner)"
+        elif verdict.healthy is False:
+            holding = f"unhealthy: {verdict.reason}"
+    return RolloutStatus(
+        version_id=rollout.candidate,
+        stable_version_id=rollout.stable,
+        strategy=strategy.kind,
+        state=record.state,
+        percentage=rollout.share_bp / 100,
+        stage=rollout.stage_index + 1,
+        stages=stages,
+        stage_started_at=rollout.stage_started_at,
+        next_step_at=next_at,
+        ended_at=rollout.ended_at,
+        verdict=verdict,
+        holding=holding,
     )

@@ -77,6 +77,19 @@ class HealthLedger:
         """Write figures reported from outside (``update_health_metrics``) at once."""
         self.store.add_health(version_id, self.bucket(now), delta)
 
+    def add_reported(
+        self, version_id: str, now: float, evaluations: int, errors: int, timeouts: int, avg_latency_us: float
+    ) -> None:
+        """Validate figures an evaluator reports as deltas (raising ``ValueError``), then :meth:`add` them."""
+        for name, value in (("evaluations", evaluations), ("errors", errors), ("timeouts", timeouts)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if errors > evaluations or timeouts > evaluations:
+            raise ValueError("errors and timeouts cannot exceed evaluations")
+        if not math.isfinite(avg_latency_us) or avg_latency_us < 0:
+            raise ValueError(f"avg_latency_us must be a finite number >= 0, got {avg_latency_us!r}")
+        self.add(version_id, HealthCounts(evaluations, errors, timeouts, avg_latency_us * evaluations), now)
+
     def window(self, version_ids: Sequence[str], now: float) -> dict[str, HealthCounts]:
         """Each version's counts over the recent window (all processes)."""
         since = self.bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)

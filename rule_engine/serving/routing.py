@@ -28,6 +28,7 @@ __all__ = [
     "Salt",
     "bucket_of",
     "compute_request_hash",
+    "goes_to_candidate",
     "percent_to_bp",
 ]
 
@@ -92,3 +93,13 @@ def bucket_of(request_hash: int, salt: Salt) -> int:
 def percent_to_bp(percent: float) -> int:
     """A percentage (0..100, at most two decimals) in basis points."""
     return round(percent * 100)
+
+
+def goes_to_candidate(multiplier: int, offset: int, limit: int, request_hash: int) -> bool:
+    """Whether a request hash is in the candidate's share: ``bucket < share``, as ``mixed64 < limit``.
+
+    ``multiplier`` and ``offset`` are the rollout's :class:`Salt`, ``limit`` is ``Salt.limit(share_bp)``
+    (a :class:`~rule_engine.ServingSnapshot` holds all three). ``RuleEngine.evaluate`` inlines this
+    expression; ``tests/test_routing.py`` holds the two equal on the golden vectors.
+    """
+    return (multiplier * request_hash + offset) & _MASK64 < limit

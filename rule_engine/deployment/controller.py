@@ -1,0 +1,236 @@
+"""Controller: the time-driven work of a deployment, done by ``tick()``.
+
+One tick activates scheduled versions that are due, ends A/B tests whose duration has passed, judges
+the candidate (and a newly active version during its bake time) and rolls back or holds the
+unhealthy, prunes old health buckets, and advances a healthy canary whose stage is due. Every step
+is planned from the stored state and committed against its revision, so several processes ticking
+at once do each step exactly once. The state is read once per step, never twice across a release
+of the lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+
+from rule_engine.clock import Clock
+from rule_engine.control import transitions as control
+from rule_engine.control.records import ControlState
+from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, info_of, rollout_status
+from rule_engine.control.transitions import Change
+from rule_engine.deployment.commit import Committer, Plan, nothing_to_do
+from rule_engine.deployment.config import DeploymentConfig
+from rule_engine.deployment.publisher import Publisher
+from rule_engine.errors import InvalidTransitionError
+from rule_engine.health.ledger import HealthLedger
+from rule_engine.health.report import ExperimentReport, build_experiment_report
+from rule_engine.health.thresholds import HealthMetrics
+from rule_engine.health.verdict import Verdict
+
+__all__ = ["Controller"]
+
+_log = structlog.get_logger("rule_engine")
+
+
+class Controller:
+    """Verdicts on the versions in play, and the steps ``tick()`` takes."""
+
+    def __init__(
+        self,
+        committer: Committer,
+        publisher: Publisher,
+        ledger: HealthLedger,
+        clock: Clock,
+        config: Callable[[], DeploymentConfig],
+    ) -> None:
+        self._committer = committer
+        self._publisher = publisher
+        self._ledger = ledger
+        self._clock = clock
+        self._config = config
+
+    # --- verdicts (call under the lock) -------------------------------------------------------------
+
+    def verdict_of(self, version_id: str, now: float) -> Verdict:
+        """The verdict on ``version_id`` over the window ending at ``now``."""
+        return self._ledger.verdict(self._publisher.state, version_id, now, auto_rollback=self._config().auto_rollback)
+
+    def candidate_verdict(self, now: float | None = None) -> Verdict:
+        """The verdict on the rollout's candidate (flushing this process's counts first)."""
+        with self._committer.lock:
+            rollout = self._publisher.state.rollout
+            if rollout is None:
+                return Verdict(None, "no rollout in progress")
+            now = self._clock.now() if now is None else now
+            self._ledger.flush(now)
+            return self.verdict_of(rollout.candidate, now)
+
+    def verdict_now(self, version_id: str) -> Verdict:
+        """The verdict on ``version_id`` now (flushing this process's counts first)."""
+        with self._committer.lock:
+            now = self._clock.now()
+            self._ledger.flush(now)
+            return self.verdict_of(version_id, now)
+
+    def info(self, version_id: str) -> DeploymentInfo | None:
+        """Everything about a version with its health figures, or None if it is not in history."""
+        with self._committer.lock:
+            state = self._publisher.state
+            record = state.versions.get(version_id)
+            if record is None:
+                return None
+            now = self._clock.now()
+            self._ledger.flush(now)
+            window = self._ledger.window([version_id], now)[version_id]
+            verdict = self.verdict_of(version_id, now)
+            lifetime = self._ledger.lifetime(version_id)
+            return info_of(
+                record, state, HealthMetrics.of(lifetime, window, verdict, self._ledger.last_check(version_id))
+            )
+
+    def experiment_report(self) -> ExperimentReport:
+        """Per-variant figures of the A/B test in progress (raises when there is none)."""
+        with self._committer.lock:
+            now = self._clock.now()
+            self._ledger.flush(now)
+            rollout = self._publisher.state.rollout
+            if rollout is None or rollout.kind != "ab-test":
+                raise InvalidTransitionError("no A/B test is in progress")
+            counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at)
+            return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
+
+    # --- the tick -------------------------------------------------------------------------------------
+
+    def tick(self) -> TickReport:
+        """Do all time-driven work once (see the module docstring)."""
+        actions: list[str] = []
+        holding: list[str] = []
+        state = self._publisher.state
+        for record in control.scheduled_due(state, self._clock.now()):
+            if state.rollout is not None:
+                holding.append(f"{record.version_id}: scheduled, waiting for the rollout of {state.rollout.candidate}")
+                continue
+            change = self._apply(self._plan_scheduled(record.version_id), "activate", record.version_id)
+            if change.audit:
+                actions.append(f"activated scheduled {record.version_id}")
+            state = self._publisher.state
+        change = self._apply(_plan_end_experiment, "end-experiment")
+        if change.events:
+            actions.append("ended A/B test")
+        actions.extend(self.judge_and_act())
+        with self._committer.lock:
+            self._ledger.prune(self._clock.now(), self._publisher.state.rollout)
+            state = self._publisher.state
+        rollout = state.rollout
+        if rollout is not None and rollout.kind == "canary":
+            if self.candidate_verdict().healthy is True and rollout.held is None:
+                change = self._apply(self._plan_advance(rollout.candidate), "advance")
+                if change.result:
+                    actions.append(f"advanced {rollout.candidate}")
+            status = self.rollout_status()
+            if status is not None and status.holding:
+                holding.append(f"{status.version_id}: {status.holding}")
+        return TickReport(tuple(actions), tuple(holding))
+
+    def rollout_status(self) -> RolloutStatus | None:
+        """The rollout in progress and why it holds (None when there is none)."""
+        with self._committer.lock:
+            state = self._publisher.state
+            if state.rollout is None:
+                return None
+            now = self._clock.now()
+            self._ledger.flush(now)
+            verdict = self.candidate_verdict(now)
+            return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
+
+    def judge_and_act(self) -> list[str]:
+        """Judge the candidate and a newly active version; roll back the unhealthy when automatic."""
+        actions: list[str] = []
+        config = self._config()
+        with self._committer.lock:
+            now = self._clock.now()
+            self._ledger.flush(now)
+            state = self._publisher.state
+            suspects: list[tuple[str, str]] = []
+            if state.rollout is not None:
+                suspects.append(("candidate", state.rollout.candidate))
+            elif state.active is not None and self._ledger.baking(state, now):
+                suspects.append(("active", state.active))
+            verdicts = [(role, vid, self.verdict_of(vid, now)) for role, vid in suspects]
+        for role, version_id, verdict in verdicts:
+            if verdict.healthy is not False:
+                continue
+            reason = verdict.reason
+            if not config.auto_rollback:
+                if role == "candidate":
+                    held = self._apply(_plan_hold(version_id, reason), "hold", version_id)
+                    if held.audit:
+                        actions.append(f"held {version_id} for a person: {reason}")
+                continue
+            change = self._apply(_plan_automatic_rollback(version_id, role, reason), "rollback", version_id)
+            if change.audit:
+                _log.warning(
+                    "rollback.automatic", version_id=version_id, reason=reason, serving_version_id=change.result
+                )
+                actions.append(f"rolled back {version_id}: {reason}")
+        return actions
+
+    def step(self) -> None:
+        """One background tick; a failure is logged, never raised into the loop."""
+        try:
+            self.tick()
+        except Exception as exc:
+            _log.error("controller.tick_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _apply(self, plan: Plan, action: str, version_id: str | None = None) -> Change:
+        return self._committer.apply(plan, action, "controller", version_id)
+
+    def _plan_scheduled(self, version_id: str) -> Plan:
+        max_history = self._config().max_history
+
+        def plan(state: ControlState, now: float) -> Change:
+            if not _still_due(state, version_id, now):  # another process activated it first
+                return nothing_to_do(state)
+            return control.activate(state, version_id, now, "controller", max_history=max_history)
+
+        return plan
+
+    def _plan_advance(self, candidate: str) -> Plan:
+        max_history = self._config().max_history
+
+        def plan(state: ControlState, now: float) -> Change:
+            if state.rollout is None or state.rollout.candidate != candidate:
+                return nothing_to_do(state)
+            return control.advance(state, now, "controller", healthy=True, max_history=max_history)
+
+        return plan
+
+
+def _plan_hold(candidate: str, reason: str) -> Plan:
+    def plan(state: ControlState, now: float) -> Change:
+        return control.hold(state, now, "controller", candidate=candidate, reason=reason)
+
+    return plan
+
+
+def _plan_automatic_rollback(version_id: str, role: str, reason: str) -> Plan:
+    def plan(state: ControlState, now: float) -> Change:
+        still = (
+            (state.rollout is not None and state.rollout.candidate == version_id)
+            if role == "candidate"
+            else (state.rollout is None and state.active == version_id and state.rollback_target is not None)
+        )
+        if not still:
+            return nothing_to_do(state)
+        return control.rollback(state, now, "controller", reason=reason, automatic=True)
+
+    return plan
+
+
+def _plan_end_experiment(state: ControlState, now: float) -> Change:
+    return control.end_experiment(state, now, "controller") or nothing_to_do(state)
+
+
+def _still_due(state: ControlState, version_id: str, now: float) -> bool:
+    return state.rollout is None and any(r.version_id == version_id for r in control.scheduled_due(state, now))

@@ -1,0 +1,148 @@
+"""The deployment package's own promises: the tick reads the state once, a commit is final, hooks run once."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rule_engine import Canary, ConflictError, DeploymentManager, HookPoint, Scheduled
+from rule_engine.control.records import ControlState
+from rule_engine.deployment.publisher import Publisher
+from rule_engine.stores.memory import MemoryStore
+
+BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
+
+
+class FixedClock:
+    def __init__(self, now: float) -> None:
+        self.t = now
+
+    def now(self) -> float:
+        return self.t
+
+
+class RacyPublisher(Publisher):
+    """A publisher whose state is replaced (as a concurrent rollback would) right after its N-th read."""
+
+    armed = 0
+
+    @property  # type: ignore[override]
+    def state(self) -> ControlState:
+        value: ControlState = self.__dict__["_racy_state"]
+        if self.armed:
+            self.armed -= 1
+            if not self.armed:
+                self.__dict__["_racy_state"] = replace(value, rollout=None)
+        return value
+
+    @state.setter
+    def state(self, value: ControlState) -> None:
+        self.__dict__["_racy_state"] = value
+
+
+@pytest.mark.parametrize("nth_read", [1, 2, 3, 4])
+def test_tick_survives_a_rollback_published_between_its_reads(nth_read: int) -> None:
+    """A rollback landing while tick() runs never fails the tick (on 2f11de2 it raised AttributeError)."""
+    manager = DeploymentManager(clock=FixedClock(1_000.0))
+    manager.activate_deployment(manager.prepare_deployment(BUNDLES / "gateway-v1.json"))
+    manager.activate_deployment(manager.prepare_deployment(BUNDLES / "gateway-v2.json", Canary((10, 100), 300)))
+    scheduled = manager.prepare_deployment(BUNDLES / "gateway-v1.json", Scheduled(900))
+    publisher = manager._publisher
+    state = publisher.state
+    publisher.__class__ = RacyPublisher
+    publisher.state = state
+    publisher.armed = nth_read  # type: ignore[attr-defined]
+    report = manager.tick()
+    assert any(scheduled in line for line in report.holding + report.actions)
+
+
+class FailingPublishStore(MemoryStore):
+    """Commits, then fails every bundle read (as a store that went away right after the commit would)."""
+
+    fail_reads = False
+
+    def bundle_json(self, version_id: str) -> str | None:
+        if self.fail_reads:
+            from rule_engine import StoreError
+
+            raise StoreError("store went away")
+        return super().bundle_json(version_id)
+
+
+def test_an_operation_that_committed_succeeds_even_if_publishing_fails() -> None:
+    """D14: once the store has committed, the call returns success; what serves catches up later."""
+    store = FailingPublishStore()
+    manager = DeploymentManager(store=store)
+    v1 = manager.prepare_deployment(BUNDLES / "gateway-v1.json")
+    store.fail_reads = True
+    manager.activate_deployment(v1)  # on 2f11de2 this raised StoreError although the activation committed
+    assert store.load().active == v1
+    store.fail_reads = False
+    manager.refresh()
+    assert manager.get_active_version_id() == v1
+
+
+class ConflictOnceStore(MemoryStore):
+    conflicts = 1
+
+    def commit(self, *args: Any, **kwargs: Any) -> ControlState:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ConflictError("another writer committed first")
+        return super().commit(*args, **kwargs)
+
+
+def test_before_swap_hooks_run_once_per_operation_even_when_the_commit_is_retried() -> None:
+    """A conflict re-plans the operation without running before-swap hooks a second time."""
+    store = ConflictOnceStore()
+    manager = DeploymentManager(store=store)
+    calls: list[str] = []
+    manager.subscribe(HookPoint.BEFORE_SWAP, lambda event: calls.append(event.action))
+    v1 = manager.prepare_deployment(BUNDLES / "gateway-v1.json")
+    store.conflicts = 1
+    manager.activate_deployment(v1)
+    assert calls == ["activate"]
+    assert manager.get_active_version_id() == v1
+
+
+def test_the_constructor_does_no_io() -> None:
+    """Building a manager on a store reads nothing from it; refresh() (or open()) loads it."""
+
+    class CountingStore(MemoryStore):
+        reads = 0
+
+        def load(self) -> ControlState:
+            self.reads += 1
+            return super().load()
+
+        def revision(self) -> int:
+            self.reads += 1
+            return super().revision()
+
+    store = CountingStore()
+    writer = DeploymentManager(store=store)
+    writer.activate_deployment(writer.prepare_deployment(BUNDLES / "gateway-v1.json"))
+    store.reads = 0
+    reader = DeploymentManager(store=store)
+    assert store.reads == 0
+    assert reader.get_active_version_id() is None
+    assert reader.refresh() is True
+    assert reader.get_active_version_id() == writer.get_active_version_id()
+
+
+def test_settings_are_one_immutable_value_changed_by_configure() -> None:
+    """configure() derives a new validated config; the old value is unchanged and bad settings are refused."""
+    manager = DeploymentManager(max_history=5)
+    before = manager.config
+    after = manager.configure(max_history=3, auto_rollback=True)
+    assert (before.max_history, before.auto_rollback) == (5, False)
+    assert (manager.config.max_history, manager.config.auto_rollback) == (3, True)
+    assert after is manager.config
+    with pytest.raises(ValueError, match="max_history"):
+        manager.configure(max_history=0)
+    with pytest.raises(TypeError, match="unknown setting"):
+        manager.configure(max_histroy=3)
+    assert manager.config is after
