@@ -75,6 +75,7 @@ class DeploymentManager:
         self._threads: list[BackgroundLoop] = []
         self._health = HealthLedger(self._store, self._config.thresholds, self._config.evaluation_deadline_us)
         self._publisher = Publisher(self._store, self._health, lambda: self._config.max_history)
+        self._cell = self._publisher.cell  # what the data-plane reads below take, once per call
         self._committer = Committer(
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
         )
@@ -153,28 +154,31 @@ class DeploymentManager:
     @property
     def snapshot(self) -> ServingSnapshot:
         """What serves now (immutable)."""
-        return self._publisher.cell.current
+        return self._cell.current
 
     def get_active_table(self) -> RuleTable | None:
         """The stable table (serving all traffic outside a rollout); None before any activation."""
-        return self._publisher.cell.current.stable
+        return self._cell.current.stable
 
     def route_and_get_table(self, request_hash: int) -> RuleTable | None:
         """The table serving a request with this hash (see :func:`compute_request_hash`)."""
-        s = self._publisher.cell.current
+        s = self._cell.current
         if s.candidate is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, request_hash):
             return s.candidate
         return s.stable
 
     def route(self, key: str) -> RuleTable | None:
-        """The table serving a request with routing key ``key`` (hashed once)."""
-        return self.route_and_get_table(compute_request_hash(key))
+        """The table serving a request with routing key ``key`` (hashed once, only during a rollout)."""
+        s = self._cell.current
+        if s.candidate is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, compute_request_hash(key)):
+            return s.candidate
+        return s.stable
 
     compute_request_hash = staticmethod(compute_request_hash)
 
     def get_active_version_id(self) -> VersionId | None:
         """The id of the stable version, or None before any activation."""
-        table = self._publisher.cell.current.stable
+        table = self._cell.current.stable
         return table.version_id if table is not None else None
 
     # --- control plane: operations ------------------------------------------------------------------
