@@ -172,7 +172,7 @@ class Canary(Strategy):
                 raise InvalidStrategyError(f"canary stage {value!r} is not a number")
             if not 0 < value <= 100:
                 raise InvalidStrategyError(f"canary stage {value!r} is outside (0, 100]")
-            if round(value * 100) != value * 100:
+            if abs(value * 100 - round(value * 100)) > 1e-6:  # 1.1 * 100 is 110.00000000000001
                 raise InvalidStrategyError(f"canary stage {value!r} has more than two decimals")
         if not values:
             raise InvalidStrategyError("canary needs at least one stage")
