@@ -408,7 +408,9 @@ def protected(state: ControlState) -> set[str]:
     keep = {v for v in (state.active, state.rollback_target) if v}
     if state.rollout is not None:
         keep |= {state.rollout.candidate, state.rollout.stable}
-    keep |= {r.version_id for r in state.versions.values() if r.state is S.STAGED and r.strategy.activates_at() is not None}
+    keep |= {
+        r.version_id for r in state.versions.values() if r.state is S.STAGED and r.strategy.activates_at() is not None
+    }
     return keep
 
 
