@@ -6,7 +6,7 @@ One process prepares and activates ``--changes`` versions on a SQLite store (eac
 random 0-20 ms pause, so the commits land at random phases of the follower's poll); a second process,
 ``DeploymentManager.open(url)`` with the default poll interval (20 ms), checks
 ``get_active_version_id()`` every 0.5 ms and reports the wall time at which each new version first
-serves. Two clocks: from the activation call having returned (the commit is durable) to the follower
+serves (the ``watch`` role of ``tests/_support_processes.py``, as in the unit suite). Two clocks: from the activation call having returned (the commit is durable) to the follower
 serving it, and from the activation call starting (so including the commit and its fsync). Both
 processes run on the same machine, so ``time.time()`` is shared. Figures are printed as p50 / p95 /
 max and as ratios against the poll interval (baseline ``poll``); there is no goal. Moved here from
@@ -39,27 +39,9 @@ from _timing import Report, add_report_args  # noqa: E402
 from rule_engine import DeploymentManager  # noqa: E402
 
 BUNDLES = (ROOT / "bundles" / "gateway-v1.json", ROOT / "bundles" / "gateway-v2.json")
+WATCHER = ROOT / "tests" / "_support_processes.py"  # its "watch" role is the follower process
 POLL_SECS = 0.02  # DeploymentManager.open's default poll_interval
 WAIT = 30.0  # bound on any wait for the follower
-
-
-def _emit(**fields: Any) -> None:
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
-
-
-def watch(url: str, seconds: float) -> None:
-    """The follower process: print every change of the active version with the time it was first seen."""
-    deadline = time.monotonic() + seconds
-    with DeploymentManager.open(url) as manager:  # the default poll interval
-        seen = manager.get_active_version_id()
-        _emit(ready=True, active=seen)
-        while time.monotonic() < deadline:
-            active = manager.get_active_version_id()
-            if active != seen:
-                seen = active
-                _emit(active=active, at=time.time())
-            time.sleep(0.0005)
 
 
 def _line(proc: subprocess.Popen[str]) -> dict[str, Any]:
@@ -80,7 +62,7 @@ def measure_pickup(changes: int, seed: int = 5) -> tuple[list[float], list[float
         url = f"sqlite:///{Path(tmp) / 'state.db'}"
         with DeploymentManager.open(url, follow=False) as manager:
             watcher = subprocess.Popen(
-                [sys.executable, __file__, "--watch", url, str(WAIT + changes * 0.1)],
+                [sys.executable, str(WATCHER), "watch", url, str(WAIT + changes * 0.1)],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -131,12 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = add_report_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--quick", action="store_true", help="10 changes instead of --changes")
     parser.add_argument("--changes", type=int, default=50, help="activations to time (default 50)")
-    parser.add_argument("--watch", nargs=2, metavar=("URL", "SECONDS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))  # stdout is data
-    if args.watch:
-        watch(args.watch[0], float(args.watch[1]))
-        return 0
     return run(changes=10 if args.quick else max(1, args.changes)).finish(args)
 
 

@@ -28,6 +28,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from rule_engine.clock import as_timestamp, iso
@@ -67,8 +68,9 @@ class Strategy(ABC):
     #: True when it ends on its own (a canary reaching 100%); False when a person picks the outcome
     #: (an A/B test: ``conclude``). Atomic swaps finish at once.
     finishes_by_itself: ClassVar[bool] = True
-    #: The CLI options (parameter names, e.g. ``stage_duration`` for ``--stage-duration``) it takes.
-    cli_options: ClassVar[tuple[str, ...]] = ()
+    #: The CLI options it takes (``stage_duration`` for ``--stage-duration``), each mapped to the
+    #: constructor parameter it sets.
+    cli_options: ClassVar[Mapping[str, str]] = MappingProxyType({})
     #: Which kind the CLI implies when only this strategy's options are given (higher wins).
     cli_precedence: ClassVar[int] = 0
     #: What the CLI prints after deploying it: who moves it on from here ("" for nothing).
@@ -121,8 +123,9 @@ class Strategy(ABC):
 
     @classmethod
     def from_options(cls: type[_S], **options: Any) -> _S:
-        """Build from parsed CLI options (``None`` = not given: the default applies)."""
-        return cls(**{name: value for name, value in options.items() if value is not None})
+        """Build from parsed CLI options named as in :attr:`cli_options` (``None`` = not given: the default)."""
+        given = {name: options[option] for option, name in cls.cli_options.items() if options.get(option) is not None}
+        return cls(**given)
 
 
 _S = TypeVar("_S", bound=Strategy)
@@ -158,7 +161,9 @@ class Canary(Strategy):
     stage_duration_secs: float = 300.0
     kind: ClassVar[str] = "canary"
     splits_traffic: ClassVar[bool] = True
-    cli_options: ClassVar[tuple[str, ...]] = ("stages", "stage_duration")
+    cli_options: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"stages": "stages", "stage_duration": "stage_duration_secs"}
+    )
     cli_precedence: ClassVar[int] = 2
     cli_note: ClassVar[str] = "the controller advances it stage by stage while it stays healthy"
 
@@ -220,16 +225,6 @@ class Canary(Strategy):
         steps = " -> ".join(f"{s:g}%" for s in self.stages)
         return f"canary {steps}, {self.stage_duration_secs:g}s per stage"
 
-    @classmethod
-    def from_options(cls, **options: Any) -> Canary:
-        """From ``stages`` (percentages) and ``stage_duration`` (seconds), each optional."""
-        kwargs: dict[str, Any] = {}
-        if options.get("stages") is not None:
-            kwargs["stages"] = options["stages"]
-        if options.get("stage_duration") is not None:
-            kwargs["stage_duration_secs"] = options["stage_duration"]
-        return cls(**kwargs)
-
 
 @register
 @dataclass(frozen=True, slots=True)
@@ -241,7 +236,9 @@ class ABTest(Strategy):
     kind: ClassVar[str] = "ab-test"
     splits_traffic: ClassVar[bool] = True
     finishes_by_itself: ClassVar[bool] = False
-    cli_options: ClassVar[tuple[str, ...]] = ("split_ratio", "test_duration")
+    cli_options: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {"split_ratio": "split_ratio", "test_duration": "test_duration_secs"}
+    )
     cli_precedence: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
@@ -276,16 +273,6 @@ class ABTest(Strategy):
         """One line for people."""
         return f"A/B test {self.split_ratio:.0%}/{1 - self.split_ratio:.0%} for {self.test_duration_secs:g}s"
 
-    @classmethod
-    def from_options(cls, **options: Any) -> ABTest:
-        """From ``split_ratio`` and ``test_duration`` (seconds), each optional."""
-        kwargs: dict[str, Any] = {}
-        if options.get("split_ratio") is not None:
-            kwargs["split_ratio"] = options["split_ratio"]
-        if options.get("test_duration") is not None:
-            kwargs["test_duration_secs"] = options["test_duration"]
-        return cls(**kwargs)
-
 
 @register
 @dataclass(frozen=True, slots=True)
@@ -294,7 +281,7 @@ class Scheduled(Strategy):
 
     activation_time: float = field(default=0.0)
     kind: ClassVar[str] = "scheduled"
-    cli_options: ClassVar[tuple[str, ...]] = ("at",)
+    cli_options: ClassVar[Mapping[str, str]] = MappingProxyType({"at": "activation_time"})
     cli_precedence: ClassVar[int] = 3
     cli_note: ClassVar[str] = "the controller ('rule-engine controller') activates it when due"
 
