@@ -616,6 +616,27 @@ def test_canary_shares_strictly_increase_and_end_at_all_traffic(canary: Canary) 
     assert canary.next_share_bp(len(canary.stages) - 1) is None
 
 
+@given(canaries())
+def test_advancing_a_canary_walks_its_stages_then_activates(canary: Canary) -> None:
+    """Advanced at the end of every stage, a rollout takes each stage's share in turn, then serves all traffic."""
+    state, stable = _serving()
+    state, candidate = _staged(state, canary)
+    state = activate(state, candidate, T0, "alice").state
+    if len(canary.stages) == 1:
+        assert state.active == candidate  # a single 100% stage is a swap
+        return
+    seen, now = [], T0
+    while state.rollout is not None:
+        seen.append(state.rollout.share_bp)
+        assert len(seen) <= len(canary.stages)
+        now += canary.stage_duration_secs + 0.001  # just past the stage's end (float time is ~0.2 us coarse here)
+        change = advance(state, now, "controller", healthy=True)
+        assert change.result is True
+        state = change.state
+    assert seen == [round(stage * 100) for stage in canary.stages[:-1]]
+    assert (state.active, state.versions[stable].state) == (candidate, S.SUPERSEDED)
+
+
 @given(any_strategy)
 def test_every_strategy_round_trips_through_its_json_form(strategy: Strategy) -> None:
     """strategy_from_dict(to_dict()) gives back an equal strategy, also through JSON text."""
