@@ -11,6 +11,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from rule_engine.bundle.models import OPERATORS
+from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled
 
 JSON = Any
 
@@ -194,3 +195,26 @@ event_values = st.recursive(
 )
 
 events = st.dictionaries(st.sampled_from(NAMES), event_values, max_size=3)
+
+
+# --- rollout strategies ---------------------------------------------------------------------------
+
+
+@st.composite
+def canaries(draw: st.DrawFn) -> Canary:
+    """Any valid canary: strictly increasing stages with at most two decimals, ending at 100."""
+    inner = draw(st.lists(st.integers(min_value=1, max_value=9_999), unique=True, max_size=8))
+    stages = [bp / 100 for bp in sorted(inner)] + [100]
+    return Canary(stages, draw(st.floats(min_value=0, max_value=1e6)))
+
+
+rollout_strategies = st.one_of(
+    st.just(BlueGreen()),
+    canaries(),
+    st.builds(
+        ABTest,
+        st.integers(min_value=1, max_value=9_999).map(lambda bp: bp / 10_000),
+        st.floats(min_value=0.001, max_value=1e7),
+    ),
+    st.builds(Scheduled, st.floats(min_value=0, max_value=4e9)),
+)

@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
-from strategies import bundle_like_documents, dumps, json_values, mutated_documents, unicode_text
 
 from rule_engine.bundle.models import OPERATORS, RuleBundle, load_bundle, parse_bundle
 from rule_engine.bundle.schema import bundle_json_schema
 from rule_engine.bundle.schema import main as schema_main
 from rule_engine.errors import BundleTestFailure, BundleValidationError, Problem
 from rule_engine.evaluation.selftest import run_bundle_tests
+from tests.strategies import bundle_like_documents, dumps, json_values, mutated_documents, unicode_text
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = Path(__file__).parent / "cases" / "issue_example.json"

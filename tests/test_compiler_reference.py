@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from hypothesis import example, given
 from pydantic import TypeAdapter
-from reference import Mismatch, reference_match
-from strategies import Level, TextSubclass, conditions, events
 
 from rule_engine.bundle.models import Condition
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.compiler import compile_condition
+from tests.reference import Mismatch, reference_match
+from tests.strategies import Level, TextSubclass, conditions, events
 
 _CONDITION = TypeAdapter(Condition)
 

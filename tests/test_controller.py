@@ -7,8 +7,9 @@ import time
 
 from freezegun import freeze_time
 
-from rule_engine import ABTest, Canary, DeploymentState, RuleEngine, Scheduled
-from tests._support_health import START, ManualClock, bundle, drive, manager_with_stable
+from rule_engine import ABTest, Canary, DeploymentEvent, DeploymentState, RuleEngine, Scheduled
+from rule_engine.testing import ManualClock
+from tests._support_health import START, bundle, drive, manager_with_stable
 
 
 def test_healthy_canary_is_walked_to_active_by_tick_under_real_traffic() -> None:
@@ -84,11 +85,20 @@ def test_background_controller_ticks_on_one_thread_and_stops() -> None:
     before = threading.active_count()
     controller = manager.start_controller(interval=0.01)
     assert threading.active_count() == before + 1
+    activated = threading.Event()
+    threads: list[str] = []
+
+    def on_swap(event: DeploymentEvent) -> None:
+        if event.action == "activate" and event.version_id == candidate:
+            threads.append(threading.current_thread().name)
+            activated.set()
+
+    manager.subscribe("after_swap", on_swap)
     clock.advance(11)
-    deadline = time.monotonic() + 20
-    while manager.get_active_version_id() != candidate and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert activated.wait(timeout=20), "the background controller did not activate the due version"
     assert manager.get_active_version_id() == candidate
+    assert len(threads) == 1  # activated once
+    assert threads[0] != threading.main_thread().name  # by the controller's thread
     controller.stop()
     assert not controller.running
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _support_processes import BUNDLES, spawn
 
 from rule_engine import DeploymentManager
 from rule_engine.errors import StoreError
 from rule_engine.stores.sqlite import SQLiteStore
+from tests._support_processes import BUNDLES, spawn
 
 pytestmark = pytest.mark.slow
 

@@ -121,10 +121,24 @@ def test_failed_prepare_leaves_no_trace(manager: DeploymentManager, bundle: Any,
     assert manager.get_active_version_id() == stable
 
 
-def test_bundle_test_failure_is_a_validation_error() -> None:
-    """BundleTestFailure can be caught as BundleValidationError and ValueError."""
-    assert issubclass(BundleTestFailure, BundleValidationError)
-    assert issubclass(BundleTestFailure, ValueError)
+@pytest.mark.parametrize("caught_as", [BundleTestFailure, BundleValidationError, ValueError])
+def test_failing_bundle_tests_refuse_prepare_naming_the_test(
+    manager: DeploymentManager, caught_as: type[Exception]
+) -> None:
+    """A bundle whose own test fails is refused (catchable as a validation error or ValueError), the message
+    names the failing test and what it got, and nothing is prepared, audited, stored or served."""
+    stable = _active(manager)
+    history, audit, revision = manager.get_deployment_history(), manager.audit_log(), manager.store.revision()
+    snapshot = manager.snapshot
+    with pytest.raises(caught_as, match="test 'x-denied' failed: expected 'allow', got 'deny'") as refused:
+        manager.prepare_deployment(mini_bundle("9.9.9", expect="allow"), BlueGreen(), "mallory")
+    assert isinstance(refused.value, BundleTestFailure)
+    assert manager.get_deployment_history() == history
+    assert manager.audit_log() == audit
+    assert manager.store.revision() == revision
+    assert manager.snapshot is snapshot
+    assert manager.get_active_version_id() == stable
+    assert RuleEngine(manager).evaluate({"x": 1}).version_id == stable
 
 
 # --- blue-green -------------------------------------------------------------------------------------

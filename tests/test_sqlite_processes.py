@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import statistics
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
@@ -12,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _support_processes import BUNDLES, spawn
 from freezegun import freeze_time
 
 from rule_engine import BlueGreen, Canary, DeploymentManager, DeploymentState, Scheduled
 from rule_engine.control.records import Rollout
 from rule_engine.stores.sqlite import SQLiteStore
+from tests._support_processes import BUNDLES, spawn
 
 pytestmark = pytest.mark.slow
 
@@ -61,31 +59,20 @@ def test_deploy_in_one_process_is_seen_by_a_follower_in_another(tmp_path: Path) 
     _stop(watcher)
 
 
-def test_follower_latency_distribution(tmp_path: Path) -> None:
-    """A follower process picks up each of 50 activations quickly (distribution printed; < 1 s asserted)."""
+def test_a_follower_sees_every_activation_in_order(tmp_path: Path) -> None:
+    """A follower process serves each of 20 activations made by another process, in commit order.
+
+    How fast it does is measured by ``benchmarks/bench_follower.py``, not asserted here.
+    """
     url = _url(tmp_path)
-    latencies: list[float] = []  # from the activation's commit having returned to the follower seeing it
-    with_commit: list[float] = []  # from the activation call starting (includes the commit and its fsync)
-    rng = random.Random(5)
     with DeploymentManager.open(url, follow=False) as manager:
         watcher = spawn("watch", url, 60)
         assert _line(watcher)["ready"]
-        for i in range(50):
-            version_id = manager.prepare_deployment(BUNDLES[i % 2], deployed_by="bench")
-            time.sleep(rng.uniform(0, 0.02))  # a random phase against the follower's poll
-            started = time.time()
+        for i in range(20):
+            version_id = manager.prepare_deployment(BUNDLES[i % 2], deployed_by="test")
             manager.activate_deployment(version_id)
-            committed = time.time()
-            seen = _line(watcher)
-            assert seen["active"] == version_id
-            latencies.append(max(0.0, seen["at"] - committed))
-            with_commit.append(seen["at"] - started)
+            assert _line(watcher)["active"] == version_id  # the watcher reports each change once it serves it
         _stop(watcher)
-    for label, values in (("after commit", latencies), ("incl. commit", with_commit)):
-        ms = sorted(x * 1000 for x in values)
-        p50, p95 = statistics.median(ms), ms[int(0.95 * len(ms)) - 1]
-        print(f"follower latency {label}, {len(ms)} changes: p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {ms[-1]:.1f} ms")
-    assert ms[-1] < 1000
 
 
 def test_two_concurrent_deploys_end_consistently(tmp_path: Path) -> None:

@@ -1,132 +1,52 @@
-"""One contract suite, run against every state store backend."""
+"""The store contract (``rule_engine.testing.store_contract``) run against every backend, and SQLite's own promises."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 
-from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import BlueGreen
-from rule_engine.errors import ConflictError, StoreError, StoreURLError
+from rule_engine.errors import StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore, open_store
 from rule_engine.stores.memory import MemoryStore
 from rule_engine.stores.sqlite import SQLiteStore
+from rule_engine.testing import audit_entry as _entry
+from rule_engine.testing import control_state as _state
+from rule_engine.testing import version_record as _record
+from rule_engine.testing.store_contract import StoreContractTests
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    backend: StateStore = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "state.db")
-    yield backend
-    backend.close()
+class TestMemoryStore(StoreContractTests):
+    """The contract on ``memory://``."""
+
+    @pytest.fixture
+    def make_store(self) -> StateStore:
+        return MemoryStore()
 
 
-def _record(version_id: str, seq: int, state: DeploymentState = DeploymentState.STAGED) -> VersionRecord:
-    return VersionRecord(
-        version_id=version_id,
-        seq=seq,
-        bundle_id="b",
-        bundle_version="1",
-        digest=f"digest-{version_id}",
-        deployed_by="alice",
-        strategy=BlueGreen(),
-        state=state,
-        created_at=100.0,
-        updated_at=100.0 + seq,
-    )
+class TestSQLiteStore(StoreContractTests):
+    """The contract on ``sqlite:///...``."""
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StateStore:
+        return SQLiteStore(tmp_path / "state.db")
 
 
-def _state(*records: VersionRecord, active: str | None = None) -> ControlState:
-    return ControlState(
-        next_seq=len(records) + 1,
-        versions=MappingProxyType({r.version_id: r for r in records}),
-        active=active,
-        lineage=(active,) if active else (),
-    )
+def test_a_backend_without_make_store_fails_loudly() -> None:
+    """A subclass that forgets ``make_store`` errors instead of passing vacuously."""
 
+    class Forgetful(StoreContractTests):
+        pass
 
-def _entry(version_id: str, action: str = "prepare") -> AuditEntry:
-    return AuditEntry(at=1.0, action=action, version_id=version_id, from_state=None, to_state="staged", actor="bob")
-
-
-def test_new_store_is_empty_at_revision_zero(store: StateStore) -> None:
-    """A new store loads an empty state at revision 0, with no bundles, audit or health."""
-    assert store.load() == ControlState()
-    assert store.revision() == 0
-    assert store.bundle_json("x") is None
-    assert store.audit_log() == []
-    assert store.health(["x"]) == {"x": HealthCounts()}
-
-
-def test_commit_bumps_revision_and_load_returns_it(store: StateStore) -> None:
-    """A commit writes the state as the next revision; load and revision see it."""
-    state = _state(_record("v1", 1, DeploymentState.ACTIVE), active="v1")
-    committed = store.commit(0, state, bundles={"v1": '{"a":1}'}, audit=[_entry("v1")])
-    assert committed.revision == 1
-    assert store.revision() == 1
-    assert store.load() == replace(state, revision=1)
-    assert store.bundle_json("v1") == '{"a":1}'
-
-
-def test_stale_revision_conflicts_and_writes_nothing(store: StateStore) -> None:
-    """A commit against a stale revision raises ConflictError and leaves state, bundles and audit untouched."""
-    first = store.commit(0, _state(_record("v1", 1)), bundles={"v1": "{}"}, audit=[_entry("v1")])
-    with pytest.raises(ConflictError, match="expected revision 0, found 1"):
-        store.commit(0, _state(_record("v2", 1)), bundles={"v2": "{}"}, audit=[_entry("v2")], evicted=["v1"])
-    assert store.load() == first
-    assert store.bundle_json("v2") is None
-    assert store.bundle_json("v1") == "{}"
-    assert [e.version_id for e in store.audit_log()] == ["v1"]
-
-
-def test_evicted_bundles_are_dropped(store: StateStore) -> None:
-    """Bundles named in ``evicted`` are gone after the commit; others stay."""
-    store.commit(0, _state(_record("v1", 1), _record("v2", 2)), bundles={"v1": "1", "v2": "2"})
-    store.commit(1, _state(_record("v2", 2)), evicted=["v1"])
-    assert store.bundle_json("v1") is None
-    assert store.bundle_json("v2") == "2"
-
-
-def test_audit_keeps_order_filters_and_limits(store: StateStore) -> None:
-    """Audit entries come back oldest first with increasing seq, by version, and the last ``limit``."""
-    store.commit(0, _state(), audit=[_entry("v1"), _entry("v2")])
-    store.commit(1, _state(), audit=[_entry("v1", "activate")])
-    log = store.audit_log()
-    assert [(e.version_id, e.action) for e in log] == [("v1", "prepare"), ("v2", "prepare"), ("v1", "activate")]
-    seqs = [e.seq for e in log]
-    assert seqs == sorted(seqs)
-    assert len(set(seqs)) == 3
-    assert [e.action for e in store.audit_log("v1")] == ["prepare", "activate"]
-    assert [e.version_id for e in store.audit_log(limit=2)] == ["v2", "v1"]
-    assert replace(log[0], seq=None) == _entry("v1")
-
-
-def test_health_adds_sums_windows_and_prunes(store: StateStore) -> None:
-    """Deltas add up per bucket; ``since`` sums buckets from it; pruning keeps lifetime totals."""
-    store.add_health("v1", 0.0, HealthCounts(10, 1, 0, 100.0, (0, 2), {"allow": 3}))
-    store.add_health("v1", 0.0, HealthCounts(5, 0, 1, 50.0, (1,), {"allow": 1, "deny": 2}))
-    store.add_health("v1", 10.0, HealthCounts(7, 2, 0, 70.0))
-    store.add_health("v2", 10.0, HealthCounts(3))
-    assert store.health(["v1"], since=0.0)["v1"] == HealthCounts(22, 3, 1, 220.0, (1, 2), {"allow": 4, "deny": 2})
-    assert store.health(["v1", "v2"], since=5.0) == {"v1": HealthCounts(7, 2, 0, 70.0), "v2": HealthCounts(3)}
-    store.prune_health(before=5.0)
-    assert store.health(["v1"], since=0.0)["v1"] == HealthCounts(7, 2, 0, 70.0)
-    assert store.health(["v1"])["v1"].evaluations == 22  # lifetime survives pruning
-    assert store.health(["unknown"], since=0.0) == {"unknown": HealthCounts()}
-
-
-def test_add_health_many_adds_every_delta(store: StateStore) -> None:
-    """``add_health_many`` counts each delta once."""
-    store.add_health_many([("v1", 0.0, HealthCounts(1)), ("v1", 5.0, HealthCounts(2)), ("v2", 0.0, HealthCounts(4))])
-    assert store.health(["v1", "v2"]) == {"v1": HealthCounts(3), "v2": HealthCounts(4)}
+    base_fixture = StoreContractTests.make_store.__wrapped__  # type: ignore[attr-defined]
+    with pytest.raises(NotImplementedError, match="Forgetful must provide a make_store fixture"):
+        base_fixture(Forgetful())
 
 
 # --- SQLite only -------------------------------------------------------------------------------------

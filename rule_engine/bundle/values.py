@@ -91,5 +91,6 @@ def _shape(op: str, expected: str, value: Any) -> str:
 
 
 def clip(value: Any, width: int = 60) -> str:
+    """``repr(value)``, cut to ``width`` characters with ``...`` (for messages that quote user values)."""
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."

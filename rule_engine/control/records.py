@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from rule_engine.clock import iso
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import Strategy, strategy_from_dict
+from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict
 
 __all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
 
@@ -85,9 +85,12 @@ class VersionRecord:
 
 @dataclass(frozen=True, slots=True)
 class Rollout:
-    """A canary or A/B test in progress: who is candidate, against which stable, at what share."""
+    """A canary or A/B test in progress: who is candidate, against which stable, at what share.
 
-    kind: Literal["canary", "ab-test"]
+    ``kind`` is the candidate's strategy kind, one of :func:`~rule_engine.control.strategies.rollout_kinds`.
+    """
+
+    kind: str
     candidate: str
     stable: str
     share_bp: int
@@ -115,11 +118,16 @@ class Rollout:
             "held": self.held,
         }
 
+    @property
+    def finishes_by_itself(self) -> bool:
+        """True for a rollout that ends on its own (a canary); False for one a person ends (an A/B test)."""
+        return strategy_class(self.kind).finishes_by_itself
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
         """Rebuild from :meth:`to_dict`."""
         kind = data["kind"]
-        if kind not in ("canary", "ab-test"):
+        if kind not in rollout_kinds():
             raise ValueError(f"unknown rollout kind {kind!r}")
         return cls(
             kind=kind,

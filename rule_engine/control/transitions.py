@@ -9,14 +9,12 @@ store and publishes what serves.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
 from rule_engine.control.states import DeploymentState, check_transition
-from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled
 from rule_engine.errors import (
     ActivationTimeNotReachedError,
     InvalidTransitionError,
@@ -24,7 +22,7 @@ from rule_engine.errors import (
     RolloutInProgressError,
     VersionNotFoundError,
 )
-from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS, percent_to_bp
+from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS
 
 __all__ = [
     "Change",
@@ -145,21 +143,21 @@ def activate(
             raise InvalidTransitionError(f"cannot activate {version_id!r}: it is already {record.state.value}")
         check_transition(version_id, record.state, S.ACTIVE, "activate")
     strategy = record.strategy
-    if isinstance(strategy, Scheduled) and now < strategy.activation_time:
-        raise ActivationTimeNotReachedError(version_id, strategy.activation_time, now)
+    not_before = strategy.activates_at()
+    if not_before is not None and now < not_before:
+        raise ActivationTimeNotReachedError(version_id, not_before, now)
     if state.rollout is not None:
         if not supersede:
             raise RolloutInProgressError(state.rollout.candidate, version_id)
         _abort_rollout(change, now, f"superseded by {version_id}")
     stable = change.state.active
-    first_share = _first_share(strategy)
+    first_share = strategy.first_share_bp()
     if stable is None or first_share is None or first_share >= BASIS_POINTS:
         why = "" if stable is not None or first_share is None else "no stable version to compare with: "
         _make_active(change, record, now, reason=f"{why}{strategy.describe()}")
     else:
-        kind: Literal["canary", "ab-test"] = "canary" if isinstance(strategy, Canary) else "ab-test"
         rollout = Rollout(
-            kind=kind,
+            kind=strategy.kind,
             candidate=version_id,
             stable=stable,
             share_bp=first_share,
@@ -184,14 +182,6 @@ def activate(
     evict(change, max_history, now)
     change.result = version_id
     return change
-
-
-def _first_share(strategy: Any) -> int | None:
-    if isinstance(strategy, Canary):
-        return percent_to_bp(strategy.stages[0])
-    if isinstance(strategy, ABTest):
-        return BASIS_POINTS - round(strategy.split_ratio * BASIS_POINTS)
-    return None
 
 
 def _make_active(change: Change, record: VersionRecord, now: float, *, reason: str) -> None:
@@ -223,7 +213,7 @@ def _make_active(change: Change, record: VersionRecord, now: float, *, reason: s
     )
 
 
-def _abort_rollout(change: Change, now: float, reason: str) -> None:
+def _abort_rollout(change: Change, now: float, reason: str, **event_fields: Any) -> None:
     rollout = change.state.rollout
     assert rollout is not None
     candidate = change.state.versions[rollout.candidate]
@@ -240,6 +230,7 @@ def _abort_rollout(change: Change, now: float, reason: str) -> None:
         from_state=candidate.state.value,
         to_state=S.ROLLED_BACK.value,
         reason=reason,
+        **event_fields,
     )
 
 
@@ -249,24 +240,24 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
     ``healthy`` is the candidate's verdict: False holds the stage; the caller decides whether None
     (no verdict yet) may advance. ``change.result`` is True when the canary moved.
     """
-    rollout = _rollout_of_kind(state, "canary", "advance")
+    rollout = _rollout_for(state, "advance", finishes_by_itself=True)
     record = state.versions[rollout.candidate]
     strategy = record.strategy
-    assert isinstance(strategy, Canary)
     change = Change(state, "advance", actor, result=False)
-    if now - rollout.stage_started_at < strategy.stage_duration_secs or healthy is False:
+    if not strategy.step_is_over(now, rollout.started_at, rollout.stage_started_at) or healthy is False:
         return change
     next_index = rollout.stage_index + 1
-    share = percent_to_bp(strategy.stages[next_index])
+    share = strategy.next_share_bp(rollout.stage_index)
+    stages = len(strategy.stage_percentages())
     change.result = True
-    if share >= BASIS_POINTS:
-        _make_active(change, record, now, reason=f"canary completed after {len(strategy.stages)} stages")
+    if share is None or share >= BASIS_POINTS:
+        _make_active(change, record, now, reason=f"{strategy.kind} completed after {stages} stages")
         evict(change, max_history, now)
         return change
     change.note(
         record,
         now,
-        f"stage {next_index + 1} of {len(strategy.stages)}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
+        f"stage {next_index + 1} of {stages}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
     )
     change.put(rollout=replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, held=None))
     change.serving_changed = True
@@ -275,7 +266,7 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
         version_id=record.version_id,
         strategy=strategy.kind,
         stage=next_index + 1,
-        stages=len(strategy.stages),
+        stages=stages,
         from_percentage=rollout.share_bp / 100,
         percentage=share / 100,
     )
@@ -284,7 +275,7 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
 
 def promote(state: ControlState, now: float, actor: str, *, max_history: int = 10) -> Change:
     """Finish the canary now: the candidate takes all traffic."""
-    rollout = _rollout_of_kind(state, "canary", "promote")
+    rollout = _rollout_for(state, "promote", finishes_by_itself=True)
     change = Change(state, "promote", actor)
     _make_active(change, state.versions[rollout.candidate], now, reason=f"promoted by {actor}")
     evict(change, max_history, now)
@@ -294,7 +285,7 @@ def promote(state: ControlState, now: float, actor: str, *, max_history: int = 1
 
 def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_history: int = 10) -> Change:
     """End an A/B test: ``winner`` (A, the stable version, or B, the candidate) serves all traffic."""
-    rollout = _rollout_of_kind(state, "ab-test", "conclude")
+    rollout = _rollout_for(state, "conclude", finishes_by_itself=False)
     if winner not in (rollout.stable, rollout.candidate):
         _get(state, winner)  # unknown ids say "Version not found"
         raise InvalidTransitionError(
@@ -318,24 +309,25 @@ def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_hi
 def end_experiment(state: ControlState, now: float, actor: str) -> Change | None:
     """Mark an A/B test whose duration has passed as ended (the split stays until it is concluded)."""
     rollout = state.rollout
-    if rollout is None or rollout.kind != "ab-test" or rollout.ended_at is not None:
+    if rollout is None or rollout.finishes_by_itself or rollout.ended_at is not None:
         return None
     strategy = state.versions[rollout.candidate].strategy
-    assert isinstance(strategy, ABTest)
-    if now - rollout.started_at < strategy.test_duration_secs:
+    if not strategy.step_is_over(now, rollout.started_at, rollout.stage_started_at):
         return None
     change = Change(state, "end-experiment", actor)
+    duration = now - rollout.started_at
     change.note(
         state.versions[rollout.candidate],
         now,
-        f"test duration of {strategy.test_duration_secs:g}s has passed; the split stays until a winner is chosen",
+        f"test duration of {strategy.step_duration_secs(rollout.stage_index) or duration:g}s has passed; "
+        "the split stays until a winner is chosen",
     )
     change.put(rollout=replace(rollout, ended_at=now))
     change.event(
         "experiment.ended",
         version_id=rollout.candidate,
         stable_version_id=rollout.stable,
-        duration_secs=now - rollout.started_at,
+        duration_secs=duration,
     )
     return change
 
@@ -357,9 +349,8 @@ def rollback(state: ControlState, now: float, actor: str, *, reason: str, automa
     change = Change(state, "rollback", actor)
     kind = "automatic" if automatic else "manual"
     if state.rollout is not None:
-        _abort_rollout(change, now, reason)
+        _abort_rollout(change, now, reason, trigger=kind)
         change.result = state.rollout.stable
-        change.events[-1][1]["trigger"] = kind
         return change
     if state.active is None:
         raise NoPreviousVersionError("no version is active")
@@ -390,20 +381,24 @@ def rollback(state: ControlState, now: float, actor: str, *, reason: str, automa
 
 def scheduled_due(state: ControlState, now: float) -> list[VersionRecord]:
     """STAGED scheduled versions whose time has come, earliest first."""
-    due = [
-        r
-        for r in state.versions.values()
-        if r.state is S.STAGED and isinstance(r.strategy, Scheduled) and r.strategy.activation_time <= now
-    ]
-    return sorted(due, key=lambda r: (r.strategy.activation_time, r.seq))  # type: ignore[union-attr]
+    due = [(at, r.seq, r) for r in state.versions.values() if r.state is S.STAGED and (at := _due_at(r)) <= now]
+    return [r for _, _, r in sorted(due, key=lambda item: item[:2])]
 
 
-def _rollout_of_kind(state: ControlState, kind: str, action: str) -> Rollout:
+def _due_at(record: VersionRecord) -> float:
+    """When the controller activates ``record`` by itself (infinity: never, a person does)."""
+    at = record.strategy.activates_at()
+    return float("inf") if at is None else at
+
+
+def _rollout_for(state: ControlState, action: str, *, finishes_by_itself: bool) -> Rollout:
+    """The rollout in progress if ``action`` applies to it: advance/promote to one that finishes by
+    itself (a canary), conclude to one that waits for a person (an A/B test)."""
     rollout = state.rollout
     if rollout is None:
         raise InvalidTransitionError(f"cannot {action}: no rollout is in progress")
-    if rollout.kind != kind:
-        hint = "use conclude_experiment(winner)" if rollout.kind == "ab-test" else "use advance_rollout() or promote()"
+    if rollout.finishes_by_itself is not finishes_by_itself:
+        hint = "use advance_rollout() or promote()" if rollout.finishes_by_itself else "use conclude_experiment(winner)"
         raise InvalidTransitionError(f"cannot {action}: {rollout.candidate!r} is in a {rollout.kind}; {hint}")
     return rollout
 
@@ -413,7 +408,9 @@ def protected(state: ControlState) -> set[str]:
     keep = {v for v in (state.active, state.rollback_target) if v}
     if state.rollout is not None:
         keep |= {state.rollout.candidate, state.rollout.stable}
-    keep |= {r.version_id for r in state.versions.values() if r.state is S.STAGED and isinstance(r.strategy, Scheduled)}
+    keep |= {
+        r.version_id for r in state.versions.values() if r.state is S.STAGED and r.strategy.activates_at() is not None
+    }
     return keep
 
 
@@ -435,8 +432,3 @@ def evict(change: Change, max_history: int, now: float, keep: str | None = None)
     lineage = tuple(v for v in state.lineage if v not in victims)
     change.state = replace(state, versions=MappingProxyType(versions), lineage=lineage)
     change.evicted = change.evicted + tuple(victims)
-
-
-def strategy_kinds() -> Iterable[str]:
-    """The strategy names, for messages and the CLI."""
-    return (BlueGreen.kind, Canary.kind, ABTest.kind, Scheduled.kind)

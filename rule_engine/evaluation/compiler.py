@@ -19,6 +19,7 @@ from typing import Any
 
 from rule_engine.bundle import regex as _regex
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
+from rule_engine.bundle.values import clip
 from rule_engine.errors import RuleEvaluationError
 
 __all__ = ["Matcher", "compile_condition", "match_always"]
@@ -26,6 +27,7 @@ __all__ = ["Matcher", "compile_condition", "match_always"]
 Matcher = Callable[[Mapping[str, Any]], bool]
 
 _MISSING: Any = object()
+_CLIP = 40  # width of a value quoted in an evaluation error (bundle messages use 60)
 _NUMBER_TYPES = frozenset({int, float})
 _SHAPE_CACHE_SIZE = 4096
 
@@ -72,7 +74,7 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
     raise RuleEvaluationError(
         leaf.rule_id,
         leaf.field,
-        f"cannot apply {op!r} with {kind_of(expected)} {_clip(expected)} to {got} {_clip(actual)}",
+        f"cannot apply {op!r} with {kind_of(expected)} {clip(expected, _CLIP)} to {got} {clip(actual, _CLIP)}",
     )
 
 
@@ -107,11 +109,6 @@ def _is_mapping(value: Any) -> bool:
 
 def _element_kind(values: Any) -> str:
     return kind_of(next(iter(values))) if values else "string"
-
-
-def _clip(value: Any, width: int = 40) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 _GLOBALS: dict[str, Any] = {
