@@ -8,7 +8,7 @@ from typing import Any
 from rule_engine.clock import iso
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import Canary, Strategy
+from rule_engine.control.strategies import Strategy
 from rule_engine.health.thresholds import HealthMetrics
 from rule_engine.health.verdict import Verdict
 
@@ -136,27 +136,22 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
         return None
     record = state.versions[rollout.candidate]
     strategy = record.strategy
-    stages: tuple[float, ...] = ()
-    next_at: float | None = None
+    stages = strategy.stage_percentages()
+    next_at = strategy.step_ends_at(rollout.started_at, rollout.stage_started_at)
     holding: str | None = None
-    if isinstance(strategy, Canary):
-        stages = strategy.stages
-        next_at = rollout.stage_started_at + strategy.stage_duration_secs
+    if strategy.finishes_by_itself:
         if verdict.healthy is False:
             holding = f"unhealthy: {verdict.reason}" + ("" if auto_rollback else "; waiting for a person")
         elif rollout.held is not None:
             holding = f"was unhealthy: {rollout.held}; waiting for a person"
         elif verdict.healthy is None:
             holding = verdict.reason
-        elif now < next_at:
+        elif next_at is not None and now < next_at:
             holding = f"stage lasts until {iso(next_at)}"
-    else:
-        duration = getattr(strategy, "test_duration_secs", 0.0)
-        next_at = rollout.started_at + duration
-        if rollout.ended_at is not None:
-            holding = "test ended; waiting for conclude_experiment(winner)"
-        elif verdict.healthy is False:
-            holding = f"unhealthy: {verdict.reason}"
+    elif rollout.ended_at is not None:
+        holding = "test ended; waiting for conclude_experiment(winner)"
+    elif verdict.healthy is False:
+        holding = f"unhealthy: {verdict.reason}"
     return RolloutStatus(
         version_id=rollout.candidate,
         stable_version_id=rollout.stable,

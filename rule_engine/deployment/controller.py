@@ -95,7 +95,7 @@ class Controller:
             now = self._clock.now()
             self._ledger.flush(now)
             rollout = self._publisher.state.rollout
-            if rollout is None or rollout.kind != "ab-test":
+            if rollout is None or rollout.finishes_by_itself:
                 raise InvalidTransitionError("no A/B test is in progress")
             counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at)
             return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
@@ -123,7 +123,7 @@ class Controller:
             self._ledger.prune(self._clock.now(), self._publisher.state.rollout)
             state = self._publisher.state
         rollout = state.rollout
-        if rollout is not None and rollout.kind == "canary":
+        if rollout is not None and rollout.finishes_by_itself:
             if self.candidate_verdict().healthy is True and rollout.held is None:
                 change = self._apply(self._plan_advance(rollout.candidate), "advance")
                 if change.result:

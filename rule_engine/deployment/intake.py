@@ -19,7 +19,7 @@ from rule_engine.bundle.signing import Signature, TrustPolicy, signature_beside
 from rule_engine.control import transitions as control
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
+from rule_engine.control.strategies import BlueGreen, Strategy, require_strategy
 from rule_engine.control.transitions import Change
 from rule_engine.deployment.commit import Plan
 from rule_engine.deployment.config import DeploymentConfig
@@ -57,10 +57,7 @@ def trusted_bundle(bundle: BundleSource, trust: TrustPolicy | None, signature: S
 
 def checked_strategy(strategy: Strategy | None) -> Strategy:
     """The strategy to stage with (blue-green by default); refuses anything else."""
-    chosen = strategy if strategy is not None else BlueGreen()
-    if not isinstance(chosen, BlueGreen | Canary | ABTest | Scheduled):
-        raise TypeError(f"strategy must be BlueGreen, Canary, ABTest or Scheduled, got {chosen!r}")
-    return chosen
+    return require_strategy(strategy if strategy is not None else BlueGreen())
 
 
 def plan_prepare(bundle: RuleBundle, strategy: Strategy, actor: str, max_history: int) -> Plan:
