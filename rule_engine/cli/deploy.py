@@ -3,47 +3,70 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import click
 
 from rule_engine.bundle.models import RuleBundle, load_bundle
-from rule_engine.bundle.signing import (
-    Signature,
-    find_signature,
-)
-from rule_engine.cli._common import CommandFailed, _bar, _default_actor, _emit, _managed, by_option, json_option
+from rule_engine.bundle.signing import find_signature
+from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
+from rule_engine.cli.hints import cli_message
+from rule_engine.cli.output import bar, describe, echo, emit, when
+from rule_engine.clock import iso
+from rule_engine.control.status import RolloutStatus
 from rule_engine.control.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
-from rule_engine.errors import BundleTrustError, RuleEngineError
+from rule_engine.deployment.manager import DeploymentManager
+from rule_engine.errors import BundleValidationError, NoPreviousVersionError, RuleEngineError
 
 # --- deploy ----------------------------------------------------------------------------------------
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: refuse inf, nan and negative numbers, naming the option."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value!r}: expected a finite number, at least 0")
+    return value
 
 
 def _parse_stages(value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
+    parts = [part.strip() for part in value.split(",")]
     try:
-        return tuple(float(part) for part in value.split(",") if part.strip())
+        if any(not part for part in parts):
+            raise ValueError("an empty stage")
+        stages = tuple(float(part) for part in parts)
+        if not all(math.isfinite(stage) for stage in stages):
+            raise ValueError("a stage that is not a finite number")
     except ValueError:
         raise click.BadParameter(
-            f"expected percentages like 10,25,50,100, got {value!r}", param_hint="--stages"
+            f"expected percentages separated by single commas, like 10,25,50,100, got {value!r}",
+            param_hint="--stages",
         ) from None
+    return stages
 
 
 def _parse_time(value: str | None) -> float | None:
+    """Unix seconds from ``--at`` (ISO 8601 with a timezone, or unix seconds), refused unless renderable."""
     if value is None:
         return None
     text = value.strip()
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise click.BadParameter(f"{value!r} is not a time", param_hint="--at")
-        return seconds
+        seconds = _iso_seconds(value, text)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise click.BadParameter(f"{value!r} is not a time between 1970 and 9999", param_hint="--at")
+    try:
+        iso(seconds)  # what every later read renders: a time it cannot render must never be stored
+    except (OverflowError, ValueError, OSError):
+        raise click.BadParameter(f"{value!r} is after the year 9999", param_hint="--at") from None
+    return seconds
+
+
+def _iso_seconds(value: str, text: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
@@ -52,7 +75,10 @@ def _parse_time(value: str | None) -> float | None:
         ) from None
     if moment.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. {text}+00:00", param_hint="--at")
-    return moment.timestamp()
+    try:
+        return moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return math.inf
 
 
 def _build_strategy(
@@ -113,14 +139,31 @@ def _build_strategy(
 )
 @click.option("--stages", default=None, metavar="10,25,50,100", help="Canary stages in percent, ending at 100.")
 @click.option(
-    "--stage-duration", type=float, default=None, metavar="SECONDS", help="Canary: how long each stage holds."
+    "--stage-duration",
+    type=float,
+    callback=_finite,
+    default=None,
+    metavar="SECONDS",
+    help="Canary: how long each stage holds.",
 )
 @click.option(
-    "--split-ratio", type=float, default=None, metavar="R", help="A/B test: share kept by the stable version (A)."
+    "--split-ratio",
+    type=float,
+    callback=_finite,
+    default=None,
+    metavar="R",
+    help="A/B test: share kept by the stable version (A).",
 )
-@click.option("--test-duration", type=float, default=None, metavar="SECONDS", help="A/B test: how long it runs.")
+@click.option(
+    "--test-duration", type=float, callback=_finite, default=None, metavar="SECONDS", help="A/B test: how long it runs."
+)
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
+@click.option(
+    "--refuse-downgrade",
+    is_flag=True,
+    help="With --trust: refuse a bundle whose version is not newer than the active one (same bundle id).",
+)
 @by_option
 @json_option
 @click.pass_context
@@ -134,53 +177,78 @@ def deploy(
     test_duration: float | None,
     at: str | None,
     supersede: bool,
+    refuse_downgrade: bool,
     actor: str | None,
     as_json: bool,
 ) -> None:
     """Prepare a bundle as a new version and start serving it by its strategy (scheduled: just prepare)."""
     chosen = _build_strategy(strategy, stages, stage_duration, split_ratio, test_duration, at)
-    who = actor or _default_actor()
-    with _managed(ctx) as state:
-        trust = state.trust()
-        source: Path | RuleBundle = Path(bundle)
-        signature: Signature | None = None
-        if trust is not None:  # refuse an untrusted bundle before the store is even opened
-            source = load_bundle(bundle)
-            try:
-                signature = find_signature(bundle)
-                trust.verify(source, signature)
-            except BundleTrustError as exc:
-                raise exc.with_source(bundle) from None
+    who = actor or default_actor()
+    with managed(ctx) as state:
+        trust = state.trust(refuse_downgrade=refuse_downgrade)
+        if refuse_downgrade and trust is None:
+            raise click.UsageError("--refuse-downgrade needs a trust policy (--trust FILE or $RULE_ENGINE_TRUST)")
+        source = load_bundle(bundle)
+        try:
+            signature = find_signature(bundle)
+        except BundleValidationError as exc:
+            raise exc.with_source(bundle) from None
         manager = state.open(trust=trust) if trust is not None else state.open()
-        version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
+        try:
+            if trust is not None:
+                trust.check_downgrade(source, _active_bundle(manager))
+            # the manager checks the signature against its trust policy: the one place trust is enforced
+            version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
+        except BundleValidationError as exc:
+            raise exc.with_source(bundle) from None
         if not isinstance(chosen, Scheduled):
             try:
                 manager.activate_deployment(version_id, actor=who, supersede=supersede)
             except RuleEngineError as exc:
-                raise CommandFailed(f"{exc} (version {version_id} is prepared and left staged)") from exc
+                raise CommandFailed(f"{cli_message(exc)} (version {version_id} is prepared and left staged)") from exc
         info = manager.get_deployment_info(version_id)
         assert info is not None
+        signer = f"{signature.alg}:{signature.key_id}" if trust is not None and signature is not None else None
         data = {
             "version_id": version_id,
             "state": info.state.value,
             "strategy": chosen.to_dict(),
             "percentage": info.current_percentage,
             "store": state.url,
+            "signed_by": signer,
+            "by": who,
+            "os_account": os_account(),
         }
 
         def human() -> None:
-            click.echo(f"deployed {version_id}")
-            click.echo(f"  strategy: {chosen.describe()}")
-            click.echo(f"  state:    {info.state.value}, {info.current_percentage:g}% of traffic")
+            echo(f"deployed {version_id}")
+            echo(f"  strategy: {describe(chosen)}")
+            echo(f"  state:    {info.state.value}, {info.current_percentage:g}% of traffic")
+            if signer is not None:
+                echo(f"  signed:   by {signer} (trusted)")
             if isinstance(chosen, Scheduled):
-                click.echo("  the controller ('rule-engine controller') activates it when due")
+                echo("  the controller ('rule-engine controller') activates it when due")
             elif isinstance(chosen, Canary):
-                click.echo("  the controller advances it stage by stage while it stays healthy")
+                echo("  the controller advances it stage by stage while it stays healthy")
 
-        _emit(as_json, data, human)
+        emit(as_json, data, human)
+
+
+def _active_bundle(manager: DeploymentManager) -> RuleBundle | None:
+    active = manager.get_active_version_id()
+    return manager.bundle_of(active) if active is not None else None
 
 
 # --- control operations -------------------------------------------------------------------------------
+
+
+def _not_advanced(rollout: RolloutStatus, now: float) -> str:
+    """Why ``advance`` did not move: the stage is not due yet (and when it is), or what holds it."""
+    if rollout.holding is None and rollout.next_step_at is not None and now < rollout.next_step_at:
+        stage = f"stage {rollout.stage}/{len(rollout.stages)}" if rollout.stages else "the current step"
+        wait = rollout.next_step_at - now
+        return f"not advanced: {stage} ({rollout.percentage:g}%) is due at {when(rollout.next_step_at)}, in {wait:.0f}s"
+    return f"not advanced: {rollout.holding or rollout.verdict.reason}"
 
 
 @click.command()
@@ -189,11 +257,12 @@ def deploy(
 @click.pass_context
 def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Move the canary to its next stage if the current one is due (and the candidate not unhealthy)."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
-        moved = manager.advance_rollout(actor=actor or _default_actor())
+        moved = manager.advance_rollout(actor=actor or default_actor())
         rollout = manager.get_rollout_status()
         active = manager.get_active_version_id()
+        now = time.time()
         data = {
             "advanced": moved,
             "active_version": active,
@@ -202,13 +271,14 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 
         def human() -> None:
             if rollout is None:
-                click.echo(f"rollout complete: {active} serves all traffic")
+                echo(f"rollout complete: {active} serves all traffic")
             elif moved:
-                click.echo(f"advanced {rollout.version_id} to {rollout.percentage:g}% {_bar(rollout.percentage)}")
+                echo(f"advanced {rollout.version_id}")
+                echo(f"  to {rollout.percentage:g}% {bar(rollout.percentage)}")
             else:
-                click.echo(f"not advanced: {rollout.holding or rollout.verdict.reason}")
+                echo(_not_advanced(rollout, now))
 
-        _emit(as_json, data, human)
+        emit(as_json, data, human)
 
 
 @click.command()
@@ -217,12 +287,12 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 @click.pass_context
 def promote(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Finish the canary now: the candidate takes all traffic."""
-    with _managed(ctx) as state:
-        version_id = state.open().promote(actor=actor or _default_actor())
-        _emit(
+    with managed(ctx) as state:
+        version_id = state.open().promote(actor=actor or default_actor())
+        emit(
             as_json,
             {"version_id": version_id, "active_version": version_id, "state": "active"},
-            lambda: click.echo(f"promoted {version_id}: it serves all traffic"),
+            lambda: echo(f"promoted {version_id}: it serves all traffic"),
         )
 
 
@@ -233,16 +303,31 @@ def promote(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 @click.pass_context
 def rollback(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> None:
     """Return traffic to the stable version (during a rollout) or to the previous version."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
         before = manager.get_rollout_status()
         rolled = before.version_id if before else manager.get_active_version_id()
-        serving = manager.rollback(actor=actor or _default_actor(), reason=reason)
-        _emit(
+        try:
+            serving = manager.rollback(actor=actor or default_actor(), reason=f"{reason} [os: {os_account()}]")
+        except NoPreviousVersionError:
+            raise CommandFailed(_no_rollback_target(manager)) from None
+        emit(
             as_json,
             {"rolled_back": rolled, "active_version": serving},
-            lambda: click.echo(f"rolled back {rolled}; {serving} serves all traffic"),
+            lambda: echo(f"rolled back {rolled}; {serving} serves all traffic"),
         )
+
+
+def _no_rollback_target(manager: DeploymentManager) -> str:
+    active = manager.get_active_version_id()
+    if active is None:
+        return "cannot roll back: nothing is active, so there is no previous version to return to"
+    others = [v for v in manager.get_deployment_history() if v != active]
+    kept = f"the other retained versions ({', '.join(others)}) cannot take over" if others else "no other version"
+    return (
+        f"cannot roll back: {active} is active and there is no rollback target (the version it replaced is "
+        f"gone or never existed; {kept}); to serve another version, deploy its bundle: 'rule-engine deploy BUNDLE'"
+    )
 
 
 @click.command()
@@ -252,10 +337,10 @@ def rollback(ctx: click.Context, reason: str, actor: str | None, as_json: bool) 
 @click.pass_context
 def conclude(ctx: click.Context, winner: str, actor: str | None, as_json: bool) -> None:
     """End the A/B test: WINNER (the A or B version id) serves all traffic."""
-    with _managed(ctx) as state:
-        version_id = state.open().conclude_experiment(winner, actor=actor or _default_actor())
-        _emit(
+    with managed(ctx) as state:
+        version_id = state.open().conclude_experiment(winner, actor=actor or default_actor())
+        emit(
             as_json,
             {"winner": version_id, "active_version": version_id},
-            lambda: click.echo(f"concluded the A/B test: {version_id} serves all traffic"),
+            lambda: echo(f"concluded the A/B test: {version_id} serves all traffic"),
         )
