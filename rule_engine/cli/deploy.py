@@ -12,7 +12,7 @@ import click
 from rule_engine.bundle.models import RuleBundle, load_bundle
 from rule_engine.bundle.signing import find_signature
 from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
-from rule_engine.cli.hints import cli_message
+from rule_engine.cli.hints import cli_message, cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, when
 from rule_engine.clock import iso
 from rule_engine.control.status import RolloutStatus
@@ -244,11 +244,15 @@ def _active_bundle(manager: DeploymentManager) -> RuleBundle | None:
 
 def _not_advanced(rollout: RolloutStatus, now: float) -> str:
     """Why ``advance`` did not move: the stage is not due yet (and when it is), or what holds it."""
-    if rollout.holding is None and rollout.next_step_at is not None and now < rollout.next_step_at:
-        stage = f"stage {rollout.stage}/{len(rollout.stages)}" if rollout.stages else "the current step"
-        wait = rollout.next_step_at - now
-        return f"not advanced: {stage} ({rollout.percentage:g}%) is due at {when(rollout.next_step_at)}, in {wait:.0f}s"
-    return f"not advanced: {rollout.holding or rollout.verdict.reason}"
+    unhealthy = rollout.verdict.healthy is False
+    due = rollout.next_step_at
+    if rollout.stages and due is not None and now < due and not unhealthy:
+        stage = f"stage {rollout.stage}/{len(rollout.stages)} ({rollout.percentage:g}%)"
+        return (
+            f"not advanced: {stage} is not due yet; it is due at {when(due)}, in {due - now:.0f}s "
+            f"(health so far: {rollout.verdict.reason})"
+        )
+    return f"not advanced: {cli_text(rollout.holding or rollout.verdict.reason)}"
 
 
 @click.command()

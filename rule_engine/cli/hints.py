@@ -10,7 +10,7 @@ from __future__ import annotations
 from rule_engine.cli.output import when
 from rule_engine.errors import ActivationTimeNotReachedError, RolloutInProgressError
 
-__all__ = ["PYTHON_TO_CLI", "cli_message"]
+__all__ = ["PYTHON_TO_CLI", "cli_message", "cli_text"]
 
 # Python spellings in library messages -> what a CLI user types instead.
 PYTHON_TO_CLI: tuple[tuple[str, str], ...] = (
@@ -41,7 +41,11 @@ def cli_message(exc: Exception) -> str:
             f"{exc.version_id!r} is scheduled for {when(exc.activation_time)}; "
             "'rule-engine controller' activates it then"
         )
-    message = str(exc)
+    return cli_text(str(exc))
+
+
+def cli_text(message: str) -> str:
+    """A library message (an error, a rollout's "holding" reason) with Python spellings replaced by commands."""
     for python, command in PYTHON_TO_CLI:
         message = message.replace(python, command)
     return message

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from rule_engine.cli._common import CommandFailed, json_option, managed
+from rule_engine.cli.hints import cli_text
 from rule_engine.cli.output import clean, echo, when
 from rule_engine.control.status import TickReport
 from rule_engine.errors import RuleEngineError
@@ -82,7 +83,7 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
                         echo(f"{now}  {action}")
                     if report.holding != last_holding:
                         for why in report.holding:
-                            echo(f"{now}  holding {why}")
+                            echo(f"{now}  holding {cli_text(why)}")
                 last_holding = report.holding
                 if stdout_reader_gone():  # nobody reads what we print: stop as if signalled, quietly
                     return

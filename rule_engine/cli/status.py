@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from rule_engine.cli._common import json_option, managed
+from rule_engine.cli.hints import cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.control.status import DeploymentInfo, RolloutStatus
 
@@ -60,7 +61,7 @@ def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, i
         if rollout.verdict.reason != rollout.holding:
             echo(f"         health: {rollout.verdict.reason}")
         if rollout.holding:
-            echo(f"         holding: {rollout.holding}")
+            echo(f"         holding: {cli_text(rollout.holding)}")
         elif rollout.next_step_at is not None:
             echo(f"         next step: {when(rollout.next_step_at)} (when the controller ticks)")
     if infos:
