@@ -6,11 +6,14 @@ import json
 import os
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rule_engine import DeploymentManager
 from rule_engine.cli import CliContext, cli
@@ -78,6 +81,16 @@ def test_clean_escapes_controls_bidi_and_surrogates_and_keeps_the_rest() -> None
     assert clean("Zürich ✓ 東京 😀") == "Zürich ✓ 東京 😀"
 
 
+@given(st.text(alphabet=st.characters(codec=None, exclude_categories=())))
+def test_clean_leaves_nothing_a_terminal_acts_on_and_changes_nothing_else(text: str) -> None:
+    """For any text: no control, format, surrogate or separator character survives; safe text is unchanged."""
+    unsafe = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    cleaned = clean(text)
+    assert not [c for c in cleaned if unicodedata.category(c) in unsafe]
+    if not any(unicodedata.category(c) in unsafe for c in text):
+        assert cleaned == text
+
+
 def _bundle_with_reason(tmp_path: Path, reason: str) -> Path:
     data = json.loads(Path(V1).read_text(encoding="utf-8"))
     for rule in data["rules"]:
@@ -108,12 +121,15 @@ def test_escape_codes_in_reasons_and_actors_never_reach_the_terminal(run: Any, t
     assert "denied\\x1b]0;pwned\\x07\\u202e" in text
 
 
-def test_escape_codes_in_error_lines_are_escaped(run: Any) -> None:
-    """An error line naming hostile input (here an unknown version id) escapes it too."""
-    ok(run("deploy", V1))
-    line = one_line_error(run("diff", V1, f"nope{ESC_TITLE}"))
+def test_escape_codes_in_error_lines_are_escaped(run: Any, tmp_path: Path) -> None:
+    """An error line naming hostile input (here a bundle file's name) escapes it too."""
+    hostile = tmp_path / f"bad{ESC_TITLE}.json"
+    hostile.write_text("{not json", encoding="utf-8")
+    result = run("validate", str(hostile))
+    line = one_line_error(result)
     assert "\x1b" not in line
-    assert "nope\\x1b]0;pwned\\x07" in line
+    assert "bad\\x1b]0;pwned\\x07.json" in line
+    assert "\x1b" not in result.stdout
 
 
 # --- D28: smaller CLI defects -----------------------------------------------------------------------
