@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,12 +23,19 @@ from rule_engine.errors import BundleValidationError, NoPreviousVersionError, Ru
 
 # --- deploy ----------------------------------------------------------------------------------------
 
+FC = TypeVar("FC", bound=Callable[..., Any])
+
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
     """A click callback: refuse inf, nan and negative numbers, naming the option."""
     if value is not None and (not math.isfinite(value) or value < 0):
         raise click.BadParameter(f"{value!r}: expected a finite number, at least 0")
     return value
+
+
+def _number_option(name: str, metavar: str, help_text: str) -> Callable[[FC], FC]:
+    """An option taking a finite number (inf and nan are refused naming the option)."""
+    return click.option(name, type=float, callback=_finite, default=None, metavar=metavar, help=help_text)
 
 
 def _parse_stages(value: str | None) -> tuple[float, ...] | None:
@@ -138,25 +146,9 @@ def _build_strategy(
     help="How traffic moves [default: blue-green, or implied by the options below].",
 )
 @click.option("--stages", default=None, metavar="10,25,50,100", help="Canary stages in percent, ending at 100.")
-@click.option(
-    "--stage-duration",
-    type=float,
-    callback=_finite,
-    default=None,
-    metavar="SECONDS",
-    help="Canary: how long each stage holds.",
-)
-@click.option(
-    "--split-ratio",
-    type=float,
-    callback=_finite,
-    default=None,
-    metavar="R",
-    help="A/B test: share kept by the stable version (A).",
-)
-@click.option(
-    "--test-duration", type=float, callback=_finite, default=None, metavar="SECONDS", help="A/B test: how long it runs."
-)
+@_number_option("--stage-duration", "SECONDS", "Canary: how long each stage holds.")
+@_number_option("--split-ratio", "R", "A/B test: share kept by the stable version (A).")
+@_number_option("--test-duration", "SECONDS", "A/B test: how long it runs.")
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
 @click.option(
