@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rule_engine import DeploymentManager
+from rule_engine import Canary, DeploymentManager
 from rule_engine.cli import CliContext, cli
 from rule_engine.cli._common import os_account
 from rule_engine.cli.hints import PYTHON_TO_CLI, cli_text
@@ -319,6 +319,7 @@ def test_reads_never_crash_on_times_the_store_cannot_render(run: Any, store_url:
     manager = DeploymentManager.open(store_url, follow=False, clock=_FarClock())
     try:
         manager.activate_deployment(manager.prepare_deployment(V1, deployed_by="skewed"))
+        manager.activate_deployment(manager.prepare_deployment(V2, Canary([10, 100], 60), deployed_by="skewed"))
     finally:
         manager.close()
     text = ok(run("history")).stdout
@@ -327,7 +328,9 @@ def test_reads_never_crash_on_times_the_store_cannot_render(run: Any, store_url:
     assert data["versions"][0]["created_at"] == FAR_FUTURE
     assert all(entry["at"] == FAR_FUTURE for entry in data["audit"])
     ok(run("status"))
-    ok(run("status", "--json"))
+    rollout = ok_json(run("status", "--json"))["rollout"]
+    assert (rollout["stage_started_at"], rollout["next_step_at"]) == (FAR_FUTURE, FAR_FUTURE + 60)
+    ok(run("advance"))
 
 
 # --- issue 9 debris: a preset manager, trust enforced by the manager, signer and OS account shown ---------

@@ -94,18 +94,30 @@ def describe(strategy: Strategy) -> str:
 
 
 class _Rendered:
-    """A view already turned into its JSON form (stands in for it inside :func:`view_dict`)."""
+    """A nested view whose ``to_dict`` failed, standing in for it with its safe JSON form (see :func:`view_dict`)."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self._data = data
+    def __init__(self, view: Any) -> None:
+        self._view = view
+        self._data = view_dict(view)
 
     def to_dict(self) -> dict[str, Any]:
         return self._data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._view, name)
 
 
 def _renderable(value: float) -> bool:
     try:
         iso(value)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
+def _renders(view: Any) -> bool:
+    try:
+        view.to_dict()
     except (ValueError, OverflowError, OSError):
         return False
     return True
@@ -131,8 +143,8 @@ def view_dict(view: Any) -> dict[str, Any]:
         if isinstance(value, float) and not _renderable(value):
             raw[item.name] = value
             changes[item.name] = None
-        elif dataclasses.is_dataclass(value) and hasattr(value, "to_dict"):
-            changes[item.name] = _Rendered(view_dict(value))
+        elif dataclasses.is_dataclass(value) and hasattr(value, "to_dict") and not _renders(value):
+            changes[item.name] = _Rendered(value)
     substitute: Any = dataclasses.replace(view, **changes)
     data = substitute.to_dict()
     data.update(raw)
