@@ -14,7 +14,7 @@ from rule_engine.bundle.models import RuleBundle, load_bundle
 from rule_engine.bundle.signing import find_signature
 from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
 from rule_engine.cli.hints import cli_message, cli_text
-from rule_engine.cli.output import bar, describe, echo, emit, when
+from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.clock import iso
 from rule_engine.control.status import RolloutStatus
 from rule_engine.control.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
@@ -262,7 +262,7 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
         data = {
             "advanced": moved,
             "active_version": active,
-            "rollout": rollout.to_dict() if rollout else None,
+            "rollout": view_dict(rollout) if rollout else None,
         }
 
         def human() -> None:
