@@ -392,3 +392,24 @@ def test_an_untrusted_bundle_is_refused_by_the_manager_with_a_clear_line(run: An
     line = one_line_error(run("--trust", trust, "deploy", V1), "unsigned bundle")
     assert line.startswith(f"error: {V1}: ")
     nothing_staged(run)
+
+
+def test_a_world_writable_trust_file_fails_the_command_with_the_chmod_fix(run: Any, tmp_path: Path) -> None:
+    """D23 from the CLI: deploy --trust with a 0666 trust file is one line naming the file and the fix."""
+    trust, key = _hmac_trust(run, tmp_path)
+    signed = _signed_copy(run, tmp_path, V1, key)
+    Path(trust).chmod(0o666)
+    one_line_error(run("--trust", trust, "deploy", signed), trust, "writable by group or others", "chmod go-w")
+    Path(trust).chmod(0o640)
+    one_line_error(run("--trust", trust, "validate", signed), "holds HMAC secrets", f"chmod 600 {trust}")
+    nothing_staged(run)
+
+
+def test_sign_refuses_a_key_file_others_may_read(run: Any, tmp_path: Path) -> None:
+    """A private key file readable by group or others is refused by sign, which writes no signature."""
+    _, key = _hmac_trust(run, tmp_path)
+    bundle = tmp_path / "b.json"
+    bundle.write_text(Path(V1).read_text(encoding="utf-8"), encoding="utf-8")
+    Path(key).chmod(0o644)
+    one_line_error(run("sign", str(bundle), "--key", key), "key file", f"chmod 600 {key}")
+    assert not (tmp_path / "b.json.sig").exists()
