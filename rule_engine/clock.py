@@ -10,7 +10,9 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
-__all__ = ["Clock", "SystemClock", "as_timestamp", "iso"]
+__all__ = ["LAST_RENDERABLE_TIME", "Clock", "SystemClock", "as_timestamp", "iso"]
+
+LAST_RENDERABLE_TIME = 253_402_300_800.0  # 10000-01-01T00:00:00Z: times from here on have no ISO 8601 form
 
 
 class Clock(Protocol):
@@ -41,7 +43,14 @@ def as_timestamp(value: float | int | datetime) -> float:
 
 
 def iso(timestamp: float | None) -> str | None:
-    """ISO 8601 (UTC, seconds) of a unix timestamp, or None."""
+    """ISO 8601 (UTC, seconds) of a unix timestamp, or None; never raises.
+
+    A time outside what ISO 8601 renders (before 1970 is fine; after 9999, inf, NaN) is rendered as
+    its unix seconds, so a bad value read back from a store cannot break a read.
+    """
     if timestamp is None:
         return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError, TypeError):
+        return f"{timestamp!r} (unix seconds)"

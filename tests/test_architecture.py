@@ -13,7 +13,7 @@ import rule_engine
 PACKAGE = Path(rule_engine.__file__).parent
 
 # Top-level packages (or modules) of rule_engine, by plane.
-DATA_PLANE = {"bundle", "evaluation", "serving", "errors", "clock"}
+DATA_PLANE = {"bundle", "evaluation", "serving", "errors", "clock", "logs"}  # logs: the library's silent loggers
 CONTROL_PURE = {"control", "health"}
 CONTROL_IO = {"deployment", "stores"}
 EDGES = {"cli", "testing", "server", "analysis", "observability"}

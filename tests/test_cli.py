@@ -17,6 +17,7 @@ from click.testing import CliRunner, Result
 
 from rule_engine import ConflictError, DeploymentManager
 from rule_engine.cli import CliContext, cli
+from rule_engine.cli._common import os_account
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLES = ROOT / "bundles"
@@ -135,7 +136,8 @@ def test_advance_holds_then_promote_and_rollback(run: Any) -> None:
     states = {v["version_id"]: v["state"] for v in history["versions"]}
     assert states == {v1: "active", v2: "rolled_back"}
     assert any(e["actor"] == "bob" and e["action"] == "promote" for e in history["audit"])
-    assert any(e["reason"] == "bad numbers" for e in history["audit"])
+    # the audit keeps the reason as given, with the OS account and host that ran the command
+    assert any(e["reason"] == f"bad numbers [os: {os_account()}]" for e in history["audit"])
 
 
 def test_ab_test_deploy_and_conclude_winner(run: Any) -> None:
@@ -218,7 +220,7 @@ def test_cli_restores_the_host_structlog_configuration(run: Any) -> None:
         (["deploy", str(MALFORMED / "09-unknown-operator-gtt.json")], "invalid bundle: rules[1].when.all[1].op", 1),
         (["deploy", str(MALFORMED / "44-test-expectation-fails.json")], "bundle tests failed", 1),
         (["deploy", "/nonexistent/bundle.json"], "No such file", 1),
-        (["rollback"], "No previous version to rollback to", 1),
+        (["rollback"], "cannot roll back: nothing is active", 1),
         (["advance"], "no rollout is in progress", 1),
         (["promote"], "no rollout is in progress", 1),
         (["conclude", "nope@1"], "no rollout is in progress", 1),

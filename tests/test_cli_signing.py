@@ -72,6 +72,7 @@ def trust_file(tmp_path: Path, *entries: dict[str, Any], name: str = "trust.json
             merged.setdefault(alg, {}).update(keys)
     path = tmp_path / name
     path.write_text(json.dumps(merged), encoding="utf-8")
+    path.chmod(0o600)  # it may hold HMAC secrets: readable by others, it is refused
     return str(path)
 
 

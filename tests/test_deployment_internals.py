@@ -146,3 +146,23 @@ def test_settings_are_one_immutable_value_changed_by_configure() -> None:
     with pytest.raises(TypeError, match="unknown setting"):
         manager.configure(max_histroy=3)
     assert manager.config is after
+
+
+@pytest.mark.parametrize("when", [253_402_300_800, 1e20, float("inf"), -1])
+def test_a_schedule_outside_what_can_be_rendered_is_refused_before_anything_is_stored(when: float) -> None:
+    """D9: Scheduled refuses times after 9999 (or not finite, or before 1970); nothing is staged."""
+    from rule_engine import InvalidStrategyError
+
+    manager = DeploymentManager()
+    with pytest.raises(InvalidStrategyError, match="between 1970 and 9999"):
+        manager.prepare_deployment(BUNDLES / "gateway-v1.json", Scheduled(when))
+    assert manager.get_deployment_history() == []
+
+
+def test_rendering_a_time_never_raises() -> None:
+    """D9: a stored time that ISO 8601 cannot render is shown as unix seconds, never an exception."""
+    from rule_engine.clock import iso
+
+    assert iso(0) == "1970-01-01T00:00:00+00:00"
+    assert iso(1e20) == "1e+20 (unix seconds)"
+    assert iso(float("nan")) == "nan (unix seconds)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -17,8 +18,12 @@ from rule_engine.bundle.signing import (
     find_signature,
     load_signature,
     sign_bundle,
+    signature_from_record,
     signature_path,
+    signature_record,
     verify_bundle,
+    verify_recorded,
+    version_order,
     write_signature,
 )
 
@@ -228,3 +233,157 @@ def test_manager_never_stages_a_refused_bundle(
     assert manager.audit_log() == audit
     assert manager.store.revision() == revision
     assert manager.get_active_version_id() == first
+
+
+# --- trust file permissions (D23) ---------------------------------------------------------------------
+
+
+def _trust_file(tmp_path: Path, data: dict[str, object], mode: int) -> Path:
+    path = tmp_path / "trust.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o666, 0o646, 0o664, 0o622])
+def test_a_trust_file_others_may_write_is_refused(tmp_path: Path, ed_key: Ed25519Key, mode: int) -> None:
+    """A group- or world-writable trust file is refused, naming the file and the chmod that fixes it."""
+    public = base64.b64encode(ed_key.public_bytes()).decode()
+    path = _trust_file(tmp_path, {"ed25519": {"release-1": public}}, mode)
+    with pytest.raises(ValueError, match="writable by group or others") as exc:
+        TrustPolicy.from_file(path)
+    assert str(path) in str(exc.value)
+    assert f"chmod go-w {path}" in str(exc.value)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_hmac_secrets_readable_by_others_are_refused(tmp_path: Path, mode: int) -> None:
+    """A trust file holding HMAC secrets (which can sign) is refused when group or others may read it."""
+    path = _trust_file(tmp_path, {"hmac-sha256": {"ci": base64.b64encode(SECRET).decode()}}, mode)
+    with pytest.raises(ValueError, match="holds HMAC secrets") as exc:
+        TrustPolicy.from_file(path)
+    assert f"chmod 600 {path}" in str(exc.value)
+
+
+def test_private_trust_files_and_public_keys_readable_by_all_are_accepted(tmp_path: Path, ed_key: Ed25519Key) -> None:
+    """0600 with secrets, and 0644 with only public keys, load (public keys are not secret)."""
+    secret = _trust_file(tmp_path, {"hmac-sha256": {"ci": base64.b64encode(SECRET).decode()}}, 0o600)
+    assert TrustPolicy.from_file(secret).key_ids == ("hmac-sha256:ci",)
+    public = base64.b64encode(ed_key.public_bytes()).decode()
+    readable = _trust_file(tmp_path, {"ed25519": {"release-1": public}}, 0o644)
+    assert TrustPolicy.from_file(readable).key_ids == ("ed25519:release-1",)
+
+
+# --- downgrades (D24) ---------------------------------------------------------------------------------
+
+
+def _version(bundle: RuleBundle, version: str) -> RuleBundle:
+    data = json.loads(canonical_json(bundle))
+    data["version"] = version
+    return parse_bundle(json.dumps(data))
+
+
+def test_an_older_signed_bundle_still_verifies_unless_downgrades_are_refused(bundle: RuleBundle) -> None:
+    """By default a signature says who, not how new; with refuse_downgrade an older version is refused."""
+    key = HmacKey("ci", SECRET)
+    old, new = _version(bundle, "1.0.0"), _version(bundle, "1.2.0")
+    lenient = TrustPolicy(hmac={"ci": SECRET})
+    lenient.verify(old, sign_bundle(old, key))
+    lenient.check_downgrade(old, new)  # documented: allowed unless asked
+    strict = TrustPolicy(hmac={"ci": SECRET}, refuse_downgrade=True)
+    strict.verify(old, sign_bundle(old, key))
+    with pytest.raises(BundleTrustError) as exc:
+        strict.check_downgrade(old, new)
+    for fragment in ("downgrade refused", "1.0.0", "1.2.0"):
+        assert fragment in _reason(exc)
+    strict.check_downgrade(new, old)  # an upgrade
+    strict.check_downgrade(new, new)  # the identical bundle again
+    strict.check_downgrade(old, None)  # nothing active yet
+    other = json.loads(canonical_json(new))
+    other["bundle_id"] = "another-policy"
+    strict.check_downgrade(old, parse_bundle(json.dumps(other)))  # another bundle id: not comparable
+
+
+def test_the_same_version_with_other_content_is_not_an_upgrade(bundle: RuleBundle) -> None:
+    """refuse_downgrade refuses a bundle that reuses the active version number with different rules."""
+    strict = TrustPolicy(hmac={"ci": SECRET}, refuse_downgrade=True)
+    changed = _tampered(bundle)
+    with pytest.raises(BundleTrustError, match="not newer"):
+        strict.check_downgrade(changed, bundle)
+
+
+def test_versions_it_cannot_order_are_refused_when_downgrades_are_refused(bundle: RuleBundle) -> None:
+    """A version like 'blue' cannot be ordered: refused (fail closed), saying which versions."""
+    strict = TrustPolicy(hmac={"ci": SECRET}, refuse_downgrade=True)
+    with pytest.raises(BundleTrustError, match="cannot order versions 'blue'"):
+        strict.check_downgrade(_version(bundle, "blue"), bundle)
+
+
+@pytest.mark.parametrize(
+    ("lower", "higher"),
+    [
+        ("1.0.0", "1.0.1"),
+        ("1.9.0", "1.10.0"),
+        ("1.0.0-rc.1", "1.0.0"),
+        ("1.0.0-alpha", "1.0.0-alpha.1"),
+        ("1.0.0-alpha.1", "1.0.0-alpha.beta"),
+        ("1.0.0-beta.2", "1.0.0-beta.11"),
+        ("2", "2.0.1"),
+    ],
+)
+def test_version_order_follows_semver(lower: str, higher: str) -> None:
+    """Release numbers compare numerically; a pre-release sorts before its release (semver precedence)."""
+    low, high = version_order(lower), version_order(higher)
+    assert low is not None
+    assert high is not None
+    assert low < high
+
+
+def test_version_order_ignores_build_metadata_and_trailing_zeros() -> None:
+    """2.0 == 2.0.0 == 2.0.0+build.7; text that is not a version has no order."""
+    assert version_order("2.0") == version_order("2.0.0") == version_order("2.0.0+build.7")
+    assert version_order("blue") is None
+    assert version_order("1..2") is None
+
+
+def test_a_trust_file_can_turn_downgrade_refusal_on(tmp_path: Path) -> None:
+    """'refuse_downgrade': true in the trust file sets the policy's option; anything but a bool is refused."""
+    secret = base64.b64encode(SECRET).decode()
+    path = _trust_file(tmp_path, {"hmac-sha256": {"ci": secret}, "refuse_downgrade": True}, 0o600)
+    assert TrustPolicy.from_file(path).refuse_downgrade is True
+    assert TrustPolicy.from_dict({"hmac-sha256": {"ci": secret}}).refuse_downgrade is False
+    with pytest.raises(ValueError, match="'refuse_downgrade' must be true or false"):
+        TrustPolicy.from_dict({"hmac-sha256": {"ci": secret}, "refuse_downgrade": "yes"})
+
+
+# --- signatures recorded in a store (D25) ---------------------------------------------------------------
+
+
+def test_a_signature_record_round_trips_through_json(bundle: RuleBundle, ed_key: Ed25519Key) -> None:
+    """signature_record is plain JSON; signature_from_record gives the same signature back (None for none)."""
+    signature = sign_bundle(bundle, ed_key)
+    record = json.loads(json.dumps(signature_record(signature)))
+    assert signature_from_record(record) == signature
+    assert signature_from_record(None) is None
+    with pytest.raises(BundleTrustError, match="malformed signature"):
+        signature_from_record({"alg": "ed25519"})
+
+
+def test_verify_recorded_accepts_the_signed_bundle_and_names_the_version_otherwise(
+    bundle: RuleBundle, ed_key: Ed25519Key
+) -> None:
+    """On load: the recorded signature must verify for exactly this bundle, with this process's trust."""
+    trust = TrustPolicy(ed25519={"release-1": ed_key.public_bytes()})
+    record = signature_record(sign_bundle(bundle, ed_key))
+    assert verify_recorded(bundle, record, trust, version_id="v-1").key_id == "release-1"
+    cases = [
+        (_tampered(bundle), record, trust, "digest mismatch"),  # the stored bundle row was changed
+        (bundle, None, trust, "stored unsigned"),
+        (bundle, record, None, "no trust policy"),
+        (bundle, record, TrustPolicy(hmac={"ci": SECRET}), "unknown key id"),
+    ]
+    for loaded, recorded, policy, why in cases:
+        with pytest.raises(BundleTrustError) as exc:
+            verify_recorded(loaded, recorded, policy, version_id="v-1")
+        assert _reason(exc).startswith("version v-1: "), why
+        assert why in _reason(exc), why

@@ -21,16 +21,33 @@ It is stored detached, next to the bundle file as ``BUNDLE.sig`` (``gateway-v1.j
 
 Because the signature covers canonical JSON, reformatting the file (whitespace, key order) keeps it
 valid; changing any value does not.
+
+Trust files (:meth:`TrustPolicy.from_file`) are refused when group or others may write them (whoever
+can write the file can make their own key trusted) and, when they hold HMAC secrets (which can
+sign), when group or others may read them. The error names the file and the ``chmod`` that fixes it.
+
+A signature says who published a bundle, not that it is the newest: an old signed bundle verifies
+as well as a new one. A policy with ``refuse_downgrade`` (:meth:`TrustPolicy.check_downgrade`)
+refuses a bundle whose version is not newer than the active version of the same ``bundle_id``
+(version order: dotted numbers, then semver pre-release rules; an identical bundle, same digest, is
+not a downgrade; a version it cannot order is refused).
+
+For a store whose deployments require signatures, the signature travels with the version:
+:func:`signature_record` is the JSON-safe dict stored next to it, and :func:`verify_recorded` checks
+a bundle read back from the store against that record on every load.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import hmac
 import json
 import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +70,12 @@ __all__ = [
     "load_signature",
     "sign_bundle",
     "signature_beside",
+    "signature_from_record",
     "signature_path",
+    "signature_record",
     "verify_bundle",
+    "verify_recorded",
+    "version_order",
     "write_signature",
 ]
 
@@ -197,7 +218,8 @@ class TrustPolicy:
 
     ``ed25519`` maps key ids to public keys (32 raw bytes or ``Ed25519PublicKey`` objects); ``hmac``
     maps key ids to shared secrets (bytes, at least 32). A bundle is accepted only with a signature
-    made by one of these keys over exactly its canonical JSON.
+    made by one of these keys over exactly its canonical JSON. With ``refuse_downgrade``,
+    :meth:`check_downgrade` also refuses a bundle that is not newer than the active one.
     """
 
     def __init__(
@@ -205,7 +227,9 @@ class TrustPolicy:
         *,
         ed25519: Mapping[str, bytes | Ed25519PublicKey] | None = None,
         hmac: Mapping[str, bytes] | None = None,
+        refuse_downgrade: bool = False,
     ) -> None:
+        self.refuse_downgrade = refuse_downgrade
         public: dict[str, Ed25519PublicKey] = {}
         for key_id, key in (ed25519 or {}).items():
             public[key_id] = _crypto().Ed25519PublicKey.from_public_bytes(key) if isinstance(key, bytes) else key
@@ -220,14 +244,18 @@ class TrustPolicy:
     def from_dict(cls, data: Any) -> TrustPolicy:
         """A policy from the trust-file JSON form; raise ``ValueError`` naming what is wrong.
 
-        ``{"ed25519": {key_id: "<base64 public key>"}, "hmac-sha256": {key_id: "<base64 secret>"}}``;
-        either section may be left out, but at least one key is needed.
+        ``{"ed25519": {key_id: "<base64 public key>"}, "hmac-sha256": {key_id: "<base64 secret>"},
+        "refuse_downgrade": true}``; either key section may be left out, but at least one key is
+        needed; ``refuse_downgrade`` (default false) turns on :meth:`check_downgrade`.
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(ALGORITHMS))
+        unknown = sorted(set(data) - set(ALGORITHMS) - {"refuse_downgrade"})
         if unknown:
             raise ValueError(f"unknown sections {unknown}; expected {', '.join(repr(a) for a in ALGORITHMS)}")
+        refuse_downgrade = data.get("refuse_downgrade", False)
+        if not isinstance(refuse_downgrade, bool):
+            raise ValueError(f"'refuse_downgrade' must be true or false, got {refuse_downgrade!r}")
         keys: dict[str, dict[str, bytes]] = {}
         for alg in ALGORITHMS:
             section = data.get(alg, {})
@@ -249,24 +277,73 @@ class TrustPolicy:
                         f"hmac-sha256.{key_id!r}: a secret is at least {MIN_HMAC_SECRET_BYTES} bytes, got {size}"
                     )
         try:
-            return cls(ed25519=keys["ed25519"], hmac=keys["hmac-sha256"])
+            return cls(ed25519=keys["ed25519"], hmac=keys["hmac-sha256"], refuse_downgrade=refuse_downgrade)
         except ValueError as exc:
             raise ValueError(str(exc)) from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> TrustPolicy:
-        """A policy from a JSON trust file (see :meth:`from_dict`); raise ``ValueError`` naming the file and why."""
+        """A policy from a JSON trust file (see :meth:`from_dict`); raise ``ValueError`` naming the file and why.
+
+        On POSIX systems the file is refused when group or others may write it, and, when it holds
+        HMAC secrets, when group or others may read it; the message gives the ``chmod`` that fixes it.
+        """
         where = os.fspath(path)
         try:
-            data = json.loads(Path(path).read_bytes())
+            with open(path, "rb") as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                text = handle.read()
         except OSError as exc:
             raise ValueError(f"trust file {where!r}: cannot read it: {exc.strerror or exc}") from None
+        if os.name == "posix" and mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ValueError(
+                f"trust file {where!r}: writable by group or others (mode {stat.S_IMODE(mode):04o}), so anyone "
+                f"who can write it can make their own key trusted; fix it with: chmod go-w {where}"
+            )
+        try:
+            data = json.loads(text)
         except (ValueError, RecursionError):
             raise ValueError(f"trust file {where!r}: not JSON") from None
         try:
-            return cls.from_dict(data)
+            policy = cls.from_dict(data)
         except ValueError as exc:
             raise ValueError(f"trust file {where!r}: {exc}") from None
+        if os.name == "posix" and policy._hmac and mode & (stat.S_IRGRP | stat.S_IROTH):
+            raise ValueError(
+                f"trust file {where!r}: holds HMAC secrets (which can sign bundles) and is readable by group "
+                f"or others (mode {stat.S_IMODE(mode):04o}); fix it with: chmod 600 {where}"
+            )
+        return policy
+
+    def with_downgrade_refused(self) -> TrustPolicy:
+        """The same keys, with ``refuse_downgrade`` on."""
+        policy = copy.copy(self)
+        policy.refuse_downgrade = True
+        return policy
+
+    def check_downgrade(self, bundle: RuleBundle, active: RuleBundle | None) -> None:
+        """With ``refuse_downgrade``: raise :class:`BundleTrustError` unless ``bundle`` is newer than ``active``.
+
+        ``active`` is the bundle of the version serving all traffic (the stable one during a
+        rollout). Only bundles with the same ``bundle_id`` are compared; the identical bundle (same
+        digest) passes; a version :func:`version_order` cannot order is refused.
+        """
+        if not self.refuse_downgrade or active is None or active.bundle_id != bundle.bundle_id:
+            return
+        if hmac.compare_digest(bundle.digest, active.digest):
+            return
+        new, old = version_order(bundle.version), version_order(active.version)
+        name = bundle.bundle_id
+        if new is None or old is None:
+            raise _refuse(
+                f"downgrade check: cannot order versions {bundle.version!r} and {active.version!r} of {name} "
+                "(refuse_downgrade compares versions like 1.2.3 or 1.2.3-rc.1)"
+            )
+        if new <= old:
+            raise _refuse(
+                f"downgrade refused: {name}@{bundle.version} is not newer than the active {name}@{active.version} "
+                "(the trust policy refuses downgrades)"
+            )
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -311,12 +388,70 @@ class TrustPolicy:
         return _refuse(f"unknown key id {signature.alg}:{signature.key_id!r}; trusted keys: {trusted}")
 
 
+_VERSION = re.compile(r"(?P<release>[0-9]+(?:\.[0-9]+)*)(?:-(?P<pre>[0-9A-Za-z.-]+))?(?:\+[0-9A-Za-z.-]+)?")
+
+
+def version_order(version: str) -> tuple[Any, ...] | None:
+    """A sort key for a bundle version (``1.2.3``, ``2.0``, ``1.0.0-rc.1``, ``1.0.0+build``), or None.
+
+    Release numbers compare numerically (trailing zeros ignored: ``2.0 == 2.0.0``); a pre-release
+    sorts before its release, its identifiers compared as semver does (numbers numerically and
+    before words); build metadata after ``+`` is ignored. Anything else cannot be ordered.
+    """
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        return None
+    release = [int(part) for part in match["release"].split(".")]
+    while len(release) > 1 and release[-1] == 0:
+        release.pop()
+    pre = match["pre"]
+    if pre is None:
+        return (tuple(release), 1, ())
+    ids = tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in pre.split("."))
+    return (tuple(release), 0, ids)
+
+
 def verify_bundle(bundle: RuleBundle, signature: Signature | None, trust: TrustPolicy) -> None:
     """Raise :class:`BundleTrustError` naming why unless ``signature`` is a trusted signature of ``bundle``.
 
     The reasons: unsigned, digest mismatch (tampered), unknown key id, bad signature.
     """
     trust.verify(bundle, signature)
+
+
+def signature_record(signature: Signature) -> dict[str, str]:
+    """The signature as a JSON-safe dict to store with the version it signs (read back by :func:`signature_from_record`)."""
+    return signature.to_dict()
+
+
+def signature_from_record(record: Any) -> Signature | None:
+    """The signature stored with a version (None when none was stored); :class:`BundleTrustError` if malformed."""
+    return None if record is None else Signature.from_dict(record)
+
+
+def verify_recorded(
+    bundle: RuleBundle, record: Any, trust: TrustPolicy | None, *, version_id: str | None = None
+) -> Signature:
+    """Check a bundle loaded from a store whose deployments require signatures; return its signature.
+
+    ``record`` is what :func:`signature_record` stored with the version (None when nothing was).
+    Raise :class:`BundleTrustError` naming the version when this process has no trust policy, when
+    the version was stored without a signature, or when the signature does not verify for exactly
+    this bundle (changed in the store, or signed by a key this process does not trust).
+    """
+    name = version_id or f"{bundle.bundle_id}@{bundle.version}"
+    if trust is None:
+        raise _refuse(
+            f"version {name}: the store requires signed bundles, but this process has no trust policy to check them"
+        )
+    signature = signature_from_record(record)
+    if signature is None:
+        raise _refuse(f"version {name}: the store requires signed bundles, but this version was stored unsigned")
+    try:
+        trust.verify(bundle, signature)
+    except BundleTrustError as exc:
+        raise _refuse(f"version {name}: {exc.problems[0].message if exc.problems else exc}") from None
+    return signature
 
 
 def signature_path(bundle_path: str | os.PathLike[str]) -> Path:

@@ -1,29 +1,52 @@
-"""What every command shares: the context, the group, one-line errors and exit codes, output, options."""
+"""What every command shares: the context, the group, one-line errors and exit codes, options.
+
+How commands print (escaping, wrapping, JSON) is :mod:`rule_engine.cli.output`; how library errors
+are worded for CLI users is :mod:`rule_engine.cli.hints`.
+"""
 
 from __future__ import annotations
 
 import getpass
-import json
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from rule_engine.bundle.signing import (
-    TrustPolicy,
-)
+from rule_engine.bundle.signing import TrustPolicy
+from rule_engine.cli.hints import cli_message
 from rule_engine.cli.logs import cli_logging, level_for
+from rule_engine.cli.output import clean
 from rule_engine.deployment.manager import DeploymentManager
-from rule_engine.errors import BundleTrustError, BundleValidationError, RuleEngineError, StoreError
+from rule_engine.errors import (
+    BundleTestFailure,
+    BundleTrustError,
+    BundleValidationError,
+    RuleEngineError,
+    StoreError,
+)
 from rule_engine.stores.base import store_url_from_env
 
+__all__ = [
+    "CliContext",
+    "CommandFailed",
+    "by_option",
+    "cli",
+    "default_actor",
+    "json_option",
+    "managed",
+    "os_account",
+    "os_error_line",
+]
+
 _DEBUG_ENV = "RULE_ENGINE_DEBUG"
-_BAR_WIDTH = 30
+_MISSING = object()
+SIGNING_EXTRA_HINT = "ed25519 keys need the signing extra: pip install 'rule_engine[signing]'"
 
 
 class CommandFailed(Exception):
@@ -42,27 +65,43 @@ class CliContext:
     trust_file: str | None = None
     manager: DeploymentManager | None = None  # preset (tests, embedding) or opened on first use
     owns_manager: bool = False
-    opened: list[DeploymentManager] = field(default_factory=list)
 
     @property
     def url(self) -> str:
         """The store URL in effect."""
         return store_url_from_env(self.store_url)
 
-    def trust(self) -> TrustPolicy | None:
-        """The trust policy from ``--trust`` / ``$RULE_ENGINE_TRUST``, or None; a bad file fails the command."""
+    def trust(self, *, refuse_downgrade: bool = False) -> TrustPolicy | None:
+        """The trust policy from ``--trust`` / ``$RULE_ENGINE_TRUST``, or None; a bad file fails the command.
+
+        ``refuse_downgrade`` turns the policy's downgrade refusal on (the file may turn it on too).
+        """
         if self.trust_file is None:
             return None
         try:
-            return TrustPolicy.from_file(self.trust_file)
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise CommandFailed(f"trust file {self.trust_file!r}: {exc}") from None
+            policy = TrustPolicy.from_file(self.trust_file)
+        except ImportError:
+            raise CommandFailed(f"trust file {self.trust_file!r}: {SIGNING_EXTRA_HINT}") from None
         except ValueError as exc:
             raise CommandFailed(str(exc)) from None
+        return policy.with_downgrade_refused() if refuse_downgrade else policy
 
     def open(self, *, follow: bool = False, **kwargs: Any) -> DeploymentManager:
-        """The manager on the store (opened once, closed when the command ends)."""
+        """The manager on the store (opened once, closed when the command ends).
+
+        A preset manager is used as it is (following or not, as its owner set it up); a keyword that
+        would configure it differently from how it is (``trust=``, ``auto_rollback=``, ...) is refused
+        rather than ignored.
+        """
         if self.manager is not None:
+            differ = sorted(
+                name for name, wanted in kwargs.items() if getattr(self.manager.config, name, _MISSING) != wanted
+            )
+            if differ:
+                raise CommandFailed(
+                    f"the preset manager is configured differently from what this command needs "
+                    f"({', '.join(differ)}); configure it so, or let the command open the store"
+                )
             return self.manager
         try:
             manager = DeploymentManager.open(self.url, follow=follow, **kwargs)
@@ -95,6 +134,29 @@ class _RuleEngineCLI(click.Group):
             sys.exit(code)
         return code
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:  # click would exit 1 for it; a closed reader ('| head') is not a failure
+            raise _OutputClosed() from None
+
+
+class _OutputClosed(Exception):
+    """Whoever read the output stopped reading (``rule-engine history | head -1``)."""
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so flushing it at exit does not fail again on the closed pipe."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
 
 def _run_guarded(run: Callable[[], Any]) -> int:
     """Run the CLI; map every outcome to an exit status, printing one ``error:`` line on failure."""
@@ -102,6 +164,9 @@ def _run_guarded(run: Callable[[], Any]) -> int:
         result = run()
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except (_OutputClosed, BrokenPipeError):
+        _silence_stdout()
+        return 0
     except click.UsageError as exc:
         hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         return _fail(exc.format_message() + hint, 2)
@@ -114,9 +179,13 @@ def _run_guarded(run: Callable[[], Any]) -> int:
     except BundleValidationError as exc:
         return _fail(_bundle_error_line(exc), 1)
     except RuleEngineError as exc:
-        return _fail(str(exc), 1)
+        return _fail(cli_message(exc), 1)
     except OSError as exc:
-        return _fail(_os_error_line(exc), 1)
+        return _fail(os_error_line(exc), 1)
+    except ImportError as exc:
+        if (exc.name or "").partition(".")[0] == "cryptography" or "rule_engine[signing]" in str(exc):
+            return _fail(SIGNING_EXTRA_HINT, 1)
+        return _fail(f"a module is missing: {exc} (reinstall rule_engine)", 1)
     except Exception as exc:
         if os.environ.get(_DEBUG_ENV):
             traceback.print_exc()
@@ -128,7 +197,8 @@ def _run_guarded(run: Callable[[], Any]) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    click.echo("error: " + " ".join(message.split()), err=True)
+    with suppress(OSError):  # stderr gone too: the exit status is all that is left
+        click.echo("error: " + clean(" ".join(message.split())), err=True)
     return code
 
 
@@ -136,7 +206,7 @@ def _bundle_error_line(exc: BundleValidationError) -> str:
     where = f"{exc.source}: " if exc.source else ""
     if isinstance(exc, BundleTrustError) and exc.problems:  # the message already says why: unsigned, ...
         return f"{where}{exc.problems[0].message}"
-    kind = "bundle tests failed" if type(exc).__name__ == "BundleTestFailure" else "invalid bundle"
+    kind = "bundle tests failed" if isinstance(exc, BundleTestFailure) else "invalid bundle"
     if not exc.problems:
         return f"{where}{kind}"
     more = len(exc.problems) - 1
@@ -144,33 +214,33 @@ def _bundle_error_line(exc: BundleValidationError) -> str:
     return f"{where}{kind}: {exc.problems[0]}{tail}"
 
 
-def _os_error_line(exc: OSError) -> str:
+def os_error_line(exc: OSError) -> str:
+    """One line for an OS error: ``FILE: reason`` when it names a file."""
     if exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return str(exc) or type(exc).__name__
 
 
-def _default_actor() -> str:
+def default_actor() -> str:
+    """Who acts when ``--by`` is not given: the OS user name (``cli`` when there is none)."""
     try:
         return getpass.getuser()
     except (OSError, KeyError):
         return "cli"
 
 
-def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
-    else:
-        human()
-
-
-def _bar(percentage: float, width: int = _BAR_WIDTH) -> str:
-    filled = round(width * max(0.0, min(percentage, 100.0)) / 100)
-    return "[" + "#" * filled + "-" * (width - filled) + "]"
+def os_account() -> str:
+    """``user@host`` of the OS account running the command (recorded next to ``--by`` in the audit)."""
+    try:
+        host = socket.gethostname() or "localhost"
+    except OSError:  # pragma: no cover - gethostname does not fail on the platforms we run on
+        host = "localhost"
+    return f"{default_actor()}@{host}"
 
 
 @contextmanager
-def _managed(ctx: click.Context) -> Iterator[CliContext]:
+def managed(ctx: click.Context) -> Iterator[CliContext]:
+    """The command's :class:`CliContext`; the manager it opened is closed when the block ends."""
     state: CliContext = ctx.ensure_object(CliContext)
     try:
         yield state

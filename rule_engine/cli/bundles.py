@@ -10,11 +10,9 @@ from typing import Any
 import click
 
 from rule_engine.bundle.models import RuleBundle, load_bundle
-from rule_engine.bundle.signing import (
-    TrustPolicy,
-    find_signature,
-)
-from rule_engine.cli._common import CliContext, CommandFailed, _emit, _managed, _os_error_line, json_option
+from rule_engine.bundle.signing import TrustPolicy, find_signature
+from rule_engine.cli._common import CliContext, CommandFailed, json_option, managed, os_error_line
+from rule_engine.cli.output import echo, emit
 from rule_engine.errors import BundleValidationError
 from rule_engine.evaluation.selftest import run_bundle_tests
 from rule_engine.serving.engine import RuleEngine
@@ -36,17 +34,15 @@ def validate(ctx: click.Context, bundles: tuple[str, ...], as_json: bool) -> Non
         for r in results:
             if r["ok"]:
                 signed = f"; signed by {r['signature']['alg']}:{r['signature']['key_id']}" if trust else ""
-                click.echo(
-                    f"OK    {r['path']}  ({r['bundle_id']} {r['version']}: {r['rules']} rules, "
-                    f"{r['tests']} tests passed{signed})"
-                )
+                echo(f"OK    {r['path']}")
+                echo(f"      {r['bundle_id']} {r['version']}: {r['rules']} rules, {r['tests']} tests passed{signed}")
             else:
                 count = len(r["problems"])
-                click.echo(f"FAIL  {r['path']}  ({count} problem{'s' if count != 1 else ''})")
+                echo(f"FAIL  {r['path']}  ({count} problem{'s' if count != 1 else ''})")
                 for problem in r["problems"]:
-                    click.echo(f"      {problem['path']}: {problem['message']}")
+                    echo(f"      {problem['path']}: {problem['message']}")
 
-    _emit(as_json, {"ok": not failed, "bundles": results}, human)
+    emit(as_json, {"ok": not failed, "bundles": results}, human)
     if failed:
         first = failed[0]
         raise CommandFailed(
@@ -80,7 +76,7 @@ def _validate_one(path: str, trust: TrustPolicy | None = None) -> dict[str, Any]
         ]
         return result
     except OSError as exc:
-        result["problems"] = [{"path": "$", "message": _os_error_line(exc)}]
+        result["problems"] = [{"path": "$", "message": os_error_line(exc)}]
         return result
     result["ok"] = True
     result["problems"] = []
@@ -132,7 +128,7 @@ def bundle_diff(a: RuleBundle, b: RuleBundle) -> dict[str, Any]:
 @click.pass_context
 def diff(ctx: click.Context, left: str, right: str, as_json: bool) -> None:
     """Rules added, removed and changed between two bundles (a file path or a stored version id each)."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         left_name, a = _load_side(state, left)
         right_name, b = _load_side(state, right)
     result = bundle_diff(a, b)
@@ -143,23 +139,23 @@ def diff(ctx: click.Context, left: str, right: str, as_json: bool) -> None:
     }
 
     def human() -> None:
-        click.echo(f"--- {left_name} ({a.bundle_id} {a.version})")
-        click.echo(f"+++ {right_name} ({b.bundle_id} {b.version})")
+        echo(f"--- {left_name} ({a.bundle_id} {a.version})")
+        echo(f"+++ {right_name} ({b.bundle_id} {b.version})")
         for rid in result["added"]:
-            click.echo(f"+ {rid}")
+            echo(f"+ {rid}")
         for rid in result["removed"]:
-            click.echo(f"- {rid}")
+            echo(f"- {rid}")
         for change in result["changed"]:
-            click.echo(f"~ {change['rule_id']}  ({', '.join(change['fields'])} changed)")
+            echo(f"~ {change['rule_id']}  ({', '.join(change['fields'])} changed)")
         for name in result["settings_changed"]:
-            click.echo(f"~ bundle {name} decision changed")
+            echo(f"~ bundle {name} decision changed")
         total = len(result["added"]) + len(result["removed"]) + len(result["changed"])
-        click.echo(
+        echo(
             f"{len(result['added'])} added, {len(result['removed'])} removed, {len(result['changed'])} changed, "
             f"{result['unchanged']} unchanged" + ("" if total or result["settings_changed"] else " (identical rules)")
         )
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -172,7 +168,7 @@ def _read_event(text: str) -> dict[str, Any]:
         try:
             text = sys.stdin.read() if where == "-" else Path(where).read_text(encoding="utf-8")
         except OSError as exc:
-            raise CommandFailed(f"cannot read event file: {_os_error_line(exc)}") from None
+            raise CommandFailed(f"cannot read event file: {os_error_line(exc)}") from None
         except UnicodeDecodeError as exc:
             raise CommandFailed(f"{where}: event is not UTF-8 ({exc.reason})") from None
     try:
@@ -194,22 +190,28 @@ def _read_event(text: str) -> dict[str, Any]:
 def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool) -> None:
     """Decide one event (a JSON object, or @file, or @- for stdin) on the version serving its key."""
     event = _read_event(event_json)
-    with _managed(ctx) as state:
-        decision = RuleEngine(state.open()).evaluate(event, key=key)
+    with managed(ctx) as state:
+        manager = state.open()
+        if manager.get_active_version_id() is None:
+            raise CommandFailed(
+                f"nothing is deployed on {state.url}, so there is no version to decide the event; "
+                "deploy a bundle first: 'rule-engine deploy BUNDLE'"
+            )
+        decision = RuleEngine(manager).evaluate(event, key=key)
     data = decision.as_dict()
 
     def human() -> None:
-        click.echo(f"decision: {decision.decision}")
-        click.echo(f"rule:     {decision.rule_id or '(none matched: default decision)'}")
+        echo(f"decision: {decision.decision}")
+        echo(f"rule:     {decision.rule_id or '(none matched: default decision)'}")
         if decision.reason:
-            click.echo(f"reason:   {decision.reason}")
+            echo(f"reason:   {decision.reason}")
         if decision.params:
-            click.echo(f"params:   {json.dumps(data['params'], sort_keys=True)}")
-        click.echo(f"version:  {decision.version_id or '(none)'}")
+            echo(f"params:   {json.dumps(data['params'], sort_keys=True)}")
+        echo(f"version:  {decision.version_id or '(none)'}")
         if decision.error:
-            click.echo(f"error:    {decision.error}")
+            echo(f"error:    {decision.error}")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
 
 
 # --- schema ----------------------------------------------------------------------------------------

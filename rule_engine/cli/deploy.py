@@ -3,47 +3,78 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from rule_engine.bundle.models import RuleBundle, load_bundle
-from rule_engine.bundle.signing import (
-    Signature,
-    find_signature,
-)
-from rule_engine.cli._common import CommandFailed, _bar, _default_actor, _emit, _managed, by_option, json_option
-from rule_engine.control.strategies import ABTest, BlueGreen, Canary, InvalidStrategyError, Scheduled, Strategy
-from rule_engine.errors import BundleTrustError, RuleEngineError
+from rule_engine.bundle.models import load_bundle
+from rule_engine.bundle.signing import find_signature
+from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
+from rule_engine.cli.hints import cli_message, cli_text
+from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.clock import iso
+from rule_engine.control.status import RolloutStatus
+from rule_engine.control.strategies import InvalidStrategyError, Strategy, strategy_for_cli, strategy_kinds
+from rule_engine.deployment.manager import DeploymentManager
+from rule_engine.errors import BundleValidationError, NoPreviousVersionError, RuleEngineError
 
 # --- deploy ----------------------------------------------------------------------------------------
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A click callback: refuse inf, nan and negative numbers, naming the option."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise click.BadParameter(f"{value!r}: expected a finite number, at least 0")
+    return value
+
+
+def _number_option(name: str, metavar: str, help_text: str) -> Callable[[FC], FC]:
+    """An option taking a finite number (inf and nan are refused naming the option)."""
+    return click.option(name, type=float, callback=_finite, default=None, metavar=metavar, help=help_text)
 
 
 def _parse_stages(value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
+    parts = [part.strip() for part in value.split(",")]
     try:
-        return tuple(float(part) for part in value.split(",") if part.strip())
+        if any(not part for part in parts):
+            raise ValueError("an empty stage")
+        stages = tuple(float(part) for part in parts)
+        if not all(math.isfinite(stage) for stage in stages):
+            raise ValueError("a stage that is not a finite number")
     except ValueError:
         raise click.BadParameter(
-            f"expected percentages like 10,25,50,100, got {value!r}", param_hint="--stages"
+            f"expected percentages separated by single commas, like 10,25,50,100, got {value!r}",
+            param_hint="--stages",
         ) from None
+    return stages
 
 
 def _parse_time(value: str | None) -> float | None:
+    """Unix seconds from ``--at`` (ISO 8601 with a timezone, or unix seconds), refused unless renderable."""
     if value is None:
         return None
     text = value.strip()
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds):
-            raise click.BadParameter(f"{value!r} is not a time", param_hint="--at")
-        return seconds
+        seconds = _iso_seconds(value, text)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise click.BadParameter(f"{value!r} is not a time between 1970 and 9999", param_hint="--at")
+    try:
+        iso(seconds)  # what every later read renders: a time it cannot render must never be stored
+    except (OverflowError, ValueError, OSError):
+        raise click.BadParameter(f"{value!r} is after the year 9999", param_hint="--at") from None
+    return seconds
+
+
+def _iso_seconds(value: str, text: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
     except ValueError:
@@ -52,75 +83,49 @@ def _parse_time(value: str | None) -> float | None:
         ) from None
     if moment.tzinfo is None:
         raise click.BadParameter(f"{value!r} has no timezone; add one, e.g. {text}+00:00", param_hint="--at")
-    return moment.timestamp()
-
-
-def _build_strategy(
-    strategy: str | None,
-    stages: str | None,
-    stage_duration: float | None,
-    split_ratio: float | None,
-    test_duration: float | None,
-    at: str | None,
-) -> Strategy:
-    canary_opts = stages is not None or stage_duration is not None
-    ab_opts = split_ratio is not None or test_duration is not None
-    if strategy is None:
-        strategy = (
-            "scheduled" if at is not None else "canary" if canary_opts else "ab-test" if ab_opts else "blue-green"
-        )
-    given = {
-        "--stages/--stage-duration": canary_opts and strategy != "canary",
-        "--split-ratio/--test-duration": ab_opts and strategy != "ab-test",
-        "--at": at is not None and strategy != "scheduled",
-    }
-    wrong = [name for name, bad in given.items() if bad]
-    if wrong:
-        raise click.UsageError(f"{', '.join(wrong)} do(es) not apply to --strategy {strategy}")
     try:
-        if strategy == "canary":
-            kwargs: dict[str, Any] = {}
-            parsed = _parse_stages(stages)
-            if parsed is not None:
-                kwargs["stages"] = parsed
-            if stage_duration is not None:
-                kwargs["stage_duration_secs"] = stage_duration
-            return Canary(**kwargs)
-        if strategy == "ab-test":
-            ab: dict[str, Any] = {}
-            if split_ratio is not None:
-                ab["split_ratio"] = split_ratio
-            if test_duration is not None:
-                ab["test_duration_secs"] = test_duration
-            return ABTest(**ab)
-        if strategy == "scheduled":
-            when = _parse_time(at)
-            if when is None:
-                raise click.UsageError("--strategy scheduled needs --at TIME")
-            return Scheduled(when)
+        return moment.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return math.inf
+
+
+#: The CLI option table: how each strategy option's text is parsed (others pass through as given).
+_OPTION_PARSERS: dict[str, Callable[[Any], Any]] = {"stages": _parse_stages, "at": _parse_time}
+
+
+def _build_strategy(strategy: str | None, **options: Any) -> Strategy:
+    given = {name for name, value in options.items() if value is not None}
+    try:
+        chosen = strategy_for_cli(strategy, given)
+        parsed = {name: _OPTION_PARSERS.get(name, _same)(options[name]) for name in chosen.cli_options}
+        return chosen.from_options(**parsed)
     except InvalidStrategyError as exc:
         raise click.UsageError(str(exc)) from None
-    return BlueGreen()
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 @click.command()
 @click.argument("bundle", type=click.Path(dir_okay=False))
 @click.option(
     "--strategy",
-    type=click.Choice(["blue-green", "canary", "ab-test", "scheduled"]),
+    type=click.Choice(list(strategy_kinds())),
     default=None,
     help="How traffic moves [default: blue-green, or implied by the options below].",
 )
 @click.option("--stages", default=None, metavar="10,25,50,100", help="Canary stages in percent, ending at 100.")
-@click.option(
-    "--stage-duration", type=float, default=None, metavar="SECONDS", help="Canary: how long each stage holds."
-)
-@click.option(
-    "--split-ratio", type=float, default=None, metavar="R", help="A/B test: share kept by the stable version (A)."
-)
-@click.option("--test-duration", type=float, default=None, metavar="SECONDS", help="A/B test: how long it runs.")
+@_number_option("--stage-duration", "SECONDS", "Canary: how long each stage holds.")
+@_number_option("--split-ratio", "R", "A/B test: share kept by the stable version (A).")
+@_number_option("--test-duration", "SECONDS", "A/B test: how long it runs.")
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
+@click.option(
+    "--refuse-downgrade",
+    is_flag=True,
+    help="With --trust: refuse a bundle whose version is not newer than the active one (same bundle id).",
+)
 @by_option
 @json_option
 @click.pass_context
@@ -134,53 +139,80 @@ def deploy(
     test_duration: float | None,
     at: str | None,
     supersede: bool,
+    refuse_downgrade: bool,
     actor: str | None,
     as_json: bool,
 ) -> None:
     """Prepare a bundle as a new version and start serving it by its strategy (scheduled: just prepare)."""
-    chosen = _build_strategy(strategy, stages, stage_duration, split_ratio, test_duration, at)
-    who = actor or _default_actor()
-    with _managed(ctx) as state:
-        trust = state.trust()
-        source: Path | RuleBundle = Path(bundle)
-        signature: Signature | None = None
-        if trust is not None:  # refuse an untrusted bundle before the store is even opened
-            source = load_bundle(bundle)
-            try:
-                signature = find_signature(bundle)
-                trust.verify(source, signature)
-            except BundleTrustError as exc:
-                raise exc.with_source(bundle) from None
+    chosen = _build_strategy(
+        strategy,
+        stages=stages,
+        stage_duration=stage_duration,
+        split_ratio=split_ratio,
+        test_duration=test_duration,
+        at=at,
+    )
+    who = actor or default_actor()
+    with managed(ctx) as state:
+        trust = state.trust(refuse_downgrade=refuse_downgrade)
+        if refuse_downgrade and trust is None:
+            raise click.UsageError("--refuse-downgrade needs a trust policy (--trust FILE or $RULE_ENGINE_TRUST)")
+        source = load_bundle(bundle)
+        try:
+            signature = find_signature(bundle)
+        except BundleValidationError as exc:
+            raise exc.with_source(bundle) from None
         manager = state.open(trust=trust) if trust is not None else state.open()
-        version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
-        if not isinstance(chosen, Scheduled):
+        try:
+            # the manager checks the signature against its trust policy: the one place trust is enforced
+            version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
+        except BundleValidationError as exc:
+            raise exc.with_source(bundle) from None
+        if chosen.activates_at() is None:  # scheduled: the controller activates it
             try:
                 manager.activate_deployment(version_id, actor=who, supersede=supersede)
             except RuleEngineError as exc:
-                raise CommandFailed(f"{exc} (version {version_id} is prepared and left staged)") from exc
+                raise CommandFailed(f"{cli_message(exc)} (version {version_id} is prepared and left staged)") from exc
         info = manager.get_deployment_info(version_id)
         assert info is not None
+        signer = f"{signature.alg}:{signature.key_id}" if trust is not None and signature is not None else None
         data = {
             "version_id": version_id,
             "state": info.state.value,
             "strategy": chosen.to_dict(),
             "percentage": info.current_percentage,
             "store": state.url,
+            "signed_by": signer,
+            "by": who,
+            "os_account": os_account(),
         }
 
         def human() -> None:
-            click.echo(f"deployed {version_id}")
-            click.echo(f"  strategy: {chosen.describe()}")
-            click.echo(f"  state:    {info.state.value}, {info.current_percentage:g}% of traffic")
-            if isinstance(chosen, Scheduled):
-                click.echo("  the controller ('rule-engine controller') activates it when due")
-            elif isinstance(chosen, Canary):
-                click.echo("  the controller advances it stage by stage while it stays healthy")
+            echo(f"deployed {version_id}")
+            echo(f"  strategy: {describe(chosen)}")
+            echo(f"  state:    {info.state.value}, {info.current_percentage:g}% of traffic")
+            if signer is not None:
+                echo(f"  signed:   by {signer} (trusted)")
+            if chosen.cli_note:
+                echo(f"  {chosen.cli_note}")
 
-        _emit(as_json, data, human)
+        emit(as_json, data, human)
 
 
 # --- control operations -------------------------------------------------------------------------------
+
+
+def _not_advanced(rollout: RolloutStatus, now: float) -> str:
+    """Why ``advance`` did not move: the stage is not due yet (and when it is), or what holds it."""
+    unhealthy = rollout.verdict.healthy is False
+    due = rollout.next_step_at
+    if rollout.stages and due is not None and now < due and not unhealthy:
+        stage = f"stage {rollout.stage}/{len(rollout.stages)} ({rollout.percentage:g}%)"
+        return (
+            f"not advanced: {stage} is not due yet; it is due at {when(due)}, in {due - now:.0f}s "
+            f"(health so far: {rollout.verdict.reason})"
+        )
+    return f"not advanced: {cli_text(rollout.holding or rollout.verdict.reason)}"
 
 
 @click.command()
@@ -189,26 +221,28 @@ def deploy(
 @click.pass_context
 def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Move the canary to its next stage if the current one is due (and the candidate not unhealthy)."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
-        moved = manager.advance_rollout(actor=actor or _default_actor())
+        moved = manager.advance_rollout(actor=actor or default_actor())
         rollout = manager.get_rollout_status()
         active = manager.get_active_version_id()
+        now = time.time()
         data = {
             "advanced": moved,
             "active_version": active,
-            "rollout": rollout.to_dict() if rollout else None,
+            "rollout": view_dict(rollout) if rollout else None,
         }
 
         def human() -> None:
             if rollout is None:
-                click.echo(f"rollout complete: {active} serves all traffic")
+                echo(f"rollout complete: {active} serves all traffic")
             elif moved:
-                click.echo(f"advanced {rollout.version_id} to {rollout.percentage:g}% {_bar(rollout.percentage)}")
+                echo(f"advanced {rollout.version_id}")
+                echo(f"  to {rollout.percentage:g}% {bar(rollout.percentage)}")
             else:
-                click.echo(f"not advanced: {rollout.holding or rollout.verdict.reason}")
+                echo(_not_advanced(rollout, now))
 
-        _emit(as_json, data, human)
+        emit(as_json, data, human)
 
 
 @click.command()
@@ -217,12 +251,12 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 @click.pass_context
 def promote(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Finish the canary now: the candidate takes all traffic."""
-    with _managed(ctx) as state:
-        version_id = state.open().promote(actor=actor or _default_actor())
-        _emit(
+    with managed(ctx) as state:
+        version_id = state.open().promote(actor=actor or default_actor())
+        emit(
             as_json,
             {"version_id": version_id, "active_version": version_id, "state": "active"},
-            lambda: click.echo(f"promoted {version_id}: it serves all traffic"),
+            lambda: echo(f"promoted {version_id}: it serves all traffic"),
         )
 
 
@@ -233,16 +267,31 @@ def promote(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 @click.pass_context
 def rollback(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> None:
     """Return traffic to the stable version (during a rollout) or to the previous version."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
         before = manager.get_rollout_status()
         rolled = before.version_id if before else manager.get_active_version_id()
-        serving = manager.rollback(actor=actor or _default_actor(), reason=reason)
-        _emit(
+        try:
+            serving = manager.rollback(actor=actor or default_actor(), reason=f"{reason} [os: {os_account()}]")
+        except NoPreviousVersionError:
+            raise CommandFailed(_no_rollback_target(manager)) from None
+        emit(
             as_json,
             {"rolled_back": rolled, "active_version": serving},
-            lambda: click.echo(f"rolled back {rolled}; {serving} serves all traffic"),
+            lambda: echo(f"rolled back {rolled}; {serving} serves all traffic"),
         )
+
+
+def _no_rollback_target(manager: DeploymentManager) -> str:
+    active = manager.get_active_version_id()
+    if active is None:
+        return "cannot roll back: nothing is active, so there is no previous version to return to"
+    others = [v for v in manager.get_deployment_history() if v != active]
+    kept = f"the other retained versions ({', '.join(others)}) cannot take over" if others else "no other version"
+    return (
+        f"cannot roll back: {active} is active and there is no rollback target (the version it replaced is "
+        f"gone or never existed; {kept}); to serve another version, deploy its bundle: 'rule-engine deploy BUNDLE'"
+    )
 
 
 @click.command()
@@ -252,10 +301,10 @@ def rollback(ctx: click.Context, reason: str, actor: str | None, as_json: bool) 
 @click.pass_context
 def conclude(ctx: click.Context, winner: str, actor: str | None, as_json: bool) -> None:
     """End the A/B test: WINNER (the A or B version id) serves all traffic."""
-    with _managed(ctx) as state:
-        version_id = state.open().conclude_experiment(winner, actor=actor or _default_actor())
-        _emit(
+    with managed(ctx) as state:
+        version_id = state.open().conclude_experiment(winner, actor=actor or default_actor())
+        emit(
             as_json,
             {"winner": version_id, "active_version": version_id},
-            lambda: click.echo(f"concluded the A/B test: {version_id} serves all traffic"),
+            lambda: echo(f"concluded the A/B test: {version_id} serves all traffic"),
         )

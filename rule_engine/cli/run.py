@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import signal
+import stat
+import sys
 import threading
 import time
 from types import FrameType
@@ -11,10 +15,25 @@ from typing import Any
 
 import click
 
-from rule_engine.cli._common import CommandFailed, _managed, json_option
-from rule_engine.clock import iso
+from rule_engine.cli._common import CommandFailed, json_option, managed
+from rule_engine.cli.hints import cli_text
+from rule_engine.cli.output import clean, echo, when
 from rule_engine.control.status import TickReport
 from rule_engine.errors import RuleEngineError
+
+
+def stdout_reader_gone() -> bool:
+    """True when stdout is a pipe whose reader closed it (``controller | head -1``): nothing printed is read."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode) or not hasattr(select, "poll"):
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # not a real file (CliRunner), or closed
+        return False
+
 
 # --- controller ---------------------------------------------------------------------------------------
 
@@ -34,16 +53,16 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open(follow=not once, auto_rollback=auto_rollback)
-        manager.configure(auto_rollback=auto_rollback)
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, on_signal)
         try:
             if not as_json:
-                click.echo(f"controller on {state.url}, ticking every {interval:g}s (Ctrl-C to stop)")
+                pace = "one tick" if once else f"ticking every {interval:g}s (Ctrl-C to stop)"
+                echo(f"controller on {state.url}, {pace}")
             last_holding: tuple[str, ...] = ()
             ticks = 0
             while True:
@@ -54,25 +73,31 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
                     if once:
                         raise
                     report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
-                now = iso(time.time())
+                now = when(time.time())
                 if as_json:
                     click.echo(
                         json.dumps({"time": now, "actions": list(report.actions), "holding": list(report.holding)})
                     )
                 else:
                     for action in report.actions:
-                        click.echo(f"{now}  {action}")
+                        echo(f"{now}  {action}")
                     if report.holding != last_holding:
                         for why in report.holding:
-                            click.echo(f"{now}  holding {why}")
+                            echo(f"{now}  holding {cli_text(why)}")
                 last_holding = report.holding
+                if stdout_reader_gone():  # nobody reads what we print: stop as if signalled, quietly
+                    return
                 if once or stop.wait(interval):
                     break
             if not as_json:
-                click.echo(f"controller stopped after {ticks} tick{'s' if ticks != 1 else ''}")
+                echo(f"controller stopped after {ticks} tick{'s' if ticks != 1 else ''}")
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _demo_line(line: str) -> None:
+    click.echo(clean(line))  # escaped; the demo's report lines are kept whole (its tests read them)
 
 
 # --- demo and schema -----------------------------------------------------------------------------
@@ -88,7 +113,7 @@ def demo(fast: bool, demo_store: str | None, as_json: bool) -> None:
     """Run the whole story on a temporary store: blue-green v1, canary v2, broken v3 rolled back."""
     from rule_engine.cli.demo import run_demo
 
-    summary = run_demo(fast=fast, store_url=demo_store, echo=None if as_json else click.echo)
+    summary = run_demo(fast=fast, store_url=demo_store, echo=None if as_json else _demo_line)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     if not summary["ok"]:

@@ -7,6 +7,7 @@ import binascii
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 import click
@@ -19,7 +20,8 @@ from rule_engine.bundle.signing import (
     sign_bundle,
     write_signature,
 )
-from rule_engine.cli._common import CommandFailed, _emit, json_option
+from rule_engine.cli._common import SIGNING_EXTRA_HINT, CommandFailed, json_option
+from rule_engine.cli.output import echo, emit
 from rule_engine.errors import BundleValidationError
 from rule_engine.evaluation.selftest import run_bundle_tests
 
@@ -48,7 +50,9 @@ def _key_json(data: dict[str, str]) -> str:
 def _read_signing_key(path: str) -> SigningKey:
     """The signing key in a ``keygen`` key file; CommandFailed naming the file and what is wrong."""
     try:
-        data = json.loads(Path(path).read_bytes())
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = json.loads(handle.read())
     except OSError as exc:
         raise CommandFailed(f"key file {path!r}: cannot read it: {exc.strerror or exc}") from None
     except (ValueError, RecursionError):
@@ -64,9 +68,17 @@ def _read_signing_key(path: str) -> SigningKey:
         raise CommandFailed(f"key file {path!r}: needs a 'key_id' and a base64 {field_name!r}")
     try:
         raw = base64.b64decode(text, validate=True)
-        return Ed25519Key.from_private_bytes(key_id, raw) if alg == "ed25519" else HmacKey(key_id, raw)
+        key = Ed25519Key.from_private_bytes(key_id, raw) if alg == "ed25519" else HmacKey(key_id, raw)
     except (binascii.Error, ValueError) as exc:
         raise CommandFailed(f"key file {path!r}: bad {field_name!r}: {exc}") from None
+    except ImportError:
+        raise CommandFailed(f"key file {path!r}: {SIGNING_EXTRA_HINT}") from None
+    if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CommandFailed(
+            f"key file {path!r}: group or others may read or write it (mode {stat.S_IMODE(mode):04o}), "
+            f"but it holds a signing key; fix it with: chmod 600 {path}"
+        )
+    return key
 
 
 @click.command()
@@ -98,9 +110,12 @@ def keygen(alg: str, key_id: str, out_dir: str, as_json: bool) -> None:
                 f"{path}: already exists; refusing to overwrite a key (choose another --key-id or --out)"
             )
     if alg == "ed25519":
-        from cryptography.hazmat.primitives import serialization
+        try:
+            from cryptography.hazmat.primitives import serialization
 
-        pair = Ed25519Key.generate(key_id)
+            pair = Ed25519Key.generate(key_id)
+        except ImportError:
+            raise CommandFailed(SIGNING_EXTRA_HINT) from None
         private = pair.private_key.private_bytes(
             serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
         )
@@ -122,16 +137,17 @@ def keygen(alg: str, key_id: str, out_dir: str, as_json: bool) -> None:
     }
 
     def human() -> None:
-        click.echo(f"wrote {private_path}  (private, mode 0600: keep it secret)")
+        echo(f"wrote {private_path}")
+        echo("  (private, mode 0600: keep it secret)")
         if public_path is not None:
-            click.echo(f"wrote {public_path}  (public)")
-        click.echo("trust file entry (merge into the file given to --trust / $RULE_ENGINE_TRUST):")
-        click.echo("  " + json.dumps(snippet))
+            echo(f"wrote {public_path}  (public)")
+        echo("trust file entry (merge into the file given to --trust / $RULE_ENGINE_TRUST):")
+        echo("  " + json.dumps(snippet))
         if alg == "hmac-sha256":
-            click.echo("  it holds the shared secret: keep the trust file private (mode 0600) too")
-        click.echo(f"sign with: rule-engine sign BUNDLE --key {private_path}")
+            echo("  it holds the shared secret: keep the trust file private (mode 0600) too")
+        echo(f"sign with: rule-engine sign BUNDLE --key {private_path}")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
 
 
 @click.command()
@@ -159,9 +175,9 @@ def sign(bundle: str, key_file: str, as_json: bool) -> None:
     }
 
     def human() -> None:
-        click.echo(f"signed {bundle}  ({parsed.bundle_id} {parsed.version})")
-        click.echo(f"  key:       {signature.alg}:{signature.key_id}")
-        click.echo(f"  digest:    {signature.digest}")
-        click.echo(f"  signature: {path}")
+        echo(f"signed {bundle}  ({parsed.bundle_id} {parsed.version})")
+        echo(f"  key:       {signature.alg}:{signature.key_id}")
+        echo(f"  digest:    {signature.digest}")
+        echo(f"  signature: {path}")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)

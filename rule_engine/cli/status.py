@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from rule_engine.cli._common import _bar, _emit, _managed, json_option
-from rule_engine.clock import iso
+from rule_engine.cli._common import json_option, managed
+from rule_engine.cli.hints import cli_text
+from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.control.status import DeploymentInfo, RolloutStatus
 
 # --- status ----------------------------------------------------------------------------------------
@@ -22,7 +23,7 @@ def _short_health(info: DeploymentInfo) -> str:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """What serves now, the rollout in progress (as a bar, and why it holds), and health per version."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
         active = manager.get_active_version_id()
         rollout = manager.get_rollout_status()
@@ -31,8 +32,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
         data = {
             "store": state.url,
             "active_version": active,
-            "rollout": rollout.to_dict() if rollout else None,
-            "health": {i.version_id: i.health_metrics.to_dict() for i in infos if i.version_id in serving},
+            "rollout": view_dict(rollout) if rollout else None,
+            "health": {i.version_id: view_dict(i.health_metrics) for i in infos if i.version_id in serving},
             "versions": [
                 {
                     "version_id": i.version_id,
@@ -44,33 +45,33 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 for i in infos
             ],
         }
-        _emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos))
+        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos))
 
 
 def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, infos: list[DeploymentInfo]) -> None:
-    click.echo(f"store:   {url}")
-    click.echo(f"active:  {active or '(none: nothing deployed yet)'}")
+    echo(f"store:   {url}")
+    echo(f"active:  {active or '(none: nothing deployed yet)'}")
     if rollout is None:
-        click.echo("rollout: none in progress")
+        echo("rollout: none in progress")
     else:
-        stage = f", stage {rollout.stage}/{len(rollout.stages)}" if rollout.stages else ""
-        click.echo(f"rollout: {rollout.strategy} of {rollout.version_id}{stage} (vs {rollout.stable_version_id})")
-        click.echo(f"         {_bar(rollout.percentage)} {rollout.percentage:g}% of traffic")
+        stage = f"stage {rollout.stage}/{len(rollout.stages)}, " if rollout.stages else ""
+        echo(f"rollout: {rollout.strategy} of {rollout.version_id}")
+        echo(f"         {stage}against {rollout.stable_version_id}")
+        echo(f"         {bar(rollout.percentage)} {rollout.percentage:g}% of traffic")
         if rollout.verdict.reason != rollout.holding:
-            click.echo(f"         health: {rollout.verdict.reason}")
+            echo(f"         health: {rollout.verdict.reason}")
         if rollout.holding:
-            click.echo(f"         holding: {rollout.holding}")
+            echo(f"         holding: {cli_text(rollout.holding)}")
         elif rollout.next_step_at is not None:
-            click.echo(f"         next step: {iso(rollout.next_step_at)} (when the controller ticks)")
+            echo(f"         next step: {when(rollout.next_step_at)} (when the controller ticks)")
     if infos:
-        click.echo("versions:")
+        echo("versions:")
         for info in infos:
-            click.echo(
-                f"  {info.version_id:<44} {info.state.value:<12} {info.current_percentage:>6g}%  {_short_health(info)}"
-            )
+            echo(f"  {info.version_id}  {info.state.value}, {info.current_percentage:g}%")
+            echo(f"      {_short_health(info)}")
 
 
-# --- history and diff -----------------------------------------------------------------------------
+# --- history ---------------------------------------------------------------------------------------
 
 
 @click.command()
@@ -79,30 +80,26 @@ def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, i
 @click.pass_context
 def history(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Versions kept in history with their state, and the audit trail of every transition."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         audit = manager.audit_log(limit=limit)
-        data = {"versions": [i.to_dict() for i in infos], "audit": [e.to_dict() for e in audit]}
+        data = {"versions": [view_dict(i) for i in infos], "audit": [view_dict(e) for e in audit]}
 
         def human() -> None:
             if not infos:
-                click.echo("no versions yet")
+                echo("no versions yet")
                 return
-            click.echo("versions (oldest first):")
+            echo("versions (oldest first):")
             for i in infos:
-                click.echo(
-                    f"  {i.version_id:<44} {i.state.value:<12} {i.strategy.describe():<40} "
-                    f"by {i.deployed_by}, {iso(i.created_at)}"
-                )
+                echo(f"  {i.version_id}  {i.state.value}")
+                echo(f"      {describe(i.strategy)}; by {i.deployed_by}, {when(i.created_at)}")
                 if i.failure_reason:
-                    click.echo(f"      reason: {i.failure_reason}")
-            click.echo("audit trail:")
+                    echo(f"      reason: {i.failure_reason}")
+            echo("audit trail:")
             for e in audit:
-                why = f"  ({e.reason})" if e.reason else ""
-                click.echo(
-                    f"  {iso(e.at)}  {e.action:<10} {e.version_id:<44} {e.from_state or '-'} -> {e.to_state}"
-                    f"  by {e.actor}{why}"
-                )
+                why = f" ({e.reason})" if e.reason else ""
+                echo(f"  {when(e.at)}  {e.action}  {e.version_id}")
+                echo(f"      {e.from_state or '-'} -> {e.to_state} by {e.actor}{why}")
 
-        _emit(as_json, data, human)
+        emit(as_json, data, human)

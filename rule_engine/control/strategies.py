@@ -31,7 +31,7 @@ from datetime import datetime
 from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
-from rule_engine.clock import as_timestamp, iso
+from rule_engine.clock import LAST_RENDERABLE_TIME, as_timestamp, iso
 from rule_engine.errors import InvalidStrategyError
 from rule_engine.serving.routing import BASIS_POINTS, percent_to_bp
 
@@ -290,8 +290,8 @@ class Scheduled(Strategy):
             ts = as_timestamp(activation_time)
         except ValueError as exc:
             raise InvalidStrategyError(f"activation_time: {exc}") from None
-        if not math.isfinite(ts) or ts < 0:
-            raise InvalidStrategyError(f"activation_time must be a time after 1970, got {activation_time!r}")
+        if not math.isfinite(ts) or not 0 <= ts < LAST_RENDERABLE_TIME:
+            raise InvalidStrategyError(f"activation_time must be a time between 1970 and 9999, got {activation_time!r}")
         object.__setattr__(self, "activation_time", ts)
 
     def activates_at(self) -> float:

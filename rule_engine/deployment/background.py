@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import structlog
+from rule_engine.logs import get_logger
 
 __all__ = ["BackgroundLoop"]
 
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 class BackgroundLoop:

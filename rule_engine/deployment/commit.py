@@ -15,8 +15,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import structlog
-
 from rule_engine.clock import Clock
 from rule_engine.control.records import ControlState
 from rule_engine.control.transitions import Change
@@ -24,11 +22,12 @@ from rule_engine.deployment.hooks import DeploymentEvent, HookPoint, Hooks
 from rule_engine.deployment.publisher import BundleGone, Publisher, Serving, serving_of_state
 from rule_engine.errors import ConflictError, RuleEngineError
 from rule_engine.health.ledger import HealthLedger
+from rule_engine.logs import get_logger
 
 __all__ = ["Committer", "Plan", "nothing_to_do"]
 
 Plan = Callable[[ControlState, float], Change]
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 def nothing_to_do(state: ControlState) -> Change:

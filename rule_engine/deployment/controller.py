@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import structlog
-
 from rule_engine.clock import Clock
 from rule_engine.control import transitions as control
 from rule_engine.control.records import ControlState
@@ -27,10 +25,11 @@ from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport, build_experiment_report
 from rule_engine.health.thresholds import HealthMetrics
 from rule_engine.health.verdict import Verdict
+from rule_engine.logs import get_logger
 
 __all__ = ["Controller"]
 
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 class Controller:

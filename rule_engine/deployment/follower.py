@@ -10,16 +10,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import structlog
-
 from rule_engine.clock import Clock
 from rule_engine.deployment.publisher import Publisher
 from rule_engine.errors import RuleEngineError
 from rule_engine.health.ledger import HealthLedger
+from rule_engine.logs import get_logger
 
 __all__ = ["Follower"]
 
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 class Follower:

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import structlog
+from rule_engine.logs import get_logger
 
 __all__ = ["DeploymentEvent", "HookPoint", "Hooks"]
 
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 class HookPoint(StrEnum):

@@ -96,6 +96,9 @@ def stage(
     Returns the prepare plan and the compiled table; raises (with nothing changed) when the bundle is unfit.
     """
     validated = trusted_bundle(bundle, config.trust, signature)
+    if config.trust is not None and config.trust.refuse_downgrade:
+        active = publisher.state.active
+        config.trust.check_downgrade(validated, publisher.bundle_of(active) if active is not None else None)
     chosen = checked_strategy(strategy)
     base = publisher.base_table(validated)
     run_bundle_tests(validated, base)

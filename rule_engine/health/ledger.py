@@ -11,18 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-import structlog
-
 from rule_engine.control.records import ControlState, Rollout
 from rule_engine.health.thresholds import HealthThresholds
 from rule_engine.health.verdict import Verdict, judge
+from rule_engine.logs import get_logger
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.serving.recorder import VersionRecorder
 from rule_engine.stores.base import StateStore
 
 __all__ = ["HealthLedger"]
 
-_log = structlog.get_logger("rule_engine")
+_log = get_logger()
 
 
 class HealthLedger:
