@@ -115,6 +115,10 @@ def _check_state(state: ControlState) -> None:
                 raise TypeError(f"version {version_id!r}: {name} is not a time")
         if not isinstance(record.failure_reason, str | None):
             raise TypeError(f"version {version_id!r}: failure_reason is not text")
+    if not all(isinstance(v, str) for v in state.lineage):
+        raise TypeError("lineage holds something that is not a version id")
+    if state.rollout is not None and not isinstance(state.rollout.salt, str):
+        raise TypeError("the rollout's salt is not text")
     named: list[str | None] = [state.active]
     if state.rollout is not None:
         named += [state.rollout.candidate, state.rollout.stable]

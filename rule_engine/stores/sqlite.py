@@ -213,6 +213,8 @@ class SQLiteStore(StateStore):
                 yield conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{what} failed on {str(self.path)!r}: {_describe(exc, self.timeout)}") from exc
+            except UnicodeEncodeError as exc:  # a lone surrogate cannot be stored as SQLite text
+                raise StoreError(f"{what} failed on {str(self.path)!r}: text that is not valid Unicode: {exc}") from exc
 
     @contextmanager
     def _writing(self, what: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
