@@ -143,7 +143,7 @@ class SQLiteStore(StateStore):
             if _file_id(self.path) != file_id:
                 raise StoreError(f"the state file {str(self.path)!r} was replaced while it was being opened")
             self._read_meta(conn)  # refuses another store than the one this object used
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeError) as exc:
             if conn is not None:
                 conn.close()
             raise StoreError(f"cannot open the state file {str(self.path)!r}: {_describe(exc, self.timeout)}") from exc
@@ -213,7 +213,7 @@ class SQLiteStore(StateStore):
                 yield conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{what} failed on {str(self.path)!r}: {_describe(exc, self.timeout)}") from exc
-            except UnicodeEncodeError as exc:  # a lone surrogate cannot be stored as SQLite text
+            except UnicodeError as exc:  # a lone surrogate to write, or stored text that is not UTF-8
                 raise StoreError(f"{what} failed on {str(self.path)!r}: text that is not valid Unicode: {exc}") from exc
 
     @contextmanager
@@ -248,6 +248,8 @@ class SQLiteStore(StateStore):
             revision = self._read_meta(conn).mark.revision
             row = conn.execute("SELECT json FROM state WHERE id = 1").fetchone()
         if row is None:
+            if revision:  # every commit writes the state row: without it the store is corrupt
+                raise StoreError(f"the state row of {str(self.path)!r} is missing at revision {revision}")
             return ControlState(revision=revision)
         return decode_state(row[0], revision, repr(str(self.path)))
 
@@ -452,7 +454,7 @@ def _dump(counts: HealthCounts) -> str:
     return json.dumps(counts.to_dict(), separators=(",", ":"))
 
 
-def _describe(exc: sqlite3.Error, timeout: float) -> str:
+def _describe(exc: sqlite3.Error | UnicodeError, timeout: float) -> str:
     text = str(exc)
     if "locked" in text or "busy" in text:
         return f"the state file is locked by another process (waited {timeout:g} s): {text}"
