@@ -176,6 +176,22 @@ def test_garbage_in_pages_never_serves_something_else(tmp_path: Path) -> None:
     print(f"store faults: {faults} page corruptions injected, {errors} refused with StoreError, rest served v1")
 
 
+_PRISTINE: dict[str, bytes] = {}
+
+
+def _history_file(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The bytes of a checkpointed store with 4+ audit entries (built once per run)."""
+    if "audit" not in _PRISTINE:
+        path = tmp_path_factory.mktemp("pristine") / "state.db"
+        writer = DeploymentManager(store=SQLiteStore(path))
+        writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1, deployed_by="alice"), actor="alice")
+        writer.activate_deployment(writer.prepare_deployment(GATEWAY_V2), actor="bob")
+        assert len(writer.audit_log()) >= 4
+        writer.close()
+        _PRISTINE["audit"] = path.read_bytes()
+    return _PRISTINE["audit"]
+
+
 @settings(max_examples=30)
 @given(
     seq=st.integers(1, 4),
@@ -187,21 +203,19 @@ def test_any_audit_rewrite_fails_verification_at_that_entry(
 ) -> None:
     """Changing any column of any audit entry (triggers bypassed) fails verify_audit at exactly that entry."""
     path = tmp_path_factory.mktemp("audit") / "state.db"
-    writer = DeploymentManager(store=SQLiteStore(path))
-    v1 = writer.prepare_deployment(GATEWAY_V1, deployed_by="alice")
-    writer.activate_deployment(v1, actor="alice")
-    writer.activate_deployment(writer.prepare_deployment(GATEWAY_V2), actor="bob")
-    assert len(writer.audit_log()) >= 4
+    path.write_bytes(_history_file(tmp_path_factory))
+    os.chmod(path, 0o600)
     conn = sqlite3.connect(path, isolation_level=None)
     before = conn.execute(f"SELECT {column} FROM audit WHERE seq = ?", (seq,)).fetchone()[0]
     conn.execute("DROP TRIGGER audit_no_update")
     conn.execute(f"UPDATE audit SET {column} = ? WHERE seq = ?", (value, seq))
     after = conn.execute(f"SELECT {column} FROM audit WHERE seq = ?", (seq,)).fetchone()[0]
     conn.close()
-    check = writer.store.verify_audit()
+    store = SQLiteStore(path, create=False)
+    check = store.verify_audit()
     if after == before and type(after) is type(before):
         assert check.ok  # the "rewrite" wrote the same value
     else:
         assert not check.ok
         assert check.first_bad_seq == seq
-    writer.close()
+    store.close()
