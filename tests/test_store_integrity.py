@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from rule_engine.stores.integrity import (
     checked_bundle,
     decode_state,
 )
+from rule_engine.stores.memory import MemoryStore
 from rule_engine.stores.sqlite import SQLiteStore
 from tests._support_deployment import mini_bundle
 from tests.strategies import mutated_documents
@@ -256,6 +258,7 @@ def test_a_corrupt_audit_row_is_a_store_error_and_a_failed_check(tmp_path: Path)
     store.close()
 
 
+_MINI_TEXT = canonical_json(parse_bundle(json.dumps(mini_bundle())))
 _REALISTIC = ControlState(
     revision=3,
     next_seq=3,
@@ -276,6 +279,10 @@ def test_any_mutated_state_document_decodes_or_is_a_store_error(text: str) -> No
         return
     assert state.revision == 3
     json.dumps(state.to_dict())  # what decoded can be written back
+    store = MemoryStore()
+    store.commit(0, state, bundles=dict.fromkeys(state.versions, _MINI_TEXT))
+    with contextlib.suppress(StoreError):  # a manager serves it or refuses it with a StoreError, nothing else
+        DeploymentManager(store=store).route("user-1")
 
 
 # --- D13: the audit cannot be rewritten unnoticed -----------------------------------------------------

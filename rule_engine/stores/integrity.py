@@ -117,8 +117,14 @@ def _check_state(state: ControlState) -> None:
             raise TypeError(f"version {version_id!r}: failure_reason is not text")
     if not all(isinstance(v, str) for v in state.lineage):
         raise TypeError("lineage holds something that is not a version id")
-    if state.rollout is not None and not isinstance(state.rollout.salt, str):
-        raise TypeError("the rollout's salt is not text")
+    rollout = state.rollout
+    if rollout is not None:
+        if not isinstance(rollout.salt, str):
+            raise TypeError("the rollout's salt is not text")
+        if not 0 <= rollout.share_bp <= 10_000 or rollout.stage_index < 0:
+            raise ValueError(
+                f"the rollout's share ({rollout.share_bp} bp) or stage ({rollout.stage_index}) is out of range"
+            )
     named: list[str | None] = [state.active]
     if state.rollout is not None:
         named += [state.rollout.candidate, state.rollout.stable]
