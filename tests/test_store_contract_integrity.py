@@ -9,18 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import MappingProxyType
 
 import pytest
 
-from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
-from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import BlueGreen
 from rule_engine.errors import ConflictError
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import GENESIS, StoreMark, audit_hash
 from rule_engine.stores.memory import MemoryStore
 from rule_engine.stores.sqlite import SQLiteStore
+from tests import _support_stores as kit
 
 Reopen = Callable[[], StateStore] | None
 
@@ -40,30 +37,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[St
         each.close()
 
 
-def _record(version_id: str, seq: int) -> VersionRecord:
-    return VersionRecord(
-        version_id=version_id, seq=seq, bundle_id="b", bundle_version="1", digest=f"digest-{version_id}",
-        deployed_by="alice", strategy=BlueGreen(), state=DeploymentState.ACTIVE, created_at=100.0,
-        updated_at=100.0,
-    )  # fmt: skip
-
-
-def _state(*ids: str) -> ControlState:
-    records = {v: _record(v, i + 1) for i, v in enumerate(ids)}
-    return ControlState(next_seq=len(ids) + 1, versions=MappingProxyType(records), active=ids[-1] if ids else None)
-
-
-def _entry(version_id: str, actor: str = "bob") -> AuditEntry:
-    return AuditEntry(at=1.5, action="prepare", version_id=version_id, from_state=None, to_state="staged", actor=actor)
-
-
 def test_a_store_has_a_stable_identity(backend: tuple[StateStore, Reopen]) -> None:
     """identity() is a non-empty id, the same before and after commits, and the same when reopened."""
     store, reopen = backend
     first = store.identity()
     assert isinstance(first, str)
     assert len(first) >= 16
-    store.commit(0, _state("v1"), audit=[_entry("v1")])
+    store.commit(0, kit.state("v1"), audit=[kit.entry("v1")])
     assert store.identity() == first
     assert store.mark() == StoreMark(first, 1)
     if reopen is not None:
@@ -88,8 +68,8 @@ def test_a_new_store_has_a_sound_empty_audit_chain(backend: tuple[StateStore, Re
 def test_every_commit_extends_the_audit_chain(backend: tuple[StateStore, Reopen]) -> None:
     """Entries written by commits are chained: verify_audit checks them all and its head is the last hash."""
     store, reopen = backend
-    state = store.commit(0, _state("v1"), audit=[_entry("v1"), _entry("v1", "carol")])
-    store.commit(state.revision, _state("v1", "v2"), audit=[_entry("v2")])
+    state = store.commit(0, kit.state("v1"), audit=[kit.entry("v1"), kit.entry("v1", "carol")])
+    store.commit(state.revision, kit.state("v1", "v2"), audit=[kit.entry("v2")])
     entries = store.audit_log()
     assert [e.seq for e in entries] == [1, 2, 3]
     previous = GENESIS
@@ -104,10 +84,10 @@ def test_every_commit_extends_the_audit_chain(backend: tuple[StateStore, Reopen]
 def test_a_refused_commit_leaves_the_chain_unchanged(backend: tuple[StateStore, Reopen]) -> None:
     """A conflicting commit writes no audit entry and does not move the chain's head."""
     store, _ = backend
-    store.commit(0, _state("v1"), audit=[_entry("v1")])
+    store.commit(0, kit.state("v1"), audit=[kit.entry("v1")])
     before = store.verify_audit()
     with pytest.raises(ConflictError):
-        store.commit(0, _state("v1"), audit=[_entry("v1", "mallory")])
+        store.commit(0, kit.state("v1"), audit=[kit.entry("v1", "mallory")])
     assert store.verify_audit() == before
     assert [e.actor for e in store.audit_log()] == ["bob"]
 
@@ -116,6 +96,6 @@ def test_the_chain_hashes_entries_whatever_their_text(backend: tuple[StateStore,
     """Actors with quotes, newlines, escapes and non-ASCII text are chained and verify."""
     store, _ = backend
     odd = ['"', "a\nb", "é 漢字 🙂", "\\u0000", "\x00"]
-    store.commit(0, _state("v1"), audit=[_entry("v1", actor) for actor in odd])
+    store.commit(0, kit.state("v1"), audit=[kit.entry("v1", actor) for actor in odd])
     check = store.verify_audit()
     assert (check.ok, check.checked) == (True, len(odd))

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from rule_engine import DeploymentManager, RuleEngine
 from rule_engine.errors import StoreError
 from rule_engine.stores.sqlite import SQLiteStore
+from tests import _support_stores as kit
 from tests._support_deployment import GATEWAY_V1, GATEWAY_V2
 
 EVENT = {"agent": "gateway", "flow": "login", "user_id": "user-1", "country": "FR"}
@@ -86,8 +87,7 @@ def test_store_restored_from_an_older_backup_is_refused(
     """Restored from a backup older than what the follower serves: stale (revision went backwards), still v2."""
     writer, follower, path = deployed
     backup = path.with_name("backup.db")
-    with sqlite3.connect(path) as source, sqlite3.connect(backup) as target:
-        source.backup(target)
+    kit.backup(path, backup)
     writer.activate_deployment(writer.prepare_deployment(GATEWAY_V2))
     assert follower.refresh() is True
     before = _served(follower)

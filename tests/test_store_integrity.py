@@ -17,9 +17,8 @@ from hypothesis import given
 
 from rule_engine import DeploymentManager
 from rule_engine.bundle.models import canonical_json, parse_bundle
-from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
-from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import BlueGreen, Canary
+from rule_engine.control.records import ControlState, Rollout
+from rule_engine.control.strategies import Canary
 from rule_engine.errors import StoreError
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import open_store
@@ -33,25 +32,9 @@ from rule_engine.stores.integrity import (
 )
 from rule_engine.stores.memory import MemoryStore
 from rule_engine.stores.sqlite import SQLiteStore
+from tests import _support_stores as kit
 from tests._support_deployment import mini_bundle
 from tests.strategies import mutated_documents
-
-
-def _record(version_id: str, seq: int = 1, digest: str = "d") -> VersionRecord:
-    return VersionRecord(
-        version_id=version_id, seq=seq, bundle_id="mini", bundle_version="1", digest=digest,
-        deployed_by="alice", strategy=BlueGreen(), state=DeploymentState.ACTIVE, created_at=100.0,
-        updated_at=100.0,
-    )  # fmt: skip
-
-
-def _state(*ids: str) -> ControlState:
-    records = {v: _record(v, i + 1) for i, v in enumerate(ids)}
-    return ControlState(next_seq=len(ids) + 1, versions=MappingProxyType(records), active=ids[-1] if ids else None)
-
-
-def _entry(version_id: str = "v1", actor: str = "bob") -> AuditEntry:
-    return AuditEntry(at=1.0, action="prepare", version_id=version_id, from_state=None, to_state="staged", actor=actor)
 
 
 def _raw(path: Path, *statements: str) -> None:
@@ -67,7 +50,7 @@ def _raw(path: Path, *statements: str) -> None:
 def _store_with_history(path: Path, commits: int = 3) -> SQLiteStore:
     store = SQLiteStore(path)
     for revision in range(commits):
-        store.commit(revision, _state("v1"), audit=[_entry(actor=f"actor{revision}")])
+        store.commit(revision, kit.state("v1"), audit=[kit.entry(actor=f"actor{revision}")])
     return store
 
 
@@ -102,7 +85,7 @@ def test_create_makes_a_store_and_the_first_commit_creates_a_lazy_one(tmp_path: 
     assert eager.revision() == 0
     lazy = open_store(f"sqlite:///{tmp_path}/lazy.db")
     assert not (tmp_path / "lazy.db").exists()
-    assert lazy.commit(0, _state("v1")).revision == 1
+    assert lazy.commit(0, kit.state("v1")).revision == 1
     assert lazy.identity() == SQLiteStore(tmp_path / "lazy.db", create=False).identity()
     eager.close()
     lazy.close()
@@ -126,7 +109,7 @@ def test_a_deleted_store_is_never_recreated_by_a_store_that_used_it(tmp_path: Pa
     with pytest.raises(StoreError, match="unavailable"):
         store.revision()
     with pytest.raises(StoreError, match="unavailable"):
-        store.commit(1, _state("v1"))
+        store.commit(1, kit.state("v1"))
     assert not path.exists()
     store.close()
 
@@ -143,7 +126,7 @@ def test_a_recreated_store_is_refused_by_a_store_that_used_the_old_one(tmp_path:
         with pytest.raises(StoreError, match=f"replaced or recreated.*{first}"):
             read()
     with pytest.raises(StoreError, match="replaced or recreated"):
-        store.commit(0, _state("v9"))
+        store.commit(0, kit.state("v9"))
     assert SQLiteStore(path, create=False).revision() == 0  # nothing was written to the new store
     store.close()
 
@@ -153,10 +136,9 @@ def test_an_older_backup_put_in_place_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = _store_with_history(path, 2)
     backup = tmp_path / "backup.db"
-    with sqlite3.connect(path) as source, sqlite3.connect(backup) as target:
-        source.backup(target)
-    store.commit(2, _state("v1"))
-    store.commit(3, _state("v1"))
+    kit.backup(path, backup)
+    store.commit(2, kit.state("v1"))
+    store.commit(3, kit.state("v1"))
     assert store.revision() == 4
     os.chmod(backup, 0o600)
     for name in ("state.db-wal", "state.db-shm"):  # a restore replaces the file and drops its journal
@@ -194,7 +176,7 @@ def test_the_identity_cannot_be_changed_in_the_file(tmp_path: Path) -> None:
 def test_a_stored_bundle_is_checked_against_its_recorded_digest() -> None:
     """checked_bundle parses a stored bundle; one changed value is a StoreError naming version and digests."""
     bundle = parse_bundle(json.dumps(mini_bundle()))
-    record = _record("mini@1.0.0+abc.1", digest=bundle.digest)
+    record = kit.record("mini@1.0.0+abc.1", digest=bundle.digest)
     text = canonical_json(bundle)
     assert checked_bundle(record, text).digest == bundle.digest
     tampered = text.replace('"decision":"deny"', '"decision":"allow"')
@@ -231,7 +213,7 @@ def test_corrupt_rows_are_store_errors(tmp_path: Path, statement: str, read: str
     """Every corrupt row found in the file is a StoreError that says what is wrong, never another exception."""
     path = tmp_path / "state.db"
     store = SQLiteStore(path)
-    store.commit(0, _state("v1"), bundles={"v1": "{}"}, audit=[_entry()])
+    store.commit(0, kit.state("v1"), bundles={"v1": "{}"}, audit=[kit.entry()])
     store.add_health("v1", 0.0, HealthCounts(1))
     _raw(path, statement)
     reads = {
@@ -262,7 +244,7 @@ _MINI_TEXT = canonical_json(parse_bundle(json.dumps(mini_bundle())))
 _REALISTIC = ControlState(
     revision=3,
     next_seq=3,
-    versions=MappingProxyType({"v1": _record("v1", 1), "v2": _record("v2", 2)}),
+    versions=MappingProxyType({"v1": kit.record("v1", 1), "v2": kit.record("v2", 2)}),
     active="v1",
     rollout=Rollout("canary", "v2", "v1", 500, 0, 10.0, 10.0, "salt"),
     lineage=("v1",),
@@ -378,7 +360,7 @@ INSERT INTO audit (at, action, version_id, from_state, to_state, actor, reason, 
 def _schema_1_store(path: Path) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(_SCHEMA_1)
-    conn.execute("INSERT INTO state (id, json) VALUES (1, ?)", (json.dumps(_state("v1").to_dict()),))
+    conn.execute("INSERT INTO state (id, json) VALUES (1, ?)", (json.dumps(kit.state("v1").to_dict()),))
     conn.commit()
     conn.close()
     os.chmod(path, 0o600)
@@ -395,7 +377,7 @@ def test_a_schema_1_store_is_upgraded_in_place_and_its_chain_starts_after_old_en
     identity = store.identity()
     check = store.verify_audit()
     assert (check.ok, check.checked, check.unhashed) == (True, 0, 2)
-    store.commit(2, _state("v1"), audit=[_entry()])
+    store.commit(2, kit.state("v1"), audit=[kit.entry()])
     check = store.verify_audit()
     assert (check.ok, check.checked, check.unhashed) == (True, 1, 2)
     store.close()
@@ -430,8 +412,7 @@ def test_a_symlink_swapped_in_after_opening_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     store = _store_with_history(path, 1)
     copy = tmp_path / "copy.db"
-    with sqlite3.connect(path) as source, sqlite3.connect(copy) as target:
-        source.backup(target)
+    kit.backup(path, copy)
     path.unlink()
     path.symlink_to(copy)
     with pytest.raises(StoreError, match="symbolic link"):
@@ -454,7 +435,7 @@ def test_a_store_file_readable_by_others_is_tightened(tmp_path: Path) -> None:
     """An existing store file (and companions) readable by others is tightened to 0600 when opened."""
     path = tmp_path / "state.db"
     keeper = SQLiteStore(path)
-    keeper.commit(0, _state("v1"))
+    keeper.commit(0, kit.state("v1"))
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         os.chmod(tmp_path / name, 0o644)
     SQLiteStore(path, create=False).close()
