@@ -451,3 +451,14 @@ def test_a_non_regular_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="not a regular file"):
         SQLiteStore(path)
     shutil.rmtree(path)
+
+
+def test_text_sqlite_cannot_store_is_a_store_error_and_writes_nothing(tmp_path: Path) -> None:
+    """An actor with a lone surrogate (not storable as UTF-8) is a StoreError, not UnicodeEncodeError; nothing written."""
+    store = SQLiteStore(tmp_path / "state.db")
+    with pytest.raises(StoreError, match="not valid Unicode"):
+        store.commit(0, kit.state("v1"), audit=[kit.entry(actor="\ud800")])
+    assert store.revision() == 0
+    assert store.audit_log() == []
+    assert store.verify_audit().ok
+    store.close()

@@ -287,39 +287,43 @@ class SQLiteStore(StateStore):
 
         The first commit to a store that does not exist yet creates it.
         """
-        with self._writing("committing the state", create=True) as conn:
-            meta = self._read_meta(conn)
-            found = meta.mark.revision
-            if found != expected_revision:
-                raise ConflictError(f"state changed concurrently: expected revision {expected_revision}, found {found}")
-            committed = replace(state, revision=expected_revision + 1)
-            conn.execute(
-                "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                (json.dumps(committed.to_dict(), separators=(",", ":")),),
-            )
-            for version_id, text in (bundles or {}).items():
-                record = committed.versions.get(version_id)
-                digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
+        with self._lock:  # the mark moves only once the transaction committed
+            with self._writing("committing the state", create=True) as conn:
+                meta = self._read_meta(conn)
+                found = meta.mark.revision
+                if found != expected_revision:
+                    raise ConflictError(
+                        f"state changed concurrently: expected revision {expected_revision}, found {found}"
+                    )
+                committed = replace(state, revision=expected_revision + 1)
                 conn.execute(
-                    "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
-                    (version_id, digest, text),
+                    "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                    (json.dumps(committed.to_dict(), separators=(",", ":")),),
                 )
-            conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
-            seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
-            head, rows = meta.head or GENESIS, []
-            for entry in audit:
-                seq += 1
-                numbered = replace(entry, seq=seq)
-                head = audit_hash(head, numbered, committed.revision)
-                rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
-            conn.executemany(
-                f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * 11)})", rows
-            )
-            conn.execute(
-                "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
-                (committed.revision, head if rows else meta.head),
-            )
-        self._seen = StoreMark(meta.mark.identity, committed.revision)
+                for version_id, text in (bundles or {}).items():
+                    record = committed.versions.get(version_id)
+                    digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
+                    conn.execute(
+                        "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
+                        (version_id, digest, text),
+                    )
+                conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
+                seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+                head, rows = meta.head or GENESIS, []
+                for entry in audit:
+                    seq += 1
+                    numbered = replace(entry, seq=seq)
+                    head = audit_hash(head, numbered, committed.revision)
+                    rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
+                conn.executemany(
+                    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * 11)})",
+                    rows,
+                )
+                conn.execute(
+                    "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
+                    (committed.revision, head if rows else meta.head),
+                )
+            self._seen = StoreMark(meta.mark.identity, committed.revision)
         return committed
 
     def bundle_json(self, version_id: str) -> str | None:
