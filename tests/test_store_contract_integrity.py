@@ -8,6 +8,7 @@ state dies with the object).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,16 @@ def test_the_chain_hashes_entries_whatever_their_text(backend: tuple[StateStore,
     store.commit(0, kit.state("v1"), audit=[kit.entry("v1", actor) for actor in odd])
     check = store.verify_audit()
     assert (check.ok, check.checked) == (True, len(odd))
+
+
+def test_the_verdict_reads_as_one_line_and_as_json(backend: tuple[StateStore, Reopen]) -> None:
+    """AuditCheck.summary() names the count and head; to_dict() carries every field."""
+    store, _ = backend
+    store.commit(0, kit.state("v1"), audit=[kit.entry("v1")])
+    check = store.verify_audit()
+    assert check.summary() == f"audit chain ok: 1 entries checked, head {check.head}"
+    assert check.to_dict() == {
+        "ok": True, "checked": 1, "first_bad_seq": None, "reason": "", "head": check.head, "unhashed": 0,
+    }  # fmt: skip
+    broken = replace(check, ok=False, first_bad_seq=3, reason="entry 3 does not match its hash")
+    assert broken.summary() == "audit chain broken at entry 3: entry 3 does not match its hash"

@@ -233,6 +233,24 @@ class AuditCheck:
     head: str | None = None
     unhashed: int = 0
 
+    def summary(self) -> str:
+        """One line for people (what ``rule-engine audit verify`` prints)."""
+        if not self.ok:
+            return f"audit chain broken at entry {self.first_bad_seq}: {self.reason}"
+        older = f" ({self.unhashed} older entries not covered)" if self.unhashed else ""
+        return f"audit chain ok: {self.checked} entries checked{older}, head {self.head or 'none (empty)'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``--json``)."""
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "head": self.head,
+            "unhashed": self.unhashed,
+        }
+
 
 def verify_chain(rows: Iterable[AuditRow | BaseException], chain_from: int, head: str | None) -> AuditCheck:
     """Check stored audit rows (oldest first) against the chain that starts at seq ``chain_from``.
