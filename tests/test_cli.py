@@ -224,7 +224,7 @@ def test_cli_restores_the_host_structlog_configuration(run: Any) -> None:
         (["advance"], "no rollout is in progress", 1),
         (["promote"], "no rollout is in progress", 1),
         (["conclude", "nope@1"], "no rollout is in progress", 1),
-        (["diff", "nope@1", V1], "Version not found: 'nope@1'", 1),
+        (["diff", "nope@1", V1], "no store at", 1),  # a read never creates the store (D10)
         (["evaluate", "{not json"], "event is not valid JSON", 1),
         (["evaluate", "[1, 2]"], "event must be a JSON object", 1),
         (["evaluate", "@/nonexistent/event.json"], "cannot read event file", 1),
@@ -366,4 +366,7 @@ def test_the_store_defaults_to_env_then_the_local_sqlite_file(tmp_path: Path, mo
     assert deployed["store"] == "sqlite:///.rule-engine/state.db"
     assert (tmp_path / ".rule-engine" / "state.db").is_file()
     monkeypatch.setenv("RULE_ENGINE_STORE", f"sqlite:///{tmp_path / 'other.db'}")
-    assert ok_json(CliRunner().invoke(cli, ["status", "--json"]))["active_version"] is None
+    missing = CliRunner().invoke(cli, ["status", "--json"])  # a read names the env's store, and never creates it
+    assert missing.exit_code == 1
+    assert "other.db" in missing.stderr
+    assert not (tmp_path / "other.db").exists()

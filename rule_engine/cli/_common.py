@@ -86,9 +86,10 @@ class CliContext:
             raise CommandFailed(str(exc)) from None
         return policy.with_downgrade_refused() if refuse_downgrade else policy
 
-    def open(self, *, follow: bool = False, **kwargs: Any) -> DeploymentManager:
+    def open(self, *, follow: bool = False, create: bool = True, **kwargs: Any) -> DeploymentManager:
         """The manager on the store (opened once, closed when the command ends).
 
+        Read-only commands pass ``create=False``: a store that does not exist is an error, never created.
         A preset manager is used as it is (following or not, as its owner set it up); a keyword that
         would configure it differently from how it is (``trust=``, ``auto_rollback=``, ...) is refused
         rather than ignored.
@@ -104,7 +105,7 @@ class CliContext:
                 )
             return self.manager
         try:
-            manager = DeploymentManager.open(self.url, follow=follow, **kwargs)
+            manager = DeploymentManager.open(self.url, follow=follow, create=create, **kwargs)
         except ImportError as exc:
             raise StoreError(f"cannot open store {self.url!r}: its backend is not available ({exc})") from exc
         self.manager = manager

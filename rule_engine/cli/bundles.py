@@ -90,7 +90,7 @@ def _load_side(state: CliContext, ref: str) -> tuple[str, RuleBundle]:
     path = Path(ref)
     if path.is_file() or ref.endswith(".json"):
         return str(path), load_bundle(path)
-    return ref, state.open().bundle_of(ref)
+    return ref, state.open(create=False).bundle_of(ref)
 
 
 def _rule_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -191,7 +191,7 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool
     """Decide one event (a JSON object, or @file, or @- for stdin) on the version serving its key."""
     event = _read_event(event_json)
     with managed(ctx) as state:
-        manager = state.open()
+        manager = state.open(create=False)
         if manager.get_active_version_id() is None:
             raise CommandFailed(
                 f"nothing is deployed on {state.url}, so there is no version to decide the event; "

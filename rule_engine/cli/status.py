@@ -24,7 +24,7 @@ def _short_health(info: DeploymentInfo) -> str:
 def status(ctx: click.Context, as_json: bool) -> None:
     """What serves now, the rollout in progress (as a bar, and why it holds), and health per version."""
     with managed(ctx) as state:
-        manager = state.open()
+        manager = state.open(create=False)
         active = manager.get_active_version_id()
         rollout = manager.get_rollout_status()
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
@@ -81,7 +81,7 @@ def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, i
 def history(ctx: click.Context, limit: int, as_json: bool) -> None:
     """Versions kept in history with their state, and the audit trail of every transition."""
     with managed(ctx) as state:
-        manager = state.open()
+        manager = state.open(create=False)
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         audit = manager.audit_log(limit=limit)
         data = {"versions": [view_dict(i) for i in infos], "audit": [view_dict(e) for e in audit]}

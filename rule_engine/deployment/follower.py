@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 from rule_engine.clock import Clock
 from rule_engine.deployment.publisher import Publisher
-from rule_engine.errors import RuleEngineError
+from rule_engine.errors import RuleEngineError, StoreError
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.logs import get_logger
+from rule_engine.stores.integrity import StoreMark, check_continuity
 
 __all__ = ["Follower"]
 
@@ -28,12 +29,25 @@ class Follower:
         self._lock = lock
         self._publisher = publisher
         self.stale_reason: str | None = None
+        self.identity: str | None = None  # the store this manager serves from, once seen
+
+    def load(self) -> None:
+        """Publish the stored state and note which store it came from (continuity is checked against it)."""
+        with self._lock:
+            self._publisher.publish_latest()
+            self.identity = self._publisher.store.identity()
 
     def follow_once(self) -> bool:
         """Publish the stored state if its revision moved; True when something changed."""
         store = self._publisher.store
         try:
-            revision = store.revision()
+            mark = store.mark()
+            if self.identity is None:
+                self.identity = mark.identity
+            reason = check_continuity(StoreMark(self.identity, self._publisher.state.revision), mark)
+            if reason is not None:
+                raise StoreError(reason)  # never adopt another store, or an older copy: stay stale on the last good one
+            revision = mark.revision
             if revision == self._publisher.state.revision:
                 self._recovered(revision)
                 return False

@@ -86,18 +86,19 @@ class DeploymentManager:
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, follow: bool = True, poll_interval: float = 0.02, **kwargs: Any
+        cls, url: str | None = None, *, follow: bool = True, create: bool = True, **kwargs: Any
     ) -> DeploymentManager:
         """A manager on the store at ``url`` (else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
 
-        Loads the stored state; with ``follow`` (the default) a background thread picks up changes other
-        processes commit within ``poll_interval`` and flushes this process's health counters.
+        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`, not a new one);
+        with ``follow`` (the default) a background thread picks up changes other processes commit within
+        ``poll_interval`` seconds (a keyword, default 0.02) and flushes this process's health counters.
         """
-        store = open_store(store_url_from_env(url))
+        poll_interval = kwargs.pop("poll_interval", 0.02)
+        store = url if isinstance(url, StateStore) else open_store(store_url_from_env(url), create=create)
         try:
             manager = cls(store=store, **kwargs)
-            with manager._lock:
-                manager._publisher.publish_latest()
+            manager._follower.load()
         except BaseException:
             store.close()
             raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rule_engine.bundle.models import RuleBundle, parse_bundle
+from rule_engine.bundle.models import RuleBundle
 from rule_engine.control.records import ControlState
 from rule_engine.errors import StoreError, VersionNotFoundError
 from rule_engine.evaluation.table import RuleTable
@@ -17,6 +17,7 @@ from rule_engine.health.ledger import HealthLedger
 from rule_engine.serving.routing import Salt
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.integrity import load_checked_bundle
 
 __all__ = ["BundleGone", "Publisher", "Serving", "serving_of_snapshot", "serving_of_state"]
 
@@ -45,9 +46,9 @@ class Publisher:
 
         Raises :class:`BundleGone` (nothing published) when a serving version's bundle is missing.
         """
-        stable = self._table_for(state.active) if state.active else None
+        stable = self._table_for(state, state.active) if state.active else None
         rollout = state.rollout
-        candidate = self._table_for(rollout.candidate) if rollout is not None else None
+        candidate = self._table_for(state, rollout.candidate) if rollout is not None else None
         salt = self._salt(rollout.salt) if rollout is not None else None
         snapshot = ServingSnapshot.build(
             stable,
@@ -99,26 +100,27 @@ class Publisher:
         return table
 
     def bundle_of(self, version_id: str) -> RuleBundle:
-        """The bundle a retained version was prepared from (compiled copy, else the store's)."""
+        """The bundle a retained version was prepared from (compiled copy, else the store's, digest-checked)."""
         table = self._tables.get(version_id)
         if table is not None:
             return table.bundle
-        text = self.store.bundle_json(version_id)
-        if text is None:
+        record = self.state.versions.get(version_id)
+        bundle = load_checked_bundle(self.store, record) if record is not None else None
+        if bundle is None:
             raise VersionNotFoundError(version_id)
-        return parse_bundle(text)
+        return bundle
 
     def serving(self) -> Serving:
         """What serves now, as hooks are told it."""
         return serving_of_snapshot(self.cell.current)
 
-    def _table_for(self, version_id: str) -> RuleTable:
+    def _table_for(self, state: ControlState, version_id: str) -> RuleTable:
         table = self._tables.get(version_id)
         if table is None:
-            text = self.store.bundle_json(version_id)
-            if text is None:
+            record = state.versions.get(version_id)
+            bundle = load_checked_bundle(self.store, record) if record is not None else None
+            if bundle is None:
                 raise BundleGone(f"the store holds no bundle for {version_id!r}")
-            bundle = parse_bundle(text)
             table = self.base_table(bundle).restamped(version_id)
             self._tables[version_id] = table
         return table

@@ -10,8 +10,18 @@ in time buckets. Its contract:
   writes nothing. The new revision is ``expected_revision + 1``.
 - :meth:`revision` is cheap (followers poll it to detect changes made by other processes).
 - :meth:`add_health` adds deltas (never overwrites), so counters from many processes add up.
-- Audit entries are never changed or removed through this interface.
-- Backend failures surface as :class:`StoreError` (raised ``from`` the backend's exception).
+- Audit entries are never changed or removed through this interface. Each entry carries a hash
+  chained to its predecessor's (written at commit, see :func:`~rule_engine.stores.integrity.audit_hash`);
+  :meth:`verify_audit` checks the chain.
+- A store has an identity (:meth:`identity`): a random id written when it is created, never
+  changed. A store object never silently becomes another store: once it has read identity ``I`` at
+  revision ``R``, a read that finds another identity (the store was deleted and recreated, or
+  replaced) or a revision below ``R`` (restored from an older backup) raises :class:`StoreError`
+  (see :func:`~rule_engine.stores.integrity.check_continuity`); reopen to adopt it.
+- Opening does not create a store unless asked (``open_store(url, create=True)``); reads of a
+  store that does not exist raise :class:`StoreError`.
+- Backend failures surface as :class:`StoreError` (raised ``from`` the backend's exception), and
+  so does anything read back that does not decode (a corrupt state row, a mistyped revision).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from collections.abc import Sequence
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import StoreURLError
 from rule_engine.serving.counts import HealthCounts
+from rule_engine.stores.integrity import AuditCheck, StoreMark
 
 __all__ = ["DEFAULT_STORE_URL", "StateStore", "open_store", "store_url_from_env"]
 
@@ -41,6 +52,25 @@ class StateStore(ABC):
     @abstractmethod
     def revision(self) -> int:
         """The current revision; cheap enough to poll."""
+
+    @abstractmethod
+    def identity(self) -> str:
+        """The store's id: random, written when the store was created, never changed.
+
+        Raises :class:`StoreError` if the store does not exist (yet) or was replaced by another.
+        """
+
+    def mark(self) -> StoreMark:
+        """Which store this is and its current revision (for :func:`check_continuity`)."""
+        return StoreMark(self.identity(), self.revision())
+
+    @abstractmethod
+    def verify_audit(self) -> AuditCheck:
+        """Check the audit hash chain from its first hashed entry to the recorded head.
+
+        Reads every entry once (O(entries) time, O(1) memory). A broken chain is reported in the
+        result, not raised; :class:`StoreError` only when the store cannot be read.
+        """
 
     @abstractmethod
     def commit(
@@ -92,8 +122,13 @@ def store_url_from_env(url: str | None = None) -> str:
     return url or os.environ.get("RULE_ENGINE_STORE") or DEFAULT_STORE_URL
 
 
-def open_store(url: str) -> StateStore:
-    """Open the store a URL names: ``memory://`` or ``sqlite:///path/to/state.db``."""
+def open_store(url: str, *, create: bool = False) -> StateStore:
+    """Open the store a URL names: ``memory://`` or ``sqlite:///path/to/state.db``.
+
+    Without ``create`` a store that does not exist is not created: reading it raises
+    :class:`StoreError` ("no store at ..."), and only a commit creates it. Writing commands pass
+    ``create=True``. (A ``memory://`` store is new whenever it is opened.)
+    """
     from rule_engine.stores.memory import MemoryStore
 
     if url in ("memory://", "memory:"):
@@ -101,7 +136,7 @@ def open_store(url: str) -> StateStore:
     if url.startswith("sqlite://"):
         from rule_engine.stores.sqlite import SQLiteStore
 
-        store: StateStore = SQLiteStore.from_url(url)
+        store: StateStore = SQLiteStore.from_url(url, create=create)
         return store
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(

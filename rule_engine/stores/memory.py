@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError
 from rule_engine.serving.counts import HealthCounts, sum_counts
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.integrity import GENESIS, AuditCheck, AuditRow, audit_hash, verify_chain
 
 __all__ = ["MemoryStore"]
 
@@ -22,7 +24,8 @@ class MemoryStore(StateStore):
         self._lock = threading.Lock()
         self._state = ControlState()
         self._bundles: dict[str, str] = {}
-        self._audit: list[AuditEntry] = []
+        self._audit: list[AuditRow] = []
+        self._identity = str(uuid.uuid4())
         self._buckets: dict[tuple[str, float], HealthCounts] = {}
         self._lifetime: dict[str, HealthCounts] = {}
 
@@ -33,6 +36,16 @@ class MemoryStore(StateStore):
     def revision(self) -> int:
         """The current revision."""
         return self._state.revision
+
+    def identity(self) -> str:
+        """A random id drawn when this store was constructed."""
+        return self._identity
+
+    def verify_audit(self) -> AuditCheck:
+        """Check the audit hash chain (always sound unless this process tampered with it)."""
+        with self._lock:
+            rows = list(self._audit)
+        return verify_chain(rows, 1, rows[-1].hash if rows else None)
 
     def commit(
         self,
@@ -53,8 +66,11 @@ class MemoryStore(StateStore):
             self._bundles.update(bundles or {})
             for version_id in evicted:
                 self._bundles.pop(version_id, None)
-            start = len(self._audit)
-            self._audit.extend(replace(entry, seq=start + i + 1) for i, entry in enumerate(audit))
+            previous = self._audit[-1].hash if self._audit else GENESIS
+            for entry in audit:
+                numbered = replace(entry, seq=len(self._audit) + 1)
+                previous = audit_hash(previous or GENESIS, numbered, committed.revision)
+                self._audit.append(AuditRow(numbered, committed.revision, previous))
             self._state = committed
             return committed
 
@@ -65,7 +81,7 @@ class MemoryStore(StateStore):
     def audit_log(self, version_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries, oldest first."""
         with self._lock:
-            entries = [e for e in self._audit if version_id is None or e.version_id == version_id]
+            entries = [r.entry for r in self._audit if version_id is None or r.entry.version_id == version_id]
         return entries[-limit:] if limit else entries
 
     def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:

@@ -1,11 +1,12 @@
 """The SQLite store: durable state on one file, shared by the processes of one host.
 
-Layout (schema version 1)::
+Layout (schema version 2; a schema 1 file is upgraded in place when opened, see ``sqlite_schema``)::
 
-    meta(id = 1, schema_version, revision)       one row; `revision` is what followers poll
+    meta(id = 1, schema_version, revision,       one row; `revision` is what followers poll;
+         store_id, audit_chain_from, audit_head) the store's identity and the audit chain's bounds
     state(id = 1, json)                          the ControlState document (without bundles)
     bundles(version_id, digest, json)            canonical bundle JSON of every retained version
-    audit(seq, at, action, version_id, ..., revision)  append-only: triggers refuse UPDATE and DELETE
+    audit(seq, at, action, ..., revision, hash)  append-only (triggers refuse UPDATE, DELETE, reused seq)
     health(version_id, bucket_start, counts)     HealthCounts JSON per time bucket
     health_lifetime(version_id, counts)          lifetime totals (kept when buckets are pruned)
 
@@ -15,7 +16,8 @@ anything is read, so a read-compare-write cannot interleave with another process
 is on disk). :meth:`SQLiteStore.commit` compares the revision inside that transaction: a stale
 ``expected_revision`` raises :class:`ConflictError` and nothing is written. The file (and its
 ``-wal`` / ``-shm`` companions, which SQLite creates with the same mode) is readable by its owner
-only (0600). Every ``sqlite3`` error surfaces as :class:`StoreError` raised from it.
+only (0600); symbolic links and files writable by others are refused. Every ``sqlite3`` error, and
+every row that does not decode, surfaces as :class:`StoreError`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -35,56 +37,30 @@ from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.integrity import (
+    GENESIS,
+    AuditCheck,
+    AuditRow,
+    StoreMark,
+    audit_hash,
+    check_continuity,
+    decode_state,
+    verify_chain,
+)
+from rule_engine.stores.sqlite_schema import SCHEMA_VERSION, create_schema, open_file, upgrade
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
-SCHEMA_VERSION = 1
 DEFAULT_TIMEOUT = 5.0
+_AUDIT_COLUMNS = ("seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy")
+_AUDIT_SELECT = f"SELECT {', '.join(_AUDIT_COLUMNS)}, revision, hash FROM audit"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    schema_version INTEGER NOT NULL,
-    revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bundles (
-    version_id TEXT PRIMARY KEY,
-    digest TEXT NOT NULL,
-    json TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    at REAL NOT NULL,
-    action TEXT NOT NULL,
-    version_id TEXT NOT NULL,
-    from_state TEXT,
-    to_state TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    strategy TEXT,
-    revision INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_by_version ON audit (version_id, seq);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
-CREATE TABLE IF NOT EXISTS health (
-    version_id TEXT NOT NULL,
-    bucket_start REAL NOT NULL,
-    counts TEXT NOT NULL,
-    PRIMARY KEY (version_id, bucket_start)
-);
-CREATE INDEX IF NOT EXISTS health_by_start ON health (bucket_start);
-CREATE TABLE IF NOT EXISTS health_lifetime (
-    version_id TEXT PRIMARY KEY,
-    counts TEXT NOT NULL
-);
-"""
+
+@dataclass(frozen=True, slots=True)
+class _Meta:
+    mark: StoreMark
+    chain_from: int
+    head: str | None
 
 
 class SQLiteStore(StateStore):
@@ -92,10 +68,14 @@ class SQLiteStore(StateStore):
 
     One connection, guarded by a lock (the manager calls from its lock and from its follower
     thread). ``timeout`` is how long a call waits for another process's write lock before
-    raising :class:`StoreError`. Constructing opens (and if needed creates) the file.
+    raising :class:`StoreError`. With ``create`` (the default when constructing from a path)
+    constructing creates the file if it is missing; without it (the default of
+    :meth:`from_url` and ``open_store``) nothing is created until the first :meth:`commit`, and
+    reads of a missing store raise :class:`StoreError`. Once this object has used a store, it never
+    creates one again nor adopts another (see the contract in ``stores/base.py``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT, create: bool = True) -> None:
         self.path = Path(path)
         if str(path) == ":memory:" or not str(path):
             raise StoreURLError("an SQLite store needs a file path (use memory:// for an in-process store)")
@@ -103,12 +83,15 @@ class SQLiteStore(StateStore):
         self.timeout = timeout
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._identity: tuple[int, int] | None = None
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection is on
+        self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
         self._closed = False
-        self._connect()
+        if create or self.path.exists() or self.path.is_symlink():
+            with self._lock:
+                self._connect(create=create)
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteStore:
+    def from_url(cls, url: str, *, create: bool = False) -> SQLiteStore:
         """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, optionally ``?timeout=SECONDS``."""
         if not url.startswith("sqlite:///"):
             raise StoreURLError(f"not an SQLite store URL: {url!r} (use sqlite:///path/to/state.db)")
@@ -128,42 +111,39 @@ class SQLiteStore(StateStore):
                 timeout = float(options["timeout"][-1])
             except ValueError as exc:
                 raise StoreURLError(f"timeout must be a number of seconds in {url!r}") from exc
-        return cls(rest, timeout=timeout)
+        return cls(rest, timeout=timeout, create=create)
 
     # --- connection -----------------------------------------------------------------------------
 
-    def _connect(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                stat = os.fstat(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise StoreError(f"cannot open the state file {str(self.path)!r}: {exc.strerror or exc}") from exc
+    def _connect(self, *, create: bool) -> None:
+        """Connect to the file; create the store only if asked and this object never used one."""
+        create = create and self._seen is None
+        file_id = open_file(self.path, create=create)
+        if file_id is None:
+            raise self._missing()
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA recursive_triggers=ON")  # so INSERT OR REPLACE fires the audit's DELETE trigger
+            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
+                if not create:
+                    raise self._missing("the file holds no store")
+                create_schema(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'meta'").fetchone()[0] == 0:
-                try:  # one script, one transaction: processes opening a new file at once create it once
-                    conn.executescript(
-                        f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR IGNORE INTO meta (id, schema_version, revision)"
-                        f" VALUES (1, {SCHEMA_VERSION}, 0); COMMIT;"
-                    )
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
             row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
+            if row is not None and row[0] == 1:
+                upgrade(conn)
+                row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
             if row is None or row[0] != SCHEMA_VERSION:
                 raise StoreError(
                     f"{str(self.path)!r} holds state schema {row[0] if row else None!r}; "
-                    f"this version of rule_engine reads schema {SCHEMA_VERSION}"
+                    f"this version of rule_engine reads schemas 1 and {SCHEMA_VERSION}"
                 )
-        except sqlite3.Error as exc:
+            if _file_id(self.path) != file_id:
+                raise StoreError(f"the state file {str(self.path)!r} was replaced while it was being opened")
+            self._read_meta(conn)  # refuses another store than the one this object used
+        except (sqlite3.Error, UnicodeError) as exc:
             if conn is not None:
                 conn.close()
             raise StoreError(f"cannot open the state file {str(self.path)!r}: {_describe(exc, self.timeout)}") from exc
@@ -172,43 +152,74 @@ class SQLiteStore(StateStore):
                 conn.close()
             raise
         self._conn = conn
-        self._identity = (stat.st_dev, stat.st_ino)
+        self._file = file_id
 
-    def _check_file(self) -> sqlite3.Connection:
+    def _missing(self, detail: str = "") -> StoreError:
+        if self._seen is not None:
+            return StoreError(f"the state file {str(self.path)!r} is unavailable: {detail or 'it was removed'}")
+        where = f"{str(self.path)!r}" + (f" ({detail})" if detail else "")
+        return StoreError(f"no store at {where}; `rule-engine deploy` creates one")
+
+    def _check_file(self, *, create: bool = False) -> sqlite3.Connection:
         """The connection, after checking the file is still the one we opened.
 
         A file moved away raises :class:`StoreError`; a file replaced by another (moved back, restored
-        from a backup) is reopened, so a follower recovers when the store returns.
+        from a backup) is reopened, and refused if it holds another store or an older revision.
         """
         if self._closed:
             raise StoreError(f"the SQLite store {str(self.path)!r} is closed")
-        try:
-            stat = os.stat(self.path)
-        except OSError as exc:
-            raise StoreError(f"the state file {str(self.path)!r} is unavailable: {exc.strerror or exc}") from exc
-        if self._conn is None or (stat.st_dev, stat.st_ino) != self._identity:
-            if self._conn is not None:
+        if self._conn is not None:
+            try:
+                found = _file_id(self.path)
+            except OSError as exc:
+                raise StoreError(f"the state file {str(self.path)!r} is unavailable: {exc.strerror or exc}") from exc
+            if found != self._file:
                 self._conn.close()
                 self._conn = None
-            self._connect()
+        if self._conn is None:
+            self._connect(create=create)
         if not os.access(self.path, os.R_OK | os.W_OK):
             raise StoreError(f"the state file {str(self.path)!r} is not readable and writable by this process")
         assert self._conn is not None
         return self._conn
 
+    def _read_meta(self, conn: sqlite3.Connection) -> _Meta:
+        """The meta row, checked (types, and continuity with what this object read before)."""
+        row = conn.execute("SELECT revision, store_id, audit_chain_from, audit_head FROM meta WHERE id = 1").fetchone()
+        if row is None:
+            raise StoreError(f"the meta row of {str(self.path)!r} is missing: the store is corrupt")
+        revision, store_id, chain_from, head = row
+        problem = (
+            "revision is not a non-negative integer" if not _is_count(revision, 0)
+            else "store_id is not text" if not isinstance(store_id, str) or not store_id
+            else "audit_chain_from is not a positive integer" if not _is_count(chain_from, 1)
+            else "audit_head is not text" if not isinstance(head, str | None)
+            else None
+        )  # fmt: skip
+        if problem is not None:
+            raise StoreError(f"the meta row of {str(self.path)!r} is corrupt: {problem} ({row!r})")
+        mark = StoreMark(store_id, revision)
+        reason = check_continuity(self._seen, mark)
+        if reason is not None:
+            raise StoreError(f"{str(self.path)!r}: {reason}")
+        self._seen = mark
+        return _Meta(mark, chain_from, head)
+
     @contextmanager
-    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _reading(self, what: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            conn = self._check_file()
             try:
+                conn = self._check_file(create=create)
                 yield conn
             except sqlite3.Error as exc:
                 raise StoreError(f"{what} failed on {str(self.path)!r}: {_describe(exc, self.timeout)}") from exc
+            except UnicodeError as exc:  # a lone surrogate to write, or stored text that is not UTF-8
+                raise StoreError(f"{what} failed on {str(self.path)!r}: text that is not valid Unicode: {exc}") from exc
 
     @contextmanager
-    def _writing(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _writing(self, what: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction: committed when the block ends, rolled back if it raises."""
-        with self._reading(what) as conn:
+        with self._reading(what, create=create) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -218,29 +229,50 @@ class SQLiteStore(StateStore):
                 raise
             conn.execute("COMMIT")
 
+    @contextmanager
+    def _snapshot(self, what: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every SELECT inside sees the same committed state."""
+        with self._reading(what) as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
     # --- the contract ---------------------------------------------------------------------------
 
     def load(self) -> ControlState:
         """The current state (an empty state at revision 0 for a new store)."""
-        with self._reading("loading the state") as conn:
-            conn.execute("BEGIN")  # one read snapshot for both rows
-            try:
-                revision = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()[0]
-                row = conn.execute("SELECT json FROM state WHERE id = 1").fetchone()
-            finally:
-                conn.execute("COMMIT")
+        with self._snapshot("loading the state") as conn:
+            revision = self._read_meta(conn).mark.revision
+            row = conn.execute("SELECT json FROM state WHERE id = 1").fetchone()
         if row is None:
-            return ControlState(revision=int(revision))
-        try:
-            state = ControlState.from_dict(json.loads(row[0]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"the state stored in {str(self.path)!r} is unreadable: {exc}") from exc
-        return replace(state, revision=int(revision))
+            if revision:  # every commit writes the state row: without it the store is corrupt
+                raise StoreError(f"the state row of {str(self.path)!r} is missing at revision {revision}")
+            return ControlState(revision=revision)
+        return decode_state(row[0], revision, repr(str(self.path)))
 
     def revision(self) -> int:
-        """The current revision: one single-row SELECT (plus a ``stat`` of the file)."""
+        """The current revision: one single-row SELECT (plus an ``lstat`` of the file)."""
         with self._reading("reading the revision") as conn:
-            return int(conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()[0])
+            return self._read_meta(conn).mark.revision
+
+    def identity(self) -> str:
+        """The store's id (``meta.store_id``), written when the file was made a store."""
+        with self._reading("reading the identity") as conn:
+            return self._read_meta(conn).mark.identity
+
+    def mark(self) -> StoreMark:
+        """Identity and revision, read together."""
+        with self._reading("reading the revision") as conn:
+            return self._read_meta(conn).mark
+
+    def verify_audit(self) -> AuditCheck:
+        """Check the audit hash chain in one read snapshot, one row at a time."""
+        with self._snapshot("verifying the audit log") as conn:
+            meta = self._read_meta(conn)
+            return verify_chain(_audit_rows(conn.execute(f"{_AUDIT_SELECT} ORDER BY seq")), meta.chain_from, meta.head)
 
     def commit(
         self,
@@ -251,55 +283,62 @@ class SQLiteStore(StateStore):
         audit: Sequence[AuditEntry] = (),
         evicted: Sequence[str] = (),
     ) -> ControlState:
-        """Write everything in one transaction if the revision is still ``expected_revision``."""
-        with self._writing("committing the state") as conn:
-            found = int(conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()[0])
-            if found != expected_revision:
-                raise ConflictError(f"state changed concurrently: expected revision {expected_revision}, found {found}")
-            committed = replace(state, revision=expected_revision + 1)
-            conn.execute(
-                "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                (json.dumps(committed.to_dict(), separators=(",", ":")),),
-            )
-            for version_id, text in (bundles or {}).items():
-                record = committed.versions.get(version_id)
-                digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
-                conn.execute(
-                    "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
-                    (version_id, digest, text),
-                )
-            conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
-            conn.executemany(
-                "INSERT INTO audit (at, action, version_id, from_state, to_state, actor, reason, strategy, revision)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        e.at,
-                        e.action,
-                        e.version_id,
-                        e.from_state,
-                        e.to_state,
-                        e.actor,
-                        e.reason,
-                        e.strategy,
-                        committed.revision,
+        """Write everything in one transaction if the revision is still ``expected_revision``.
+
+        The first commit to a store that does not exist yet creates it.
+        """
+        with self._lock:  # the mark moves only once the transaction committed
+            with self._writing("committing the state", create=True) as conn:
+                meta = self._read_meta(conn)
+                found = meta.mark.revision
+                if found != expected_revision:
+                    raise ConflictError(
+                        f"state changed concurrently: expected revision {expected_revision}, found {found}"
                     )
-                    for e in audit
-                ],
-            )
-            conn.execute("UPDATE meta SET revision = ? WHERE id = 1", (committed.revision,))
+                committed = replace(state, revision=expected_revision + 1)
+                conn.execute(
+                    "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+                    (json.dumps(committed.to_dict(), separators=(",", ":")),),
+                )
+                for version_id, text in (bundles or {}).items():
+                    record = committed.versions.get(version_id)
+                    digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
+                    conn.execute(
+                        "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
+                        (version_id, digest, text),
+                    )
+                conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
+                seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+                head, rows = meta.head or GENESIS, []
+                for entry in audit:
+                    seq += 1
+                    numbered = replace(entry, seq=seq)
+                    head = audit_hash(head, numbered, committed.revision)
+                    rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
+                conn.executemany(
+                    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * 11)})",
+                    rows,
+                )
+                conn.execute(
+                    "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
+                    (committed.revision, head if rows else meta.head),
+                )
+            self._seen = StoreMark(meta.mark.identity, committed.revision)
         return committed
 
     def bundle_json(self, version_id: str) -> str | None:
         """The canonical bundle JSON of a retained version (None if unknown)."""
         with self._reading("reading a bundle") as conn:
             row = conn.execute("SELECT json FROM bundles WHERE version_id = ?", (version_id,)).fetchone()
-        return str(row[0]) if row is not None else None
+        if row is None:
+            return None
+        if not isinstance(row[0], str):
+            raise StoreError(f"the stored bundle of {version_id!r} in {str(self.path)!r} is not text")
+        return row[0]
 
     def audit_log(self, version_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries in the order they were written, optionally of one version, the last ``limit``."""
-        sql = "SELECT seq, at, action, version_id, from_state, to_state, actor, reason, strategy FROM audit"
-        params: list[object] = []
+        sql, params = _AUDIT_SELECT, list[object]()
         if version_id is not None:
             sql += " WHERE version_id = ?"
             params.append(version_id)
@@ -309,13 +348,13 @@ class SQLiteStore(StateStore):
             params.append(limit)
         with self._reading("reading the audit log") as conn:
             rows = conn.execute(sql, params).fetchall()
-        return [
-            AuditEntry(
-                at=at, action=action, version_id=vid, from_state=from_state, to_state=to_state,
-                actor=actor, reason=reason, strategy=strategy, seq=seq,
-            )
-            for seq, at, action, vid, from_state, to_state, actor, reason, strategy in reversed(rows)
-        ]  # fmt: skip
+        entries = []
+        for row in reversed(rows):
+            decoded = _audit_row(row)
+            if isinstance(decoded, BaseException):
+                raise StoreError(f"an audit entry in {str(self.path)!r} is corrupt: {decoded}") from decoded
+            entries.append(decoded.entry)
+        return entries
 
     def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
         """Add ``delta`` to the bucket and to the lifetime totals (one transaction)."""
@@ -383,14 +422,43 @@ class SQLiteStore(StateStore):
 
 
 def _counts(row: Sequence[object] | None) -> HealthCounts:
-    return HealthCounts.from_dict(json.loads(str(row[0]))) if row is not None else HealthCounts()
+    if row is None:
+        return HealthCounts()
+    try:
+        data = json.loads(str(row[0]))
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        return HealthCounts.from_dict(data)
+    except (ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
+        raise StoreError(f"stored health counters are corrupt: {exc}") from exc
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    found = os.lstat(path)  # lstat: a symbolic link put in place of the file is another file
+    return found.st_dev, found.st_ino
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _audit_row(row: Sequence[object]) -> AuditRow | BaseException:
+    try:
+        return AuditRow.from_columns(dict(zip((*_AUDIT_COLUMNS, "revision", "hash"), row, strict=True)))
+    except (TypeError, ValueError) as exc:
+        return exc
+
+
+def _audit_rows(cursor: sqlite3.Cursor) -> Iterator[AuditRow | BaseException]:
+    for row in cursor:
+        yield _audit_row(row)
 
 
 def _dump(counts: HealthCounts) -> str:
     return json.dumps(counts.to_dict(), separators=(",", ":"))
 
 
-def _describe(exc: sqlite3.Error, timeout: float) -> str:
+def _describe(exc: sqlite3.Error | UnicodeError, timeout: float) -> str:
     text = str(exc)
     if "locked" in text or "busy" in text:
         return f"the state file is locked by another process (waited {timeout:g} s): {text}"
