@@ -56,6 +56,8 @@ class HealthMetrics:
     """A version's health figures, as reported by ``DeploymentInfo.health_metrics``.
 
     ``total_*`` fields are lifetime totals; ``window`` holds the figures the verdict is based on.
+    ``fallbacks`` / ``fallback_errors`` count events a failing candidate left to this version to
+    answer: they are apart from ``total_evaluations`` and never enter a verdict.
     """
 
     total_evaluations: int = 0
@@ -70,6 +72,8 @@ class HealthMetrics:
     verdict: bool | None = None
     verdict_reason: str = ""
     rule_matches: Mapping[str, int] = field(default_factory=dict)  # lifetime; "" = no rule (default)
+    fallbacks: int = 0  # lifetime: events a failing candidate left to this version to answer (not evaluations)
+    fallback_errors: int = 0  # lifetime: fallbacks this version failed too
 
     @classmethod
     def of(
@@ -93,6 +97,8 @@ class HealthMetrics:
             verdict=verdict.healthy,
             verdict_reason=verdict.reason,
             rule_matches=dict(lifetime.rules),
+            fallbacks=lifetime.fallbacks,
+            fallback_errors=lifetime.fallback_errors,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +118,11 @@ class HealthMetrics:
                 "timeouts": self.window.timeouts,
                 "error_rate": self.window.error_rate,
                 "avg_latency_us": round(self.window.avg_latency_us, 3),
+                "fallbacks": self.window.fallbacks,
+                "fallback_errors": self.window.fallback_errors,
             },
+            "fallbacks": self.fallbacks,
+            "fallback_errors": self.fallback_errors,
             "healthy": self.verdict,
             "reason": self.verdict_reason,
             "rule_matches": dict(sorted(self.rule_matches.items(), key=lambda item: -item[1])),
