@@ -20,7 +20,12 @@ from rule_engine.serving.counts import HealthCounts
 from rule_engine.serving.recorder import VersionRecorder
 from rule_engine.stores.base import StateStore
 
-__all__ = ["HealthLedger"]
+__all__ = ["MAX_REPORTED_EVALUATIONS", "MAX_REPORTED_LATENCY_US", "HealthLedger"]
+
+#: The most evaluations (and so errors and timeouts) one ``update_health_metrics`` report may carry.
+MAX_REPORTED_EVALUATIONS = 10**12
+#: The highest average latency one report may carry: one hour, in microseconds.
+MAX_REPORTED_LATENCY_US = 3_600_000_000.0
 
 _log = structlog.get_logger("rule_engine")
 
@@ -80,15 +85,29 @@ class HealthLedger:
     def add_reported(
         self, version_id: str, now: float, evaluations: int, errors: int, timeouts: int, avg_latency_us: float
     ) -> None:
-        """Validate figures an evaluator reports as deltas (raising ``ValueError``), then :meth:`add` them."""
+        """Validate figures an evaluator reports as deltas (raising ``ValueError``), then :meth:`add` them.
+
+        Every figure is bounded: counts are integers (not bools) within ``[0, MAX_REPORTED_EVALUATIONS]``,
+        errors and timeouts at most evaluations, the latency a finite number (not a bool) within
+        ``[0, MAX_REPORTED_LATENCY_US]``. The error names the field and its limit.
+        """
         for name, value in (("evaluations", evaluations), ("errors", errors), ("timeouts", timeouts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_REPORTED_EVALUATIONS:
+                raise ValueError(
+                    f"{name} must be an integer within [0, {MAX_REPORTED_EVALUATIONS:,}], got {_short(value)}"
+                )
         if errors > evaluations or timeouts > evaluations:
             raise ValueError("errors and timeouts cannot exceed evaluations")
-        if not math.isfinite(avg_latency_us) or avg_latency_us < 0:
-            raise ValueError(f"avg_latency_us must be a finite number >= 0, got {avg_latency_us!r}")
-        self.add(version_id, HealthCounts(evaluations, errors, timeouts, avg_latency_us * evaluations), now)
+        latency = avg_latency_us
+        if (
+            isinstance(latency, bool)
+            or not isinstance(latency, int | float)
+            or not 0 <= latency <= MAX_REPORTED_LATENCY_US  # refuses NaN and inf too; exact for huge ints
+        ):
+            raise ValueError(
+                f"avg_latency_us must be a finite number within [0, {MAX_REPORTED_LATENCY_US:,.0f}], got {_short(latency)}"
+            )
+        self.add(version_id, HealthCounts(evaluations, errors, timeouts, float(latency) * evaluations), now)
 
     def window(self, version_ids: Sequence[str], now: float) -> dict[str, HealthCounts]:
         """Each version's counts over the recent window (all processes)."""
@@ -156,3 +175,11 @@ class HealthLedger:
         for per_version in (self._recorders, self._verdicts, self._last_check):
             for version_id in [v for v in per_version if v not in version_ids]:
                 del per_version[version_id]
+
+
+def _short(value: object) -> str:
+    """A bounded repr of a refused figure (a 400-digit int is not echoed whole)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_REPORTED_EVALUATIONS:
+        return f"an integer of {value.bit_length():,} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
