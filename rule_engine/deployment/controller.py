@@ -97,7 +97,7 @@ class Controller:
             rollout = self._publisher.state.rollout
             if rollout is None or rollout.kind != "ab-test":
                 raise InvalidTransitionError("no A/B test is in progress")
-            counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at)
+            counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at, now)
             return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
 
     # --- the tick -------------------------------------------------------------------------------------

@@ -110,17 +110,20 @@ class HealthLedger:
         self.add(version_id, HealthCounts(evaluations, errors, timeouts, float(latency) * evaluations), now)
 
     def window(self, version_ids: Sequence[str], now: float) -> dict[str, HealthCounts]:
-        """Each version's counts over the recent window (all processes)."""
+        """Each version's counts over the recent window ``[now - window_secs, now]`` (all processes).
+
+        Buckets that start after ``now`` (written by a process whose clock ran ahead) never count.
+        """
         since = self.bucket(now - self.thresholds.window_secs + self.thresholds.bucket_secs)
-        return self.store.health(list(version_ids), since=since)
+        return self.store.health(list(version_ids), since=since, until=now)
 
     def lifetime(self, version_id: str) -> HealthCounts:
         """A version's lifetime totals (all processes)."""
         return self.store.health([version_id])[version_id]
 
-    def since(self, version_ids: Sequence[str], start: float) -> dict[str, HealthCounts]:
-        """Each version's counts since the bucket holding ``start``."""
-        return self.store.health(list(version_ids), since=self.bucket(start))
+    def since(self, version_ids: Sequence[str], start: float, now: float) -> dict[str, HealthCounts]:
+        """Each version's counts from the bucket holding ``start`` up to ``now`` (never future buckets)."""
+        return self.store.health(list(version_ids), since=self.bucket(start), until=now)
 
     def last_check(self, version_id: str) -> float | None:
         """When the version was last judged by this process."""
@@ -161,8 +164,13 @@ class HealthLedger:
         return activated_at is not None and now - activated_at <= self.thresholds.bake_secs
 
     def prune(self, now: float, rollout: Rollout | None) -> None:
-        """Drop buckets no verdict or running A/B report can need (at most once a window)."""
-        if now - self._last_prune < self.thresholds.window_secs:
+        """Drop buckets no verdict or running A/B report can need (at most once a window).
+
+        Buckets in the future are kept (they may be another process's current counts, if this
+        clock is behind). A clock that jumped back prunes at once: the once-a-window guard only
+        holds going forward.
+        """
+        if 0 <= now - self._last_prune < self.thresholds.window_secs:
             return
         keep_from = now - 2 * self.thresholds.window_secs
         if rollout is not None:
