@@ -25,7 +25,7 @@ from rule_engine.control.strategies import Strategy
 from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.commit import Committer
 from rule_engine.deployment.config import DeploymentConfig
-from rule_engine.deployment.controller import Controller
+from rule_engine.deployment.controller import Controller, require_thresholds, with_analysis
 from rule_engine.deployment.follower import Follower
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
@@ -186,6 +186,7 @@ class DeploymentManager:
         deployed_by: str = "unknown",
         *,
         signature: Signature | None = None,
+        analysis: HealthThresholds | None = None,
     ) -> VersionId:
         """Validate a bundle, run its tests, compile it, and stage it as a new version.
 
@@ -193,9 +194,12 @@ class DeploymentManager:
         Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no trace when the
         bundle is not fit to serve. With a ``trust`` policy, a bundle without a trusted ``signature``
         (default: the ``BUNDLE.sig`` next to a bundle file) is refused with :class:`BundleTrustError`
-        before its tests run or anything is compiled or stored.
+        before its tests run or anything is compiled or stored. ``analysis`` is stored with the version:
+        every controller judges it (window, limits, bake time) by these thresholds, not its own.
         """
         plan, base = stage(bundle, strategy, deployed_by or "unknown", signature, self._config, self._publisher)
+        if analysis is not None:
+            plan = with_analysis(plan, require_thresholds(analysis))
         version_id: str = self._committer.apply(plan, "prepare", deployed_by or "unknown").result
         with self._lock:
             self._publisher.adopt_table(version_id, base)
