@@ -79,7 +79,7 @@ class DeploymentManager:
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
         )
         self._controller = Controller(self._committer, self._publisher, self._health, self._clock, lambda: self._config)
-        self._follower = Follower(self._lock, self._publisher)
+        self._follower = Follower(self._lock, self._publisher, self._hooks)
 
     # --- construction, lifetime, settings -----------------------------------------------------------
 
