@@ -142,3 +142,18 @@ def test_a_clock_that_jumped_back_still_prunes() -> None:
         since = manager.store.health([stable], since=0.0)[stable]
         assert since.evaluations == 0
         assert manager.store.health([stable])[stable].evaluations == 10  # lifetime kept
+
+
+def test_a_version_activated_by_a_clock_a_day_ahead_does_not_bake_for_a_day() -> None:
+    """Activated while the clock ran a day ahead: once it is back, the version is past its bake time."""
+    with freeze_time(START) as clock:
+        manager, stable = manager_with_stable()
+        clock.tick(DAY)
+        new = manager.prepare_deployment(bundle("2.0.0"))
+        manager.activate_deployment(new)
+        clock.tick(-DAY)
+        clock.tick(60)
+        assert manager.update_health_metrics(new, 1000, 500) is False
+        assert manager.get_active_version_id() == new  # reported, not rolled back
+        assert manager.tick().actions == ()
+        assert stable in manager.state.versions
