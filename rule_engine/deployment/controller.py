@@ -174,8 +174,10 @@ class Controller:
                 for role, vid, verdict in verdicts
                 if role == "active" and verdict.healthy is False and config.auto_rollback
             }
+        self._held_rollbacks &= set(state.versions)
         for role, version_id, verdict in verdicts:
             if verdict.healthy is not False:
+                self._held_rollbacks.discard(version_id)  # a new incident is logged anew
                 continue
             reason = verdict.reason
             if not config.auto_rollback:
