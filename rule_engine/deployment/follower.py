@@ -24,8 +24,9 @@ from rule_engine.deployment.hooks import DeploymentEvent, HookPoint, Hooks
 from rule_engine.deployment.publisher import Publisher, Serving
 from rule_engine.errors import RuleEngineError
 from rule_engine.health.ledger import HealthLedger
+from rule_engine.stores.base import StateStore
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "run_follow_hooks"]
 
 _log = structlog.get_logger("rule_engine")
 
@@ -65,37 +66,8 @@ class Follower:
         self._recovered(new_state.revision)
         _log.debug("follower.updated", revision=new_state.revision, active_version_id=new_state.active)
         if self._hooks is not None and before != after:
-            self._run_hooks(self._hooks, old_state, new_state, before, after)
+            run_follow_hooks(self._hooks, self._publisher.store, old_state, new_state, before, after)
         return True
-
-    def _run_hooks(self, hooks: Hooks, old: ControlState, new: ControlState, before: Serving, after: Serving) -> None:
-        """after_swap (and on_rollback for versions that served here and were rolled back) for a followed change."""
-        reason = f"followed revision {old.revision} -> {new.revision} from the store"
-        version_id: str | None
-        if after[1] is not None:
-            version_id = after[1]  # a rollout started or moved
-        elif after[0] != before[0]:
-            version_id = after[0]  # a new stable version
-        else:
-            version_id = before[1]  # a rollout ended
-        hooks.run(HookPoint.AFTER_SWAP, DeploymentEvent("follow", version_id, "follower", before, after, reason))
-        for served in dict.fromkeys(v for v in before[:2] if v is not None and v not in after[:2]):
-            record = new.versions.get(served)
-            if record is None or record.state is not DeploymentState.ROLLED_BACK:
-                continue
-            automatic = self._rolled_back_by_controller(served)
-            event = DeploymentEvent(
-                "follow", served, "follower", before, after, record.failure_reason or reason, None, automatic
-            )
-            hooks.run(HookPoint.ON_ROLLBACK, event)
-
-    def _rolled_back_by_controller(self, version_id: str) -> bool:
-        """Whether the last audited step of ``version_id`` was the controller's (an automatic rollback)."""
-        try:
-            entries = self._publisher.store.audit_log(version_id, limit=1)
-        except (RuleEngineError, OSError, ValueError):
-            return False
-        return bool(entries) and entries[-1].actor == "controller"
 
     def step_with_flush(self, ledger: HealthLedger, clock: Clock, flush_interval: float) -> Callable[[], None]:
         """A background step: follow once, and flush this process's health counts every ``flush_interval``."""
@@ -115,3 +87,38 @@ class Follower:
         if self.stale_reason is not None:
             _log.info("follower.recovered", revision=revision)
             self.stale_reason = None
+
+
+def run_follow_hooks(
+    hooks: Hooks, store: StateStore, old: ControlState, new: ControlState, before: Serving, after: Serving
+) -> None:
+    """Run the swap hooks of a change this process adopted from the store (call outside the lock).
+
+    ``after_swap`` with action ``"follow"``; ``on_rollback`` for each version that served here
+    (``before``) and is rolled back in ``new`` (``automatic`` when the controller's audit entry says so).
+    """
+    reason = f"followed revision {old.revision} -> {new.revision} from the store"
+    version_id: str | None
+    if after[1] is not None:
+        version_id = after[1]  # a rollout started or moved
+    elif after[0] != before[0]:
+        version_id = after[0]  # a new stable version
+    else:
+        version_id = before[1]  # a rollout ended
+    hooks.run(HookPoint.AFTER_SWAP, DeploymentEvent("follow", version_id, "follower", before, after, reason))
+    for served in dict.fromkeys(v for v in before[:2] if v is not None and v not in after[:2]):
+        record = new.versions.get(served)
+        if record is None or record.state is not DeploymentState.ROLLED_BACK:
+            continue
+        why = record.failure_reason or reason
+        event = DeploymentEvent("follow", served, "follower", before, after, why, None, _by_controller(store, served))
+        hooks.run(HookPoint.ON_ROLLBACK, event)
+
+
+def _by_controller(store: StateStore, version_id: str) -> bool:
+    """Whether the last audited step of ``version_id`` was the controller's (an automatic rollback)."""
+    try:
+        entries = store.audit_log(version_id, limit=1)
+    except (RuleEngineError, OSError, ValueError):
+        return False
+    return bool(entries) and entries[-1].actor == "controller"
