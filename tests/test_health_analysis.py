@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from freezegun import freeze_time
@@ -97,7 +98,7 @@ def test_analysis_must_be_health_thresholds_and_nothing_is_staged_otherwise(anal
     ],
     ids=["nan-rate", "inf-window", "negative-bake", "bake-over-a-week", "bool-min", "huge-min", "inf-latency"],
 )
-def test_thresholds_out_of_bounds_are_refused(changes: dict[str, object]) -> None:
+def test_thresholds_out_of_bounds_are_refused(changes: dict[str, Any]) -> None:
     """Every analysis setting is a bounded, finite value (a week at most for times)."""
     with pytest.raises(ValueError, match=r"must|need"):
         replace(THRESHOLDS, **changes)
