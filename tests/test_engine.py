@@ -42,7 +42,7 @@ def test_error_on_the_only_serving_version_gives_on_error_decision() -> None:
 
 
 def test_error_on_the_candidate_is_answered_by_stable_and_counted_against_candidate() -> None:
-    """An event that breaks the candidate gets stable's answer; the error counts against the candidate."""
+    """An event that breaks the candidate gets stable's answer; the error counts against the candidate, the answer as a fallback."""
     with freeze_time(START):
         manager, stable = manager_with_stable(auto_rollback=False)
         candidate = manager.prepare_deployment(bundle("2.0.0", checks_amount=True), Canary((50, 100), 60))
@@ -57,7 +57,8 @@ def test_error_on_the_candidate_is_answered_by_stable_and_counted_against_candid
         cand_deny = sum(1 for d in answers if d.version_id == candidate)
         assert cand.health_metrics.error_count == cand.health_metrics.total_evaluations - cand_deny > 800
         assert base.health_metrics.error_count == 0
-        assert base.health_metrics.total_evaluations == 2000 - cand_deny  # its share plus every fallback
+        assert base.health_metrics.total_evaluations == 2000 - cand.health_metrics.total_evaluations  # its share
+        assert base.health_metrics.fallbacks == cand.health_metrics.error_count  # counted apart (D4)
 
 
 def test_odd_events_never_raise() -> None:

@@ -154,13 +154,13 @@ def test_health_metrics_fields() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((-1,), "evaluations must be a non-negative integer"),
-        ((10, -1), "errors must be a non-negative integer"),
+        ((-1,), "evaluations must be an integer within"),
+        ((10, -1), "errors must be an integer within"),
         ((10, 11), "errors and timeouts cannot exceed evaluations"),
         ((10, 0, 11), "errors and timeouts cannot exceed evaluations"),
-        ((10, 0, 0, -5.0), "avg_latency_us must be a finite number >= 0"),
-        ((10, 0, 0, math.nan), "avg_latency_us must be a finite number >= 0"),
-        ((1.5,), "evaluations must be a non-negative integer"),
+        ((10, 0, 0, -5.0), "avg_latency_us must be a finite number within"),
+        ((10, 0, 0, math.nan), "avg_latency_us must be a finite number within"),
+        ((1.5,), "evaluations must be an integer within"),
     ],
 )
 def test_update_health_metrics_validates(args: tuple[float, ...], message: str) -> None:

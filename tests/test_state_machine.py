@@ -121,6 +121,7 @@ class MVersion:
     state: S
     strategy: Any
     activated_at: float | None = None
+    finished_at: float | None = None  # when it was rolled back (ROLLED_BACK only, in this model)
 
 
 @dataclass
@@ -190,22 +191,32 @@ class Model:
     def abort(self, now: float) -> None:
         assert self.rollout is not None
         self.move(self.rollout.candidate, S.ROLLING_BACK, now)
-        self.move(self.rollout.candidate, S.ROLLED_BACK, now)
+        self.move(self.rollout.candidate, S.ROLLED_BACK, now, finished_at=now)
         self.rollout = None
 
-    def verdict(self, vid: str, now: float) -> bool | None:
+    def window(self, v: str, now: float | None) -> HealthCounts:
+        """The counts of ``v`` in the window ending at ``now`` (over its lifetime when ``now`` is None)."""
         size = THRESHOLDS.bucket_secs
-        since = math.floor((now - THRESHOLDS.window_secs + size) / size) * size
+        since = -math.inf if now is None else math.floor((now - THRESHOLDS.window_secs + size) / size) * size
+        total = HealthCounts()
+        for version, bucket, counts in self.health:
+            if version == v and since <= bucket <= (math.inf if now is None else now):
+                total = total + counts
+        return total
 
-        def window(v: str) -> HealthCounts:
-            total = HealthCounts()
-            for version, bucket, counts in self.health:
-                if version == v and bucket >= since:
-                    total = total + counts
-            return total
-
+    def verdict(self, vid: str, now: float) -> bool | None:
         baseline_id = self.baseline_of(vid, now)
-        return judge(window(vid), THRESHOLDS, window(baseline_id) if baseline_id else None).healthy
+        window = self.window(vid, now)
+        return judge(window, THRESHOLDS, self.window(baseline_id, now) if baseline_id else None).healthy
+
+    def no_better_target(self, vid: str, now: float) -> bool:
+        """The target's evidence (window, else lifetime) shows the failure is shared."""
+        assert self.rollback_target is not None
+        need = max(THRESHOLDS.min_evaluations, 1)
+        evidence = self.window(self.rollback_target, now)
+        if evidence.evaluations < need:
+            evidence = self.window(self.rollback_target, None)
+        return evidence.evaluations >= need and judge(self.window(vid, now), THRESHOLDS, evidence).healthy is not False
 
     def baseline_of(self, vid: str, now: float) -> str | None:
         """A candidate is compared with its stable version; a baking active version with the one it replaced."""
@@ -214,10 +225,16 @@ class Model:
         return self.rollback_target if vid == self.active and self.baking(now) else None
 
     def baking(self, now: float) -> bool:
-        if self.active is None or self.rollback_target is None:
+        """Brought in by a deployment within bake_secs, with a version to return to, and no rollback since."""
+        if self.rollout is not None or self.active is None or self.rollback_target is None:
             return False
         activated = self.versions[self.active].activated_at
-        return activated is not None and now - activated <= THRESHOLDS.bake_secs
+        if activated is None or abs(now - activated) > THRESHOLDS.bake_secs:
+            return False
+        return not any(
+            v.state is S.ROLLED_BACK and v.finished_at is not None and v.finished_at >= activated
+            for v in self.versions.values()
+        )
 
     # operations: each mutates self; the caller works on a copy and keeps it only on success
 
@@ -309,7 +326,7 @@ class Model:
             raise Refused(NoPreviousVersionError)
         current, target = self.active, self.rollback_target
         self.move(current, S.ROLLING_BACK, now)
-        self.move(current, S.ROLLED_BACK, now)
+        self.move(current, S.ROLLED_BACK, now, finished_at=now)
         self.move(target, S.ACTIVE, now)
         self.lineage = self.lineage[:-1]
         self.active = target
@@ -321,6 +338,8 @@ class Model:
         else:
             suspect = self.active if self.baking(now) else None
         if suspect is not None and self.verdict(suspect, now) is False:
+            if auto_rollback and self.rollout is None and self.no_better_target(suspect, now):
+                return  # the target is no healthier: hold
             if auto_rollback:
                 self.rollback(now)
             elif self.rollout is not None and not self.rollout.held:

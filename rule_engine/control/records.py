@@ -40,6 +40,9 @@ class VersionRecord:
     activated_at: float | None = None
     finished_at: float | None = None
     failure_reason: str | None = None
+    # Per-deployment health analysis (HealthThresholds.to_dict()), stored so every controller
+    # process judges this version alike; None: each manager's own thresholds.
+    analysis: Mapping[str, Any] | None = None
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -61,6 +64,7 @@ class VersionRecord:
             "activated_at": self.activated_at,
             "finished_at": self.finished_at,
             "failure_reason": self.failure_reason,
+            **({"analysis": dict(self.analysis)} if self.analysis is not None else {}),
         }
 
     @classmethod
@@ -80,6 +84,7 @@ class VersionRecord:
             activated_at=data.get("activated_at"),
             finished_at=data.get("finished_at"),
             failure_reason=data.get("failure_reason"),
+            analysis=dict(data["analysis"]) if data.get("analysis") is not None else None,
         )
 
 

@@ -11,6 +11,7 @@ of the lock.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from rule_engine.clock import Clock
 from rule_engine.control import transitions as control
@@ -23,11 +24,11 @@ from rule_engine.deployment.publisher import Publisher
 from rule_engine.errors import InvalidTransitionError
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport, build_experiment_report
-from rule_engine.health.thresholds import HealthMetrics
+from rule_engine.health.thresholds import HealthMetrics, HealthThresholds
 from rule_engine.health.verdict import Verdict
 from rule_engine.logs import get_logger
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "require_thresholds", "with_analysis"]
 
 _log = get_logger()
 
@@ -48,6 +49,7 @@ class Controller:
         self._ledger = ledger
         self._clock = clock
         self._config = config
+        self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
 
     # --- verdicts (call under the lock) -------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class Controller:
                 return None
             now = self._clock.now()
             self._ledger.flush(now)
-            window = self._ledger.window([version_id], now)[version_id]
+            window = self._ledger.window([version_id], now, self._ledger.thresholds_for(state, version_id))[version_id]
             verdict = self.verdict_of(version_id, now)
             lifetime = self._ledger.lifetime(version_id)
             return info_of(
@@ -96,7 +98,7 @@ class Controller:
             rollout = self._publisher.state.rollout
             if rollout is None or rollout.finishes_by_itself:
                 raise InvalidTransitionError("no A/B test is in progress")
-            counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at)
+            counts = self._ledger.since([rollout.stable, rollout.candidate], rollout.started_at, now)
             return build_experiment_report(rollout, counts[rollout.stable], counts[rollout.candidate], now)
 
     # --- the tick -------------------------------------------------------------------------------------
@@ -117,10 +119,12 @@ class Controller:
         change = self._apply(_plan_end_experiment, "end-experiment")
         if change.events:
             actions.append("ended A/B test")
-        actions.extend(self.judge_and_act())
+        judged, held = self.judge_and_act()
+        actions.extend(judged)
+        holding.extend(held)
         with self._committer.lock:
-            self._ledger.prune(self._clock.now(), self._publisher.state.rollout)
             state = self._publisher.state
+            self._ledger.prune(self._clock.now(), state)
         rollout = state.rollout
         if rollout is not None and rollout.finishes_by_itself:
             if self.candidate_verdict().healthy is True and rollout.held is None:
@@ -143,9 +147,16 @@ class Controller:
             verdict = self.candidate_verdict(now)
             return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
 
-    def judge_and_act(self) -> list[str]:
-        """Judge the candidate and a newly active version; roll back the unhealthy when automatic."""
+    def judge_and_act(self) -> tuple[list[str], list[str]]:
+        """Judge the candidate and a baking active version; roll back the unhealthy when automatic.
+
+        Returns what was done and what holds. Automatic rollback acts only on the version a rollout
+        or a deployment brought in (see :meth:`HealthLedger.baking`), so never twice for one
+        incident; an unhealthy active version whose rollback target is not shown to be healthier
+        (:meth:`HealthLedger.no_better_target`) is not rolled back: it holds, and says so.
+        """
         actions: list[str] = []
+        holding: list[str] = []
         config = self._config()
         with self._committer.lock:
             now = self._clock.now()
@@ -157,8 +168,15 @@ class Controller:
             elif state.active is not None and self._ledger.baking(state, now):
                 suspects.append(("active", state.active))
             verdicts = [(role, vid, self.verdict_of(vid, now)) for role, vid in suspects]
+            stays = {
+                vid: self._ledger.no_better_target(state, vid, now)
+                for role, vid, verdict in verdicts
+                if role == "active" and verdict.healthy is False and config.auto_rollback
+            }
+        self._held_rollbacks &= set(state.versions)
         for role, version_id, verdict in verdicts:
             if verdict.healthy is not False:
+                self._held_rollbacks.discard(version_id)  # a new incident is logged anew
                 continue
             reason = verdict.reason
             if not config.auto_rollback:
@@ -167,13 +185,28 @@ class Controller:
                     if held.audit:
                         actions.append(f"held {version_id} for a person: {reason}")
                 continue
-            change = self._apply(_plan_automatic_rollback(version_id, role, reason), "rollback", version_id)
+            why = stays.get(version_id)
+            if why is not None:
+                holding.append(self._hold_rollback(version_id, reason, why))
+                continue
+            plan = _plan_automatic_rollback(version_id, role, reason, self._ledger.baking)
+            change = self._apply(plan, "rollback", version_id)
             if change.audit:
                 _log.warning(
                     "rollback.automatic", version_id=version_id, reason=reason, serving_version_id=change.result
                 )
                 actions.append(f"rolled back {version_id}: {reason}")
-        return actions
+        return actions, holding
+
+    def _hold_rollback(self, version_id: str, reason: str, why: str) -> str:
+        """Say why an unhealthy version is not rolled back (logged once per version; in every tick's report)."""
+        if version_id not in self._held_rollbacks:
+            self._held_rollbacks.add(version_id)
+            _log.warning("rollback.held", version_id=version_id, reason=reason, why=why)
+        return (
+            f"{version_id}: unhealthy ({reason}), not rolled back: {why}; "
+            "decide with `rule-engine rollback` or deploy a fix"
+        )
 
     def step(self) -> None:
         """One background tick; a failure is logged, never raised into the loop."""
@@ -213,18 +246,41 @@ def _plan_hold(candidate: str, reason: str) -> Plan:
     return plan
 
 
-def _plan_automatic_rollback(version_id: str, role: str, reason: str) -> Plan:
+def _plan_automatic_rollback(
+    version_id: str, role: str, reason: str, baking: Callable[[ControlState, float], bool]
+) -> Plan:
     def plan(state: ControlState, now: float) -> Change:
         still = (
             (state.rollout is not None and state.rollout.candidate == version_id)
             if role == "candidate"
-            else (state.rollout is None and state.active == version_id and state.rollback_target is not None)
+            else (state.active == version_id and baking(state, now))  # not if another process acted first
         )
         if not still:
             return nothing_to_do(state)
         return control.rollback(state, now, "controller", reason=reason, automatic=True)
 
     return plan
+
+
+def require_thresholds(analysis: object) -> HealthThresholds:
+    """``analysis`` if it is a :class:`HealthThresholds` (raising ``TypeError`` otherwise)."""
+    if not isinstance(analysis, HealthThresholds):
+        raise TypeError(f"analysis must be HealthThresholds, got {type(analysis).__name__}")
+    return analysis
+
+
+def with_analysis(plan: Plan, analysis: HealthThresholds) -> Plan:
+    """``plan`` (a prepare) with per-deployment analysis settings stored on the version it stages."""
+    stored = analysis.to_dict()
+
+    def planned(state: ControlState, now: float) -> Change:
+        change = plan(state, now)
+        record = change.state.versions.get(change.result) if isinstance(change.result, str) else None
+        if record is not None:
+            change.put(replace(record, analysis=stored))
+        return change
+
+    return planned
 
 
 def _plan_end_experiment(state: ControlState, now: float) -> Change:

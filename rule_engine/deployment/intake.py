@@ -23,9 +23,11 @@ from rule_engine.control.strategies import BlueGreen, Strategy, require_strategy
 from rule_engine.control.transitions import Change
 from rule_engine.deployment.commit import Plan
 from rule_engine.deployment.config import DeploymentConfig
+from rule_engine.deployment.controller import require_thresholds, with_analysis
 from rule_engine.deployment.publisher import Publisher
 from rule_engine.evaluation.selftest import run_bundle_tests
 from rule_engine.evaluation.table import RuleTable
+from rule_engine.health.thresholds import HealthThresholds
 
 __all__ = ["BundleSource", "checked_strategy", "coerce_bundle", "plan_prepare", "stage", "trusted_bundle"]
 
@@ -90,6 +92,7 @@ def stage(
     signature: Signature | None,
     config: DeploymentConfig,
     publisher: Publisher,
+    analysis: HealthThresholds | None = None,
 ) -> tuple[Plan, RuleTable]:
     """Everything before a bundle may be staged: validate, check trust, check the strategy, compile, self-test.
 
@@ -102,4 +105,5 @@ def stage(
     chosen = checked_strategy(strategy)
     base = publisher.base_table(validated)
     run_bundle_tests(validated, base)
-    return plan_prepare(validated, chosen, actor, config.max_history), base
+    plan = plan_prepare(validated, chosen, actor, config.max_history)
+    return (with_analysis(plan, require_thresholds(analysis)) if analysis is not None else plan), base

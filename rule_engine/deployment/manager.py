@@ -80,7 +80,7 @@ class DeploymentManager:
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
         )
         self._controller = Controller(self._committer, self._publisher, self._health, self._clock, lambda: self._config)
-        self._follower = Follower(self._lock, self._publisher)
+        self._follower = Follower(self._lock, self._publisher, self._hooks)
 
     # --- construction, lifetime, settings -----------------------------------------------------------
 
@@ -191,16 +191,19 @@ class DeploymentManager:
         deployed_by: str = "unknown",
         *,
         signature: Signature | None = None,
+        analysis: HealthThresholds | None = None,
     ) -> VersionId:
         """Validate a bundle, run its tests, compile it, and stage it as a new version.
 
         ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served changes.
         Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no trace when the
-        bundle is not fit to serve. With a ``trust`` policy, a bundle without a trusted ``signature``
-        (default: the ``BUNDLE.sig`` next to a bundle file) is refused with :class:`BundleTrustError`
-        before its tests run or anything is compiled or stored.
+        bundle is not fit to serve. With a ``trust`` policy, an untrusted ``signature`` (default: the
+        ``BUNDLE.sig`` beside a bundle file) is refused (:class:`BundleTrustError`) before anything runs.
+        ``analysis``, stored with the version, is what every controller judges it by (window, limits, bake).
         """
-        plan, base = stage(bundle, strategy, deployed_by or "unknown", signature, self._config, self._publisher)
+        plan, base = stage(
+            bundle, strategy, deployed_by or "unknown", signature, self._config, self._publisher, analysis
+        )
         version_id: str = self._committer.apply(plan, "prepare", deployed_by or "unknown").result
         with self._lock:
             self._publisher.adopt_table(version_id, base)

@@ -28,6 +28,8 @@ class VariantReport:
     p50_latency_us: float | None
     p99_latency_us: float | None
     decisions: dict[str, int]
+    fallbacks: int = 0  # events B failed that A answered instead (on A's report); not in A's evaluations
+    fallback_errors: int = 0  # of those, the ones A failed too
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -52,9 +54,11 @@ class ExperimentReport:
     def summary(self) -> str:
         """One line for people."""
         verdict = "significant" if self.significant else "not significant"
+        fallbacks = f"; {self.a.fallbacks:,} events failed on B were answered by A" if self.a.fallbacks else ""
         return (
             f"A {self.a.error_rate:.2%} vs B {self.b.error_rate:.2%} errors over "
             f"{self.a.evaluations:,} / {self.b.evaluations:,} evaluations: p={self.p_value:.3g} ({verdict} at {self.alpha})"
+            f"{fallbacks}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,13 +90,19 @@ def _variant(name: str, version_id: str, share: float, counts: HealthCounts) -> 
         p50_latency_us=counts.percentile_us(0.5),
         p99_latency_us=counts.percentile_us(0.99),
         decisions=dict(sorted(counts.decisions.items())),
+        fallbacks=counts.fallbacks,
+        fallback_errors=counts.fallback_errors,
     )
 
 
 def build_experiment_report(
     rollout: Rollout, a: HealthCounts, b: HealthCounts, now: float, alpha: float = 0.05
 ) -> ExperimentReport:
-    """The report of an A/B test from each variant's counts since it started."""
+    """The report of an A/B test from each variant's counts since it started.
+
+    Each variant's evaluations and errors are the events routed to it, so the z-test compares like
+    with like: events that failed on B and were answered by A are A's ``fallbacks``, not its evaluations.
+    """
     z, p = two_proportion_z_test(b.errors, b.evaluations, a.errors, a.evaluations)
     share_b = rollout.share_bp / 10_000
     return ExperimentReport(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,18 +38,52 @@ class HealthThresholds:
     bake_secs: float = 300.0
 
     def __post_init__(self) -> None:
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        for name in _INTS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+                raise ValueError(f"{name} must be an integer within [0, {MAX_COUNT:,}], got {value!r}")
         if not 0 <= self.max_error_rate <= 1:
             raise ValueError(f"max_error_rate must be within [0, 1], got {self.max_error_rate!r}")
-        if self.min_evaluations < 0 or self.max_timeouts < 0:
-            raise ValueError("min_evaluations and max_timeouts must be >= 0")
         if self.window_secs <= 0 or self.bucket_secs <= 0 or self.bucket_secs > self.window_secs:
             raise ValueError("need 0 < bucket_secs <= window_secs")
+        if self.window_secs > MAX_SECS or not 0 <= self.bake_secs <= MAX_SECS:
+            raise ValueError(f"window_secs and bake_secs must be within [0, {MAX_SECS:,.0f}] (a week)")
         if not 0 < self.significance < 1:
             raise ValueError(f"significance must be within (0, 1), got {self.significance!r}")
+        if self.max_latency_us < 0 or self.max_latency_ratio <= 0:
+            raise ValueError("need max_latency_us >= 0 and max_latency_ratio > 0")
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HealthThresholds:
+        """Rebuild from :meth:`to_dict` (validated; a missing field takes its default, an unknown one is refused)."""
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(
+                f"unknown analysis setting(s) {sorted(unknown)}; settings are {sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**dict(data))
+
+
+_FLOATS = (
+    "max_error_rate",
+    "max_latency_us",
+    "window_secs",
+    "bucket_secs",
+    "significance",
+    "max_latency_ratio",
+    "bake_secs",
+)
+_INTS = ("max_timeouts", "min_evaluations")
+MAX_COUNT = 10**12  # the most evaluations / timeouts a threshold may name
+MAX_SECS = 7 * 86_400.0  # the longest window or bake time: a week
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +91,8 @@ class HealthMetrics:
     """A version's health figures, as reported by ``DeploymentInfo.health_metrics``.
 
     ``total_*`` fields are lifetime totals; ``window`` holds the figures the verdict is based on.
+    ``fallbacks`` / ``fallback_errors`` count events a failing candidate left to this version to
+    answer: they are apart from ``total_evaluations`` and never enter a verdict.
     """
 
     total_evaluations: int = 0
@@ -70,6 +107,8 @@ class HealthMetrics:
     verdict: bool | None = None
     verdict_reason: str = ""
     rule_matches: Mapping[str, int] = field(default_factory=dict)  # lifetime; "" = no rule (default)
+    fallbacks: int = 0  # lifetime: events a failing candidate left to this version to answer (not evaluations)
+    fallback_errors: int = 0  # lifetime: fallbacks this version failed too
 
     @classmethod
     def of(
@@ -93,6 +132,8 @@ class HealthMetrics:
             verdict=verdict.healthy,
             verdict_reason=verdict.reason,
             rule_matches=dict(lifetime.rules),
+            fallbacks=lifetime.fallbacks,
+            fallback_errors=lifetime.fallback_errors,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,7 +153,11 @@ class HealthMetrics:
                 "timeouts": self.window.timeouts,
                 "error_rate": self.window.error_rate,
                 "avg_latency_us": round(self.window.avg_latency_us, 3),
+                "fallbacks": self.window.fallbacks,
+                "fallback_errors": self.window.fallback_errors,
             },
+            "fallbacks": self.fallbacks,
+            "fallback_errors": self.fallback_errors,
             "healthy": self.verdict,
             "reason": self.verdict_reason,
             "rule_matches": dict(sorted(self.rule_matches.items(), key=lambda item: -item[1])),

@@ -26,6 +26,11 @@ class HealthCounts:
     histogram: tuple[int, ...] = ()
     decisions: Mapping[str, int] = field(default_factory=dict)
     rules: Mapping[str, int] = field(default_factory=dict)  # matches per rule id; "" = the default decision
+    # Events routed to a *candidate* that failed there and were answered by this (stable) version
+    # instead. Counted apart: they are not this version's evaluations (nor errors, latency, decisions),
+    # so an arm's figures count only the events routed to it.
+    fallbacks: int = 0
+    fallback_errors: int = 0  # fallbacks this version failed too (answered with its on_error decision)
 
     def __add__(self, other: HealthCounts) -> HealthCounts:
         return HealthCounts(
@@ -36,10 +41,12 @@ class HealthCounts:
             _add_lists(self.histogram, other.histogram),
             _add_maps(self.decisions, other.decisions),
             _add_maps(self.rules, other.rules),
+            self.fallbacks + other.fallbacks,
+            self.fallback_errors + other.fallback_errors,
         )
 
     def __bool__(self) -> bool:
-        return self.evaluations > 0 or self.errors > 0 or self.timeouts > 0
+        return self.evaluations > 0 or self.errors > 0 or self.timeouts > 0 or self.fallbacks > 0
 
     @property
     def error_rate(self) -> float:
@@ -81,11 +88,13 @@ class HealthCounts:
             "histogram": list(self.histogram),
             "decisions": dict(self.decisions),
             "rules": dict(self.rules),
+            "fallbacks": self.fallbacks,
+            "fallback_errors": self.fallback_errors,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HealthCounts:
-        """Rebuild from :meth:`to_dict`."""
+        """Rebuild from :meth:`to_dict` (counts stored before fallbacks were counted apart have none)."""
         return cls(
             int(data.get("evaluations", 0)),
             int(data.get("errors", 0)),
@@ -94,6 +103,8 @@ class HealthCounts:
             tuple(int(x) for x in data.get("histogram", ())),
             {str(k): int(v) for k, v in dict(data.get("decisions", {})).items()},
             {str(k): int(v) for k, v in dict(data.get("rules", {})).items()},
+            int(data.get("fallbacks", 0)),
+            int(data.get("fallback_errors", 0)),
         )
 
 

@@ -7,8 +7,10 @@ routed table and counts the outcome for that version's health, all without a loc
 
 When a rule fails on an event (a run-time type mismatch, for example), the failure is counted
 against the version that failed, and the event is answered by the stable version if the failure was
-on a candidate; if the stable version itself fails, the answer is the bundle's ``on_error`` decision
-with ``Decision.error`` set. Before any version is active, the answer is a ``skip`` decision with
+on a candidate. That answer is counted as the stable version's *fallback* (``HealthCounts.fallbacks``),
+never as one of its evaluations: each version's figures count only the events routed to it, so a
+canary or A/B comparison is not biased by the candidate's failures. If the stable version itself
+fails, the answer is the bundle's ``on_error`` decision with ``Decision.error`` set. Before any version is active, the answer is a ``skip`` decision with
 ``error`` set.
 """
 
@@ -88,14 +90,14 @@ class RuleEngine:
 
     @staticmethod
     def _on_stable(table: Any, recorder: Any, event: Mapping[str, Any]) -> Decision:
-        start = perf_counter_ns()
+        """Answer an event that failed on the candidate; count it as a fallback, not as stable's evaluation."""
         try:
             decision: Decision = table.evaluate(event)
         except Exception as exc:
             if recorder is not None:
-                recorder.record_error(perf_counter_ns() - start)
+                recorder.record_fallback(failed=True)
             error: Decision = table.error_decision(f"{type(exc).__name__}: {exc}")
             return error
         if recorder is not None:
-            recorder.record(decision, perf_counter_ns() - start)
+            recorder.record_fallback(failed=False)
         return decision

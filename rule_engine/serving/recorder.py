@@ -19,10 +19,12 @@ __all__ = ["VersionRecorder"]
 class _Shard:
     """One thread's counters for one version; only that thread writes them."""
 
-    __slots__ = ("errors", "histogram", "latency_ns", "outcomes", "timeouts")
+    __slots__ = ("errors", "fallback_errors", "fallbacks", "histogram", "latency_ns", "outcomes", "timeouts")
 
     def __init__(self) -> None:
         self.errors = 0
+        self.fallbacks = 0
+        self.fallback_errors = 0
         self.timeouts = 0
         self.latency_ns = 0
         self.histogram = [0] * HISTOGRAM_BUCKETS
@@ -84,6 +86,17 @@ class VersionRecorder:
         if elapsed_ns > self.deadline_ns:
             shard.timeouts += 1
 
+    def record_fallback(self, *, failed: bool) -> None:
+        """Count one event this version answered for a candidate that failed on it (``failed``: this one too).
+
+        A fallback is not one of this version's evaluations: it is counted apart (``fallbacks`` and
+        ``fallback_errors``), so the figures of each version count only the events routed to it.
+        """
+        shard = self.shard()
+        shard.fallbacks += 1
+        if failed:
+            shard.fallback_errors += 1
+
     def totals(self) -> HealthCounts:
         """Everything counted so far, over all threads."""
         with self._drain_lock:
@@ -100,7 +113,7 @@ class VersionRecorder:
 
 def _sum_shards(shards: list[_Shard]) -> HealthCounts:
     """The sum of some shards' counters (each read once; a shard only ever grows)."""
-    evaluations = errors = timeouts = latency = 0
+    evaluations = errors = timeouts = latency = fallbacks = fallback_errors = 0
     histogram = [0] * HISTOGRAM_BUCKETS
     decisions: dict[str, int] = {}
     rules: dict[str, int] = {}
@@ -110,6 +123,8 @@ def _sum_shards(shards: list[_Shard]) -> HealthCounts:
         errors += shard.errors
         timeouts += shard.timeouts
         latency += shard.latency_ns
+        fallbacks += shard.fallbacks
+        fallback_errors += shard.fallback_errors
         for i, count in enumerate(counts):
             histogram[i] += count
         for outcome, count in list(shard.outcomes.items()):
@@ -117,7 +132,9 @@ def _sum_shards(shards: list[_Shard]) -> HealthCounts:
             decisions[name] = decisions.get(name, 0) + count
             rule_id = getattr(outcome, "rule_id", None) or ""
             rules[rule_id] = rules.get(rule_id, 0) + count
-    return HealthCounts(evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions, rules)
+    return HealthCounts(
+        evaluations, errors, timeouts, latency / 1000, tuple(histogram), decisions, rules, fallbacks, fallback_errors
+    )
 
 
 def _subtract(a: HealthCounts, b: HealthCounts) -> HealthCounts:
@@ -132,4 +149,6 @@ def _subtract(a: HealthCounts, b: HealthCounts) -> HealthCounts:
         histogram if any(histogram) else (),
         decisions,
         rules,
+        a.fallbacks - b.fallbacks,
+        a.fallback_errors - b.fallback_errors,
     )

@@ -107,8 +107,14 @@ class StateStore(ABC):
             self.add_health(version_id, bucket_start, delta)
 
     @abstractmethod
-    def health(self, version_ids: Sequence[str], since: float | None = None) -> dict[str, HealthCounts]:
-        """Each version's counters summed over buckets starting at or after ``since`` (all if None)."""
+    def health(
+        self, version_ids: Sequence[str], since: float | None = None, until: float | None = None
+    ) -> dict[str, HealthCounts]:
+        """Each version's counters summed over buckets starting within ``[since, until]``.
+
+        Lifetime totals when both are None; a missing bound is open. ``until`` keeps buckets
+        written by a process whose clock ran ahead out of a window that ends now.
+        """
 
     def prune_health(self, before: float) -> None:  # noqa: B027 - optional for backends
         """Drop health buckets that start before ``before`` (lifetime totals are kept)."""

@@ -91,15 +91,19 @@ class MemoryStore(StateStore):
             self._buckets[key] = self._buckets.get(key, HealthCounts()) + delta
             self._lifetime[version_id] = self._lifetime.get(version_id, HealthCounts()) + delta
 
-    def health(self, version_ids: Sequence[str], since: float | None = None) -> dict[str, HealthCounts]:
-        """Counters per version over buckets from ``since`` (lifetime totals when None)."""
+    def health(
+        self, version_ids: Sequence[str], since: float | None = None, until: float | None = None
+    ) -> dict[str, HealthCounts]:
+        """Counters per version over buckets starting within ``[since, until]`` (lifetime totals when both None)."""
+        low = float("-inf") if since is None else since
+        high = float("inf") if until is None else until
         with self._lock:
-            if since is None:
+            if since is None and until is None:
                 return {v: self._lifetime.get(v, HealthCounts()) for v in version_ids}
             wanted = set(version_ids)
             parts: dict[str, list[HealthCounts]] = {v: [] for v in version_ids}
             for (version_id, start), counts in self._buckets.items():
-                if version_id in wanted and start >= since:
+                if version_id in wanted and low <= start <= high:
                     parts[version_id].append(counts)
         return {v: sum_counts(p) for v, p in parts.items()}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -379,21 +380,24 @@ class SQLiteStore(StateStore):
                     (version_id, _dump(_counts(row) + delta)),
                 )
 
-    def health(self, version_ids: Sequence[str], since: float | None = None) -> dict[str, HealthCounts]:
-        """Each version's counters summed over buckets starting at or after ``since`` (lifetime if None)."""
+    def health(
+        self, version_ids: Sequence[str], since: float | None = None, until: float | None = None
+    ) -> dict[str, HealthCounts]:
+        """Each version's counters summed over buckets starting within ``[since, until]`` (lifetime if both None)."""
         totals = {v: HealthCounts() for v in version_ids}
         if not totals:
             return totals
         marks = ",".join("?" * len(totals))
         with self._reading("reading health counters") as conn:
-            if since is None:
+            if since is None and until is None:
                 rows = conn.execute(
                     f"SELECT version_id, counts FROM health_lifetime WHERE version_id IN ({marks})", list(totals)
                 ).fetchall()
             else:
                 rows = conn.execute(
-                    f"SELECT version_id, counts FROM health WHERE version_id IN ({marks}) AND bucket_start >= ?",
-                    [*totals, since],
+                    f"SELECT version_id, counts FROM health WHERE version_id IN ({marks})"
+                    " AND bucket_start >= ? AND bucket_start <= ?",
+                    [*totals, -math.inf if since is None else since, math.inf if until is None else until],
                 ).fetchall()
         for version_id, counts in rows:
             totals[version_id] = totals[version_id] + _counts((counts,))
