@@ -166,3 +166,20 @@ def test_rendering_a_time_never_raises() -> None:
     assert iso(0) == "1970-01-01T00:00:00+00:00"
     assert iso(1e20) == "1e+20 (unix seconds)"
     assert iso(float("nan")) == "nan (unix seconds)"
+
+
+def test_adopting_another_process_change_before_an_operation_runs_the_follow_hooks(tmp_path: Path) -> None:
+    """D29: a change another process committed, adopted by this one's next operation, still fires after_swap."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    writer = DeploymentManager.open(url, follow=False)
+    reader = DeploymentManager.open(url, follow=False)
+    try:
+        seen: list[tuple[str, str | None]] = []
+        reader.subscribe(HookPoint.AFTER_SWAP, lambda event: seen.append((event.action, event.serving_after[0])))
+        v1 = writer.prepare_deployment(BUNDLES / "gateway-v1.json")
+        writer.activate_deployment(v1)
+        reader.prepare_deployment(BUNDLES / "gateway-v2.json")  # adopts the writer's activation first
+        assert seen == [("follow", v1)]
+    finally:
+        writer.close()
+        reader.close()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from rule_engine.clock import Clock
 from rule_engine.control.records import ControlState
 from rule_engine.control.transitions import Change
+from rule_engine.deployment.follower import run_follow_hooks
 from rule_engine.deployment.hooks import DeploymentEvent, HookPoint, Hooks
 from rule_engine.deployment.publisher import BundleGone, Publisher, Serving, serving_of_state
 from rule_engine.errors import ConflictError, RuleEngineError
@@ -59,20 +60,24 @@ class Committer:
         store = self._publisher.store
         before: Serving = self._publisher.serving()
         hooked = False
+        adopted: tuple[ControlState, ControlState, Serving, Serving] | None = None  # another process's change
         try:
             with self.lock:
                 retries = self._max_retries()
                 for attempt in range(retries):
                     state = store.load()
                     if state.revision != self._publisher.state.revision:
+                        old, served = self._publisher.state, self._publisher.serving()
                         try:
                             self._publisher.publish(state)
                         except BundleGone:
                             continue  # that state is already outdated: read it again
+                        first = adopted or (old, state, served, served)
+                        adopted = (first[0], state, first[2], self._publisher.serving())
                     now = self._clock.now()
                     change = plan(state, now)
                     if change.state is state:
-                        return change
+                        break
                     before = self._publisher.serving()
                     if change.serving_changed and not hooked:
                         hooked = True
@@ -101,6 +106,8 @@ class Committer:
                 HookPoint.ON_ERROR, DeploymentEvent(action, version_id, actor, serving, serving, str(exc), exc)
             )
             raise
+        if adopted is not None and adopted[2] != adopted[3]:  # what serves changed under us: tell the hooks
+            run_follow_hooks(self._hooks, self._publisher.store, *adopted)
         after = self._publisher.serving()
         if change.serving_changed:
             self._hooks.run(HookPoint.AFTER_SWAP, _event(change, before, after))
