@@ -194,7 +194,9 @@ class TypeCheck:
             )
         for rule in self.table.rules:
             if rule.rule.when is not None and self._rule_events[rule.id] == 0:
-                found.append(Finding(rule.id, None, "no_traffic", 0.0, 0, 0, "no recorded event is in the rule's scope"))
+                found.append(
+                    Finding(rule.id, None, "no_traffic", 0.0, 0, 0, "no recorded event is in the rule's scope")
+                )
         for use, tally in zip(self._uses, self._tallies, strict=True):
             if tally.events == 0:
                 continue

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from rule_engine.errors import RuleEngineError
 
@@ -202,7 +202,7 @@ def _open(path: str) -> Iterator[tuple[IO[bytes], bool]]:
         buffered: IO[bytes] = io.BufferedReader(_Prepended(head, raw), buffer_size=_CHUNK)
         if head == _GZIP_MAGIC:
             with gzip.GzipFile(fileobj=buffered, mode="rb") as unzipped:
-                yield unzipped, True
+                yield cast(IO[bytes], unzipped), True
         else:
             yield buffered, False
     finally:

@@ -83,7 +83,7 @@ class ErrorGroup:
     agent: str
     flow: str
     rule_id: str
-    field: str
+    field_name: str
     count: int = 0
     new: int = 0
     message: str = ""
@@ -96,7 +96,7 @@ class ErrorGroup:
             "agent": self.agent,
             "flow": self.flow,
             "rule_id": self.rule_id,
-            "field": self.field,
+            "field": self.field_name,
             "count": self.count,
             "new": self.new,
             "message": self.message,
