@@ -100,8 +100,9 @@ class EventSource:
             if not raw:
                 return
             number += 1
-            if len(raw) > limit and not raw.endswith(b"\n"):
-                _skip_rest_of_line(stream)
+            if len(raw) > limit:
+                if not raw.endswith(b"\n"):
+                    _skip_rest_of_line(stream)
                 self._bad(number, f"longer than {limit:,} bytes")
                 continue
             if not raw.strip():
