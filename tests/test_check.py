@@ -47,7 +47,9 @@ def test_check_finds_the_v3_broken_defect_in_the_recorded_events() -> None:
     strings = [e for e in events if isinstance(e.get("session", {}).get("age_secs"), str)]
     result = invoke("check", V3, "--events", str(RECORDED), "--json")
     assert result.exit_code == 1, result.output
-    assert result.stderr.startswith("error: 1 comparison(s) raise on recorded traffic; first: rule 'challenge-stale-session'")
+    assert result.stderr.startswith(
+        "error: 1 comparison(s) raise on recorded traffic; first: rule 'challenge-stale-session'"
+    )
     findings = json.loads(result.stdout)["findings"]
     assert all({"rule_id", "field", "kind", "share"} <= f.keys() for f in findings)
     raises = [f for f in findings if f["kind"] == "raises"]
@@ -113,9 +115,7 @@ def test_compatibility_lists_new_fields_and_changed_types() -> None:
     ]
     assert compat["removed_fields"] == compat["changed_types"] == []
     old = table_of([{"id": "r", "when": {"field": "x", "op": "eq", "value": "1"}, "then": {"decision": "d"}}])
-    new = table_of(
-        [{"id": "r", "when": {"field": "x", "op": "in", "value": [1, 2]}, "then": {"decision": "d"}}]
-    )
+    new = table_of([{"id": "r", "when": {"field": "x", "op": "in", "value": [1, 2]}, "then": {"decision": "d"}}])
     assert compatibility(new, old)["changed_types"] == [
         {"field": "x", "before": ["string"], "after": ["number"], "rule_ids": ["r"]}
     ]
@@ -138,7 +138,9 @@ def test_every_field_of_every_example_rule_is_listed() -> None:
 
 scalar_values = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-3, 3) | st.text("ab", max_size=3)
 actual_values = st.recursive(
-    scalar_values, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text("ab", max_size=2), c, max_size=2), max_leaves=5
+    scalar_values,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text("ab", max_size=2), c, max_size=2),
+    max_leaves=5,
 )
 leaf_documents = st.one_of(
     st.builds(lambda op, v: {"op": op, "value": v}, st.sampled_from(["eq", "ne"]), scalar_values),
@@ -150,10 +152,16 @@ leaf_documents = st.one_of(
     st.builds(
         lambda op, v: {"op": op, "value": v},
         st.sampled_from(["in", "not_in"]),
-        st.lists(st.integers(-3, 3), min_size=1) | st.lists(st.text("ab"), min_size=1) | st.lists(st.booleans(), min_size=1),
+        st.lists(st.integers(-3, 3), min_size=1)
+        | st.lists(st.text("ab"), min_size=1)
+        | st.lists(st.booleans(), min_size=1),
     ),
     st.builds(lambda v: {"op": "contains", "value": v}, st.booleans() | st.integers(-3, 3) | st.text("ab", max_size=2)),
-    st.builds(lambda op, v: {"op": op, "value": v}, st.sampled_from(["starts_with", "ends_with", "matches"]), st.text("ab", max_size=2)),
+    st.builds(
+        lambda op, v: {"op": op, "value": v},
+        st.sampled_from(["starts_with", "ends_with", "matches"]),
+        st.text("ab", max_size=2),
+    ),
     st.just({"op": "exists"}),
 )
 

@@ -64,7 +64,15 @@ def test_no_finding_on_the_example_bundles(bundle: Path) -> None:
         ({"all": [leaf("x", "eq", None), leaf("x", "gt", 1)]}, "null and a comparison"),
         ({"all": [leaf("x", "eq", 1), {"not": leaf("x", "in", [1, 2])}]}, "a leaf and a weaker negation"),
         ({"all": [leaf("y", "exists"), {"all": [leaf("x", "eq", 1), leaf("x", "eq", True)]}]}, "nested, kinds differ"),
-        ({"any": [{"all": [leaf("x", "eq", 1), leaf("x", "eq", 2)]}, {"all": [leaf("y", "lt", 1), leaf("y", "gt", 1)]}]}, "any of never"),
+        (
+            {
+                "any": [
+                    {"all": [leaf("x", "eq", 1), leaf("x", "eq", 2)]},
+                    {"all": [leaf("y", "lt", 1), leaf("y", "gt", 1)]},
+                ]
+            },
+            "any of never",
+        ),
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -103,11 +111,20 @@ def test_an_earlier_rule_that_always_matches_in_the_same_scope_shadows() -> None
 
 def test_identical_and_weaker_earlier_conditions_shadow() -> None:
     """Same condition with another outcome, or a weaker earlier condition (gte 0.8 before gte 0.95)."""
-    same = [{"when": leaf("x", "eq", 1), "then": {"decision": "a"}}, {"when": leaf("x", "eq", 1), "then": {"decision": "b"}}]
+    same = [
+        {"when": leaf("x", "eq", 1), "then": {"decision": "a"}},
+        {"when": leaf("x", "eq", 1), "then": {"decision": "b"}},
+    ]
     assert kinds(same) == {"r1": "shadowed"}
-    weaker = [{"priority": 2, "when": leaf("r", "gte", 0.8)}, {"when": leaf("r", "gte", 0.95), "then": {"decision": "x"}}]
+    weaker = [
+        {"priority": 2, "when": leaf("r", "gte", 0.8)},
+        {"when": leaf("r", "gte", 0.95), "then": {"decision": "x"}},
+    ]
     assert kinds(weaker) == {"r1": "shadowed"}
-    stronger = [{"priority": 2, "when": leaf("r", "gte", 0.95)}, {"when": leaf("r", "gte", 0.8), "then": {"decision": "x"}}]
+    stronger = [
+        {"priority": 2, "when": leaf("r", "gte", 0.95)},
+        {"when": leaf("r", "gte", 0.8), "then": {"decision": "x"}},
+    ]
     assert kinds(stronger) == {}
 
 
@@ -160,7 +177,11 @@ def test_semantic_diff_of_the_gateway_bundles() -> None:
         "throttle -> challenge",
         "throttle -> deny",
     ]
-    assert cells[("api_gateway", "checkout")]["can_change"] == ["allow -> deny", "challenge -> deny", "throttle -> deny"]
+    assert cells[("api_gateway", "checkout")]["can_change"] == [
+        "allow -> deny",
+        "challenge -> deny",
+        "throttle -> deny",
+    ]
     assert cells[("api_gateway", "login")]["added"] == ["challenge-high-risk"]
     others = [c for k, c in cells.items() if k not in (("api_gateway", "login"), ("api_gateway", "checkout"))]
     assert others
@@ -200,9 +221,11 @@ leaves = st.one_of(
 )
 conditions = st.recursive(
     leaves,
-    lambda c: st.builds(lambda cs: {"all": cs}, st.lists(c, min_size=1, max_size=3))
-    | st.builds(lambda cs: {"any": cs}, st.lists(c, min_size=1, max_size=3))
-    | st.builds(lambda x: {"not": x}, c),
+    lambda c: (
+        st.builds(lambda cs: {"all": cs}, st.lists(c, min_size=1, max_size=3))
+        | st.builds(lambda cs: {"any": cs}, st.lists(c, min_size=1, max_size=3))
+        | st.builds(lambda x: {"not": x}, c)
+    ),
     max_leaves=4,
 )
 rules = st.fixed_dictionaries(

@@ -106,9 +106,7 @@ def test_generated_traffic_counts_match_an_independent_computation(tmp_path: Pat
         )
         assert group.from_rules == dict(rules)
         assert len(group.examples) <= 3
-    assert report.rule_changed == sum(
-        b[0] == c[0] and not b[2] and not c[2] and b[1] != c[1] for b, c in outcomes
-    )
+    assert report.rule_changed == sum(b[0] == c[0] and not b[2] and not c[2] and b[1] != c[1] for b, c in outcomes)
 
 
 def test_gzip_stdin_and_plain_events_give_the_same_report(tmp_path: Path) -> None:
