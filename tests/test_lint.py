@@ -202,7 +202,8 @@ def invoke_lint_exit(rules: list[dict[str, Any]]) -> int:
         path.write_text(json.dumps(bundle_doc(rules)), encoding="utf-8")
         result = invoke("lint", str(path))
     if result.exit_code == 1:
-        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+        assert result.stderr.startswith("error: ")
+        assert len(result.stderr.splitlines()) == 1
     return result.exit_code
 
 
