@@ -15,23 +15,35 @@ events, which may come from stdin and cannot be read twice) and reports :class:`
 stops reading, and fields whose comparisons need another kind.
 
 Bounds: per finding at most ``MAX_SCOPES`` agent/flow pairs are itemised (the rest are summed under
-``(other)``); the per-cell cache of comparisons holds at most ``MAX_CELLS`` entries.
+``(other)``); the per-cell cache of comparisons holds at most ``MAX_CELLS`` entries; at most
+``MAX_COMBOS`` distinct (cell, kinds seen) combinations are counted before they are folded into the
+per-comparison tallies. Per event the cost is one lookup per distinct field path of its cell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rule_engine.analysis.fields import FieldUse, field_uses, observe
+from rule_engine.analysis.fields import FieldUse, Observer, compile_observer, field_uses
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.table import RuleQuery, RuleTable
 
-__all__ = ["MAX_CELLS", "MAX_SCOPES", "Finding", "TypeCheck", "check_events", "compatibility", "scope_label"]
+__all__ = [
+    "MAX_CELLS",
+    "MAX_COMBOS",
+    "MAX_SCOPES",
+    "Finding",
+    "TypeCheck",
+    "check_events",
+    "compatibility",
+    "scope_label",
+]
 
 MAX_SCOPES = 200
 MAX_CELLS = 10_000
+MAX_COMBOS = 100_000
 _OTHER = ("(other)", "(other)")
 SEVERITY = {"raises": "error", "type_mismatch": "warning", "never_carried": "warning", "no_traffic": "info"}
 
@@ -106,6 +118,16 @@ class Finding:
         }
 
 
+@dataclass(frozen=True, eq=False)
+class _Cell:
+    """One agent/flow cell: its rules, the distinct paths they read, and (comparison, path position)."""
+
+    rule_ids: tuple[str, ...]
+    observe: Observer  # fast: "?" for a value that is not a plain JSON type
+    observe_exact: Observer
+    where: tuple[tuple[int, int], ...]
+
+
 class TypeCheck:
     """Accumulates, event by event, what a table's comparisons meet in recorded traffic."""
 
@@ -125,56 +147,105 @@ class TypeCheck:
         self._tallies = [_Tally() for _ in self._uses]
         self._rule_events: dict[str, int] = dict.fromkeys((r.id for r in table.rules), 0)
         self._raised: dict[tuple[str, str], _Tally] = {}
-        self._cells: dict[tuple[Any, Any], tuple[tuple[str, ...], tuple[tuple[int, tuple[str, ...]], ...]]] = {}
-        self.events = 0
+        self._cells: dict[tuple[Any, Any], _Cell] = {}
+        # (cell, scope labels, kinds seen at the cell's paths) -> [events, first line]: the per-event
+        # work is one lookup per distinct path; the tallies are updated per distinct combination.
+        self._combos: dict[tuple[Any, ...], list[Any]] = {}
+        self._counted = [0]
+        self._add = self.adder()
 
-    def _cell(self, agent: Any, flow: Any) -> tuple[tuple[str, ...], tuple[tuple[int, tuple[str, ...]], ...]]:
+    def _cell(self, agent: Any, flow: Any) -> _Cell:
+        """The cell of an agent and flow; cached under the names when both are strings."""
+        strings = type(agent) is str and type(flow) is str
         key = (agent if isinstance(agent, str) else None, flow if isinstance(flow, str) else None)
         cached = self._cells.get(key)
         if cached is None:
-            rules = self.table.query(RuleQuery(*key))
-            rule_ids = tuple(r.id for r in rules)
-            uses = tuple((i, self._uses[i].path) for rid in rule_ids for i in self._by_rule.get(rid, ()))
+            rule_ids = tuple(r.id for r in self.table.query(RuleQuery(*key)))
+            uses = [i for rid in rule_ids for i in self._by_rule.get(rid, ())]
+            paths = tuple(dict.fromkeys(self._uses[i].path for i in uses))
+            where = tuple((i, paths.index(self._uses[i].path)) for i in uses)
             if len(self._cells) >= MAX_CELLS:
                 self._cells.clear()
-            cached = self._cells[key] = (rule_ids, uses)
+            cached = self._cells[key] = _Cell(
+                rule_ids, compile_observer(paths, exact=False), compile_observer(paths), where
+            )
+        if strings and len(self._cells) < MAX_CELLS:
+            self._cells[(agent, flow)] = cached
         return cached
 
     def add(self, event: Mapping[str, Any], error: BaseException | None = None, line: int | None = None) -> None:
         """Count one event, and the error the table raised on it (None when it decided)."""
-        self.events += 1
-        agent, flow = event.get("agent_id"), event.get("flow_id")
-        rule_ids, uses = self._cell(agent, flow)
-        labels = (scope_label(agent), scope_label(flow))
-        rule_events = self._rule_events
-        for rid in rule_ids:
-            rule_events[rid] += 1
-        tallies = self._tallies
-        for index, path in uses:
-            tally = tallies[index]
-            tally.events += 1
-            kind = observe(event, path)
-            slot = tally.cell(*labels)
-            slot[0] += 1
-            if kind is None:
-                continue
-            tally.kinds[kind] = tally.kinds.get(kind, 0) + 1
-            if not self._uses[index].accepts(kind):
-                tally.hits += 1
-                slot[1] += 1
-                if tally.example_line is None:
-                    tally.example_line = line
-        if error is not None:
-            rule_id = getattr(error, "rule_id", "?")
-            field_name = getattr(error, "field", "?")
-            raised = self._raised.get((rule_id, field_name))
-            if raised is None:
-                raised = self._raised[(rule_id, field_name)] = _Tally(example=str(error), example_line=line)
-            raised.hits += 1
-            raised.cell(*labels)[1] += 1
+        self._add(event, error, line)
+
+    def adder(self) -> Callable[[Mapping[str, Any], BaseException | None, int | None], None]:
+        """:meth:`add` as a closure over its state (what ``replay`` calls per event)."""
+        cells, combos, cell_of, count_error = self._cells, self._combos, self._cell, self._count_error
+        counted = self._counted
+
+        def add(event: Mapping[str, Any], error: BaseException | None = None, line: int | None = None) -> None:
+            agent, flow = event.get("agent_id"), event.get("flow_id")
+            if type(agent) is str and type(flow) is str:
+                labels: tuple[str, str] = (agent, flow)
+                cell = cells.get(labels) or cell_of(agent, flow)
+            else:
+                labels = (scope_label(agent), scope_label(flow))
+                cell = cell_of(agent, flow)
+            kinds = cell.observe(event)
+            if "?" in kinds:
+                kinds = cell.observe_exact(event)
+            key = (cell, labels, kinds)
+            combo = combos.get(key)
+            if combo is None:
+                if len(combos) >= MAX_COMBOS:
+                    self._expand()
+                combos[key] = [1, line]
+            else:
+                combo[0] += 1
+            counted[0] += 1
+            if error is not None:
+                count_error(error, labels, line)
+
+        return add
+
+    @property
+    def events(self) -> int:
+        """Events counted so far."""
+        return self._counted[0]
+
+    def _count_error(self, error: BaseException, labels: tuple[str, str], line: int | None) -> None:
+        rule_id = getattr(error, "rule_id", "?")
+        field_name = getattr(error, "field", "?")
+        raised = self._raised.get((rule_id, field_name))
+        if raised is None:
+            raised = self._raised[(rule_id, field_name)] = _Tally(example=str(error), example_line=line)
+        raised.hits += 1
+        raised.cell(*labels)[1] += 1
+
+    def _expand(self) -> None:
+        """Fold the counted combinations into the per-comparison tallies."""
+        tallies, uses, rule_events = self._tallies, self._uses, self._rule_events
+        for (cell, labels, kinds), (count, line) in self._combos.items():
+            for rid in cell.rule_ids:
+                rule_events[rid] += count
+            for index, position in cell.where:
+                tally = tallies[index]
+                tally.events += count
+                slot = tally.cell(*labels)
+                slot[0] += count
+                kind = kinds[position]
+                if kind is None:
+                    continue
+                tally.kinds[kind] = tally.kinds.get(kind, 0) + count
+                if not uses[index].accepts(kind):
+                    tally.hits += count
+                    slot[1] += count
+                    if line is not None and (tally.example_line is None or line < tally.example_line):
+                        tally.example_line = line
+        self._combos.clear()
 
     def findings(self) -> list[Finding]:
         """Every finding, errors first, then by rule order."""
+        self._expand()
         found: list[Finding] = []
         order = {r.id: i for i, r in enumerate(self.table.rules)}
         for (rule_id, field_name), tally in self._raised.items():

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, NamedTuple, cast
 
 from rule_engine.errors import RuleEngineError
 
@@ -38,14 +38,14 @@ DEFAULT_MAX_EVENTS = 1_000_000
 _MAX_PROBLEMS = 5
 _CHUNK = 64 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
+_DECODER = json.JSONDecoder()
 
 
 class EventsError(RuleEngineError):
     """An events file cannot be read at all (missing, unreadable, broken gzip)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Recorded:
+class Recorded(NamedTuple):
     """One recorded event: its line number, the event object and its routing key (None: no key)."""
 
     line: int
@@ -69,11 +69,10 @@ class EventSource:
 
     def __iter__(self) -> Iterator[Recorded]:
         """Read the events once, updating the counts as it goes."""
-        path = self.key_field.split(".")
         with _open(self.path) as (stream, compressed):
             self.compressed = compressed
             try:
-                yield from self._records(stream, path)
+                yield from self._records(stream)
             except (OSError, EOFError, gzip.BadGzipFile) as exc:
                 raise EventsError(f"{self.path}: cannot read events: {exc}") from exc
 
@@ -92,11 +91,13 @@ class EventSource:
         if len(self.problems) < _MAX_PROBLEMS:
             self.problems.append(f"line {line}: {why}")
 
-    def _records(self, stream: IO[bytes], key_path: list[str]) -> Iterator[Recorded]:
-        limit = self.max_line_bytes
+    def _records(self, stream: IO[bytes]) -> Iterator[Recorded]:
+        limit, most, key_field = self.max_line_bytes, self.max_events, self.key_field
+        decode = _DECODER.decode
+        readline = stream.readline
         number = 0
         while True:
-            raw = stream.readline(limit + 1)
+            raw = readline(limit + 1)
             if not raw:
                 return
             number += 1
@@ -105,31 +106,30 @@ class EventSource:
                     _skip_rest_of_line(stream)
                 self._bad(number, f"longer than {limit:,} bytes")
                 continue
-            if not raw.strip():
+            try:
+                value = decode(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                self._bad(number, "not UTF-8")
                 continue
-            if self.events >= self.max_events:
+            except (ValueError, RecursionError) as exc:
+                if not raw.strip():
+                    continue  # a blank line
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                self._bad(number, f"not valid JSON ({reason})")
+                continue
+            if type(value) is not dict:
+                self._bad(number, f"expected a JSON object, got {type(value).__name__}")
+                continue
+            if self.events >= most:
                 self.truncated = True
                 return
-            parsed = self._parse(number, raw)
-            if parsed is not None:
-                self.events += 1
-                yield parsed
-
-    def _parse(self, number: int, raw: bytes) -> Recorded | None:
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
-            self._bad(number, f"not valid JSON ({reason})")
-            return None
-        if not isinstance(value, dict):
-            self._bad(number, f"expected a JSON object, got {type(value).__name__}")
-            return None
-        inner = value.get("event")
-        if isinstance(inner, dict):
-            key = value.get("key")
-            return Recorded(number, inner, key if key is not None else _key_of(inner, self.key_field))
-        return Recorded(number, value, _key_of(value, self.key_field))
+            self.events += 1
+            inner = value.get("event")
+            if type(inner) is dict:
+                key = value.get("key")
+                yield Recorded(number, inner, key if key is not None else _key_of(inner, key_field))
+            else:
+                yield Recorded(number, value, _key_of(value, key_field))
 
 
 def read_events(

@@ -9,16 +9,23 @@ JSON kinds a present, non-null value may have (None: any kind, for ``exists`` an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, RuleBundle, kind_of
 from rule_engine.evaluation.table import RuleTable
 
-__all__ = ["FieldUse", "field_uses", "leaves_of", "needed_kinds", "observe", "uses_by_field"]
-
-_MISSING: Any = object()
+__all__ = [
+    "FieldUse",
+    "Observer",
+    "compile_observer",
+    "field_uses",
+    "leaves_of",
+    "needed_kinds",
+    "observe",
+    "uses_by_field",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +103,83 @@ def uses_by_field(uses: list[FieldUse]) -> dict[str, list[FieldUse]]:
     return grouped
 
 
-def observe(event: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-    """The kind of the value at ``path`` in ``event``, or None when the leaf would see no value.
+_KINDS: dict[type, str | None] = {
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "bool",
+    dict: "object",
+    list: "list",
+    type(None): None,
+}
 
-    None covers a missing field, a null one, and a path through a non-object (all make a leaf false).
+
+def _mapping_or_none(value: Any) -> Mapping[str, Any] | None:
+    return value if isinstance(value, Mapping) else None
+
+
+def _kind(value: Any) -> str | None:
+    kind = _KINDS.get(type(value), "?")
+    return kind_of(value) if kind == "?" else kind
+
+
+Observer = Callable[[Mapping[str, Any]], tuple[str | None, ...]]
+
+
+def compile_observer(paths: tuple[tuple[str, ...], ...], *, exact: bool = True) -> Observer:
+    """A function ``event -> kinds``: the kind at each path (None: missing, null or under a non-object).
+
+    Compiled once per set of paths, like the rule compiler: the paths become a trie so a shared
+    prefix (``user`` in ``user.id`` and ``user.email``) is read once; path parts are bound as
+    constants, never written into the source.
     """
-    value: Any = event
-    for part in path:
-        if not isinstance(value, Mapping):
-            return None
-        value = value.get(part, _MISSING)
-        if value is _MISSING:
-            return None
-    return None if value is None else kind_of(value)
+    constants: list[Any] = []
+    lines: list[str] = []
+    names: dict[tuple[str, ...], str] = {(): "event"}
+    maps: dict[tuple[str, ...], str] = {(): "event"}
+
+    def const(value: Any) -> str:
+        constants.append(value)
+        return f"c{len(constants) - 1}"
+
+    def node(path: tuple[str, ...]) -> str:
+        if path in names:
+            return names[path]
+        parent = mapping(path[:-1])
+        name = f"r{len(names)}"
+        if parent == "event":
+            lines.append(f"{name} = event.get({const(path[-1])})")
+        else:
+            lines.append(f"{name} = {parent}.get({const(path[-1])}) if {parent} is not None else None")
+        names[path] = name
+        return name
+
+    def mapping(path: tuple[str, ...]) -> str:
+        if path in maps:
+            return maps[path]
+        raw = node(path)
+        name = f"m{len(maps)}"
+        lines.append(f"{name} = {raw} if type({raw}) is dict else _map({raw})")
+        maps[path] = name
+        return name
+
+    results = [node(path) for path in paths]
+    # JSON-decoded values: one dict lookup per path; any other type makes the tuple hold "?" and
+    # the caller asks the exact observer (``exact=True``), which calls kind_of.
+    tail = "".join((f"_kind({r}), " if exact else f"_get(type({r}), '?'), ") for r in results)
+    args = ", ".join(f"c{i}" for i in range(len(constants)))
+    body = "".join(f"    {line}\n" for line in lines)
+    source = f"def factory({args}):\n  def observe(event):\n{body}    return ({tail})\n  return observe\n"
+    namespace: dict[str, Any] = {}
+    exec(
+        compile(source, "<rule_engine.analysis.fields>", "exec"),
+        {"_map": _mapping_or_none, "_kind": _kind, "_get": _KINDS.get},
+        namespace,
+    )
+    observer: Observer = namespace["factory"](*constants)
+    return observer
+
+
+def observe(event: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
+    """The kind of the value at ``path`` in ``event``, or None when the leaf would see no value."""
+    return compile_observer((path,))(event)[0]

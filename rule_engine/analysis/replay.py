@@ -170,7 +170,7 @@ def replay(
     """Decide every event on both tables and collect the differences (see the module docstring)."""
     examples = max(0, min(examples, MAX_EXAMPLES))
     report = ReplayReport(*names, check=TypeCheck(candidate) if check else None)
-    type_check = report.check
+    check_add = report.check.adder() if report.check is not None else None
     cand_eval, base_eval = candidate.evaluate, baseline.evaluate
     cand_error = candidate.error_decision("replay").decision
     base_error = baseline.error_decision("replay").decision
@@ -194,8 +194,8 @@ def replay(
         t2 = perf_counter_ns()
         base_ns += t1 - t0
         cand_ns += t2 - t1
-        if type_check is not None:
-            type_check.add(event, c_exc, recorded.line)
+        if check_add is not None:
+            check_add(event, c_exc, recorded.line)
         if b_exc is not None or c_exc is not None:
             _errors(report, recorded, b_exc, c_exc, examples)
         b_decision = b.decision if b is not None else base_error
@@ -254,26 +254,34 @@ def _errors(
     examples: int,
 ) -> None:
     event = recorded.event
-    agent, flow = scope_label(event.get("agent_id")), scope_label(event.get("flow_id"))
-    for side, exc, other in (("baseline", b_exc, c_exc), ("candidate", c_exc, b_exc)):
-        if exc is None:
-            continue
-        report.errors[side] += 1
-        new = other is None
-        if new:
-            report.new_errors[side] += 1
-        rule_id = exc.rule_id if isinstance(exc, RuleEvaluationError) else "?"
-        field_name = exc.field if isinstance(exc, RuleEvaluationError) else "?"
-        key = (side, agent, flow, rule_id, field_name)
-        group = report.error_groups.get(key)
-        if group is None:
-            if len(report.error_groups) >= DEFAULT_MAX_GROUPS:
-                continue
-            group = report.error_groups[key] = ErrorGroup(*key, message=str(exc))
-        group.count += 1
-        group.new += new
-        if len(group.lines) < examples:
-            group.lines.append(recorded.line)
+    agent, flow = event.get("agent_id"), event.get("flow_id")
+    if type(agent) is not str or type(flow) is not str:
+        agent, flow = scope_label(agent), scope_label(flow)
+    if b_exc is not None:
+        _error(report, "baseline", b_exc, c_exc is None, agent, flow, recorded.line, examples)
+    if c_exc is not None:
+        _error(report, "candidate", c_exc, b_exc is None, agent, flow, recorded.line, examples)
+
+
+def _error(
+    report: ReplayReport, side: str, exc: BaseException, new: bool, agent: str, flow: str, line: int, examples: int
+) -> None:
+    report.errors[side] += 1
+    if new:
+        report.new_errors[side] += 1
+    if isinstance(exc, RuleEvaluationError):
+        key = (side, agent, flow, exc.rule_id, exc.field)
+    else:
+        key = (side, agent, flow, "?", "?")
+    group = report.error_groups.get(key)
+    if group is None:
+        if len(report.error_groups) >= DEFAULT_MAX_GROUPS:
+            return
+        group = report.error_groups[key] = ErrorGroup(*key, message=str(exc))
+    group.count += 1
+    group.new += new
+    if len(group.lines) < examples:
+        group.lines.append(line)
 
 
 def _ranked(counts: Mapping[str, int]) -> dict[str, int]:
