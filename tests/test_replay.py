@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,19 @@ def test_replay_never_raises_and_counts_exactly_on_any_events(events: list[dict[
 
 
 _TABLES = {"v1": table(V1), "v3": table(V3)}
+
+
+def test_progress_is_shown_on_a_terminal_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress line goes to stderr when it is a terminal, and nowhere otherwise (pipes, CI logs)."""
+    from rule_engine.cli.analysis import _Progress
+
+    quiet = _Progress("replay")
+    quiet(8192)
+    quiet.done()
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    shown = _Progress("replay")
+    shown(8192)
+    assert capsys.readouterr().err == "\rreplay: 8,192 events"

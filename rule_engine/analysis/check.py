@@ -147,6 +147,7 @@ class TypeCheck:
         self._tallies = [_Tally() for _ in self._uses]
         self._rule_events: dict[str, int] = dict.fromkeys((r.id for r in table.rules), 0)
         self._raised: dict[tuple[str, str], _Tally] = {}
+        self._pending_errors: dict[tuple[str, str, tuple[str, str]], int] = {}
         self._cells: dict[tuple[Any, Any], _Cell] = {}
         # (cell, scope labels, kinds seen at the cell's paths) -> [events, first line]: the per-event
         # work is one lookup per distinct path; the tallies are updated per distinct combination.
@@ -213,16 +214,24 @@ class TypeCheck:
         return self._counted[0]
 
     def _count_error(self, error: BaseException, labels: tuple[str, str], line: int | None) -> None:
-        rule_id = getattr(error, "rule_id", "?")
-        field_name = getattr(error, "field", "?")
-        raised = self._raised.get((rule_id, field_name))
-        if raised is None:
-            raised = self._raised[(rule_id, field_name)] = _Tally(example=str(error), example_line=line)
-        raised.hits += 1
-        raised.cell(*labels)[1] += 1
+        key = (getattr(error, "rule_id", "?"), getattr(error, "field", "?"), labels)
+        count = self._pending_errors.get(key)
+        if count is None:
+            if (key[0], key[1]) not in self._raised:
+                self._raised[(key[0], key[1])] = _Tally(example=str(error), example_line=line)
+            if len(self._pending_errors) >= MAX_COMBOS:
+                self._expand()
+            self._pending_errors[key] = 1
+        else:
+            self._pending_errors[key] = count + 1
 
     def _expand(self) -> None:
-        """Fold the counted combinations into the per-comparison tallies."""
+        """Fold the counted combinations (and errors) into the per-comparison tallies."""
+        for (rule_id, field_name, labels), count in self._pending_errors.items():
+            raised = self._raised[(rule_id, field_name)]
+            raised.hits += count
+            raised.cell(*labels)[1] += count
+        self._pending_errors.clear()
         tallies, uses, rule_events = self._tallies, self._uses, self._rule_events
         for (cell, labels, kinds), (count, line) in self._combos.items():
             for rid in cell.rule_ids:
