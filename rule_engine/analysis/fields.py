@@ -159,7 +159,7 @@ def compile_observer(paths: tuple[tuple[str, ...], ...], *, exact: bool = True) 
             return maps[path]
         raw = node(path)
         name = f"m{len(maps)}"
-        lines.append(f"{name} = {raw} if type({raw}) is dict else _map({raw})")
+        lines.append(f"{name} = {raw} if type({raw}) is dict or {raw} is None else _map({raw})")
         maps[path] = name
         return name
 
