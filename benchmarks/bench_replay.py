@@ -10,7 +10,7 @@ check in the same pass (the CLI's default); goal <= 1.5x. Shown too: the same wi
 (``--no-check``). Events are made like the demo's traffic (``rule_engine.cli.demo.make_event``, keyed
 records), candidate gateway-v3-broken against gateway-v2 (about half of the candidate's
 evaluations raise, as in the demo). Thread CPU time per whole pass, gc enabled, the cases
-interleaved round-robin, best pass kept (medians in the notes).
+interleaved round-robin (``bench_table.time_with_gc``), best pass kept (medians in the notes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ for _p in (str(HERE), str(HERE.parent)):
         sys.path.insert(0, _p)
 
 from _timing import Report, bench_main  # noqa: E402
+from bench_table import time_with_gc  # noqa: E402
 
 from rule_engine import RuleTable, load_bundle  # noqa: E402
 from rule_engine.analysis.events import read_events  # noqa: E402
@@ -69,19 +69,6 @@ def floor(path: Path, candidate: RuleTable, baseline: RuleTable) -> int:
     return n
 
 
-def passes(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[int]]:
-    """Thread CPU ns of each whole pass, gc enabled, cases interleaved round-robin."""
-    samples: dict[str, list[int]] = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            t0 = time.thread_time_ns()
-            cases[name]()
-            samples[name].append(time.thread_time_ns() - t0)
-    return samples
-
-
 def run(*, quick: bool = False, repeat: int = 25) -> list[Report]:
     """Measure and report (see the module docstring)."""
     count = 5_000 if quick else 50_000
@@ -99,7 +86,7 @@ def run(*, quick: bool = False, repeat: int = 25) -> list[Report]:
             "replay": lambda: replay(candidate, baseline, read_events(str(path))),
             "replay --no-check": lambda: replay(candidate, baseline, read_events(str(path)), check=False),
         }
-        samples = passes(cases, rounds)
+        samples = time_with_gc({name: (lambda _, fn=fn: fn(), None) for name, fn in cases.items()}, rounds)
     per_event = {name: min(s) / count for name, s in samples.items()}
     medians = {name: statistics.median(s) / count for name, s in samples.items()}
     report = Report(title=f"issue 13: replay throughput ({count:,} demo events, v3-broken vs v2), ns per event")

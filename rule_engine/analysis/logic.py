@@ -8,6 +8,8 @@ rule that could decide. Values are compared with their JSON kind (``1`` is not `
 from __future__ import annotations
 
 import json
+import operator
+from collections.abc import Callable
 from typing import Any
 
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
@@ -113,7 +115,7 @@ def _satisfies(value: tuple[str, Any], leaf: Leaf) -> bool | None:
             return bool(actual == expected)
         if op == "ne":
             return bool(actual != expected)
-        return bool(_compare(op, actual, expected))
+        return bool(_ORDER[op](actual, expected))
     if op in ("in", "not_in"):
         if kind_of(expected[0]) != kind:
             return None
@@ -122,14 +124,12 @@ def _satisfies(value: tuple[str, Any], leaf: Leaf) -> bool | None:
     return None
 
 
-def _compare(op: str, actual: Any, expected: Any) -> bool:
-    if op == "lt":
-        return bool(actual < expected)
-    if op == "lte":
-        return bool(actual <= expected)
-    if op == "gt":
-        return bool(actual > expected)
-    return bool(actual >= expected)
+_ORDER: dict[str, Callable[[Any, Any], Any]] = {
+    "lt": operator.lt,
+    "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+}
 
 
 def _field_contradiction(group: list[Leaf]) -> bool:

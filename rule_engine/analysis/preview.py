@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rule_engine.analysis.events import Recorded
@@ -49,16 +49,8 @@ class StageImpact:
     errors: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form."""
-        return {
-            "percent": self.percent,
-            "share_bp": self.share_bp,
-            "events": self.events,
-            "keys": self.keys,
-            "changed_events": self.changed_events,
-            "changed_keys": self.changed_keys,
-            "errors": self.errors,
-        }
+        """The JSON form: every field above."""
+        return asdict(self)
 
 
 @dataclass
