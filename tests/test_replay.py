@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rule_engine import DeploymentManager, RuleTable, load_bundle
+from rule_engine import parse_bundle as load_bundle_text
 from rule_engine.analysis.check import scope_label
 from rule_engine.analysis.events import EventsError, Recorded, read_events
 from rule_engine.analysis.replay import ReplayGateRefused, replay, replay_gate
@@ -316,3 +317,18 @@ def test_progress_is_shown_on_a_terminal_only(
     shown = _Progress("replay")
     shown(8192)
     assert capsys.readouterr().err == "\rreplay: 8,192 events"
+
+
+def test_groups_and_examples_are_bounded_at_their_limits() -> None:
+    """At most max_groups groups (the rest counted in other_changed) and 200 examples in all."""
+    deny_all = RuleTable.from_bundle(
+        load_bundle_text('{"bundle_id": "d", "version": "1", "rules": [{"id": "deny", "then": {"decision": "deny"}}]}')
+    )
+    allow_all = RuleTable.from_bundle(load_bundle_text('{"bundle_id": "a", "version": "1", "rules": []}'))
+    events = [Recorded(i, {"agent_id": f"agent-{i // 2}"}, None) for i in range(600)]  # 300 agents, 2 events each
+    report = replay(deny_all, allow_all, events, examples=20, max_groups=250)
+    assert report.changed == 600
+    assert len(report.groups) == 250
+    assert report.other_changed == 100
+    assert sum(g.count for g in report.groups.values()) + report.other_changed == 600
+    assert sum(len(g.examples) for g in report.groups.values()) == 200

@@ -8,8 +8,9 @@ those of one side only ("new" errors) separately. The candidate's :class:`~rule_
 check.TypeCheck` runs in the same pass, so events read from stdin are read once.
 
 Bounds: at most ``max_groups`` change groups (further changes are counted in ``other_changed``), at
-most ``max_examples`` (<= 20) example events per group, error groups likewise; memory does not grow
-with the number of events otherwise.
+most ``max_examples`` (<= 20) example events per group and ``MAX_TOTAL_EXAMPLES`` (200) in all, so
+the examples hold at most 200 events of at most one line each; error groups keep line numbers only.
+Memory does not grow with the number of events otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["DEFAULT_EXAMPLES", "ChangeGroup", "ReplayGateRefused", "ReplayReport
 
 DEFAULT_EXAMPLES = 3
 MAX_EXAMPLES = 20
+MAX_TOTAL_EXAMPLES = 200
 DEFAULT_MAX_GROUPS = 1000
 DEFAULT = "(default)"
 ERROR = "(error)"
@@ -120,6 +122,7 @@ class ReplayReport:
     groups: dict[tuple[str, str, str, str], ChangeGroup] = field(default_factory=dict)
     error_groups: dict[tuple[str, str, str, str, str], ErrorGroup] = field(default_factory=dict)
     check: TypeCheck | None = None
+    kept_examples: int = 0
 
     @property
     def changed_rate(self) -> float:
@@ -240,7 +243,8 @@ def _change(
     b_rule, c_rule = _label(b), _label(c)
     group.from_rules[b_rule] = group.from_rules.get(b_rule, 0) + 1
     group.to_rules[c_rule] = group.to_rules.get(c_rule, 0) + 1
-    if len(group.examples) < examples:
+    if len(group.examples) < examples and report.kept_examples < MAX_TOTAL_EXAMPLES:
+        report.kept_examples += 1
         group.examples.append(
             {"line": recorded.line, "key": recorded.key, "event": event, "from_rule": b_rule, "to_rule": c_rule}
         )
