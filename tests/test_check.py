@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+from enum import IntEnum
+from types import MappingProxyType
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from rule_engine import RuleEvaluationError, RuleTable, load_bundle, parse_bundle
 from rule_engine.analysis.check import check_events, compatibility
 from rule_engine.analysis.events import Recorded, read_events
-from rule_engine.analysis.fields import field_uses, needed_kinds
+from rule_engine.analysis.fields import field_uses, kind_of_type, needed_kinds
 from rule_engine.bundle.models import Leaf, kind_of
 from rule_engine.cli import cli
 from rule_engine.cli.demo import make_event
@@ -192,3 +194,17 @@ def test_check_runs_on_every_example_bundle(bundle: Path) -> None:
     kinds = {f.kind for f in check.findings()}
     if bundle.stem == "fraud-screen":
         assert kinds == {"no_traffic"}
+
+
+class _Level(IntEnum):
+    LOW = 1
+
+
+class _Name(str):
+    pass
+
+
+@given(actual_values | st.sampled_from([_Level.LOW, _Name("x"), MappingProxyType({}), (1, 2), b"x"]))
+def test_the_kind_of_a_type_is_the_kind_of_its_values(value: Any) -> None:
+    """The observer records types; kind_of_type gives the kind kind_of gives their values (None for null)."""
+    assert kind_of_type(type(value)) == (None if value is None else kind_of(value))

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rule_engine.analysis.fields import FieldUse, Observer, compile_observer, field_uses
+from rule_engine.analysis.fields import FieldUse, Observer, compile_observer, field_uses, kind_of_type
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.table import RuleQuery, RuleTable
 
@@ -123,8 +123,7 @@ class _Cell:
     """One agent/flow cell: its rules, the distinct paths they read, and (comparison, path position)."""
 
     rule_ids: tuple[str, ...]
-    observe: Observer  # fast: "?" for a value that is not a plain JSON type
-    observe_exact: Observer
+    observe: Observer
     where: tuple[tuple[int, int], ...]
 
 
@@ -149,7 +148,7 @@ class TypeCheck:
         self._raised: dict[tuple[str, str], _Tally] = {}
         self._pending_errors: dict[tuple[str, str, tuple[str, str]], int] = {}
         self._cells: dict[tuple[Any, Any], _Cell] = {}
-        # (cell, scope labels, kinds seen at the cell's paths) -> [events, first line]: the per-event
+        # (cell, scope labels, types seen at the cell's paths) -> [events, first line]: the per-event
         # work is one lookup per distinct path; the tallies are updated per distinct combination.
         self._combos: dict[tuple[Any, ...], list[Any]] = {}
         self._counted = [0]
@@ -167,9 +166,7 @@ class TypeCheck:
             where = tuple((i, paths.index(self._uses[i].path)) for i in uses)
             if len(self._cells) >= MAX_CELLS:
                 self._cells.clear()
-            cached = self._cells[key] = _Cell(
-                rule_ids, compile_observer(paths, exact=False), compile_observer(paths), where
-            )
+            cached = self._cells[key] = _Cell(rule_ids, compile_observer(paths), where)
         if strings and len(self._cells) < MAX_CELLS:
             self._cells[(agent, flow)] = cached
         return cached
@@ -191,10 +188,7 @@ class TypeCheck:
             else:
                 labels = (scope_label(agent), scope_label(flow))
                 cell = cell_of(agent, flow)
-            kinds = cell.observe(event)
-            if "?" in kinds:
-                kinds = cell.observe_exact(event)
-            key = (cell, labels, kinds)
+            key = (cell, labels, cell.observe(event))
             combo = combos.get(key)
             if combo is None:
                 if len(combos) >= MAX_COMBOS:
@@ -233,7 +227,8 @@ class TypeCheck:
             raised.cell(*labels)[1] += count
         self._pending_errors.clear()
         tallies, uses, rule_events = self._tallies, self._uses, self._rule_events
-        for (cell, labels, kinds), (count, line) in self._combos.items():
+        for (cell, labels, types), (count, line) in self._combos.items():
+            kinds = [kind_of_type(t) for t in types]
             for rid in cell.rule_ids:
                 rule_events[rid] += count
             for index, position in cell.where:

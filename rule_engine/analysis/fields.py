@@ -21,6 +21,7 @@ __all__ = [
     "Observer",
     "compile_observer",
     "field_uses",
+    "kind_of_type",
     "leaves_of",
     "needed_kinds",
     "observe",
@@ -118,20 +119,33 @@ def _mapping_or_none(value: Any) -> Mapping[str, Any] | None:
     return value if isinstance(value, Mapping) else None
 
 
-def _kind(value: Any) -> str | None:
-    kind = _KINDS.get(type(value), "?")
-    return kind_of(value) if kind == "?" else kind
+def kind_of_type(cls: type) -> str | None:
+    """:func:`~rule_engine.bundle.values.kind_of` of any value of type ``cls`` (None for NoneType)."""
+    if cls in _KINDS:
+        return _KINDS[cls]
+    if issubclass(cls, bool):
+        return "bool"
+    if issubclass(cls, int | float):
+        return "number"
+    if issubclass(cls, str):
+        return "string"
+    if issubclass(cls, list | tuple):
+        return "list"
+    if issubclass(cls, Mapping):
+        return "object"
+    return cls.__name__
 
 
-Observer = Callable[[Mapping[str, Any]], tuple[str | None, ...]]
+Observer = Callable[[Mapping[str, Any]], tuple[type, ...]]
 
 
-def compile_observer(paths: tuple[tuple[str, ...], ...], *, exact: bool = True) -> Observer:
-    """A function ``event -> kinds``: the kind at each path (None: missing, null or under a non-object).
+def compile_observer(paths: tuple[tuple[str, ...], ...]) -> Observer:
+    """A function ``event -> types``: the type of the value at each path (``NoneType``: missing, null
+    or under a non-object); :func:`kind_of_type` turns a type into its kind.
 
     Compiled once per set of paths, like the rule compiler: the paths become a trie so a shared
     prefix (``user`` in ``user.id`` and ``user.email``) is read once; path parts are bound as
-    constants, never written into the source.
+    constants, never written into the source. Per path the cost is one ``get`` and one ``type()``.
     """
     constants: list[Any] = []
     lines: list[str] = []
@@ -164,22 +178,16 @@ def compile_observer(paths: tuple[tuple[str, ...], ...], *, exact: bool = True) 
         return name
 
     results = [node(path) for path in paths]
-    # JSON-decoded values: one dict lookup per path; any other type makes the tuple hold "?" and
-    # the caller asks the exact observer (``exact=True``), which calls kind_of.
-    tail = "".join((f"_kind({r}), " if exact else f"_get(type({r}), '?'), ") for r in results)
+    tail = "".join(f"type({r}), " for r in results)
     args = ", ".join(f"c{i}" for i in range(len(constants)))
     body = "".join(f"    {line}\n" for line in lines)
     source = f"def factory({args}):\n  def observe(event):\n{body}    return ({tail})\n  return observe\n"
     namespace: dict[str, Any] = {}
-    exec(
-        compile(source, "<rule_engine.analysis.fields>", "exec"),
-        {"_map": _mapping_or_none, "_kind": _kind, "_get": _KINDS.get},
-        namespace,
-    )
+    exec(compile(source, "<rule_engine.analysis.fields>", "exec"), {"_map": _mapping_or_none}, namespace)
     observer: Observer = namespace["factory"](*constants)
     return observer
 
 
 def observe(event: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
     """The kind of the value at ``path`` in ``event``, or None when the leaf would see no value."""
-    return compile_observer((path,))(event)[0]
+    return kind_of_type(compile_observer((path,))(event)[0])
