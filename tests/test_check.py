@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import random
-from enum import IntEnum
-from types import MappingProxyType
 from collections import Counter
+from enum import IntEnum
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
