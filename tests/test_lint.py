@@ -313,3 +313,12 @@ def test_every_real_change_is_one_the_semantic_diff_allows(
             event["flow_id"] if event["flow_id"] in named_flows else "*",
         )
         assert f"{before[1]} -> {after[1]}" in cells.get(cell, set()), (cell, before, after, event)
+
+
+def test_the_work_budget_bounds_the_analysis_and_says_so() -> None:
+    """Past its budget of implication checks, lint stops and reports complete: false."""
+    rules = [{"when": leaf("x", "eq", i)} for i in range(1, 30)]
+    assert lint(table_of(rules)).complete
+    partial = lint(table_of(rules), budget=10)
+    assert not partial.complete
+    assert partial.findings == []
