@@ -12,7 +12,7 @@ import mmh3
 import pytest
 from click.testing import CliRunner, Result
 
-from rule_engine import Canary, DeploymentManager, RuleTable, load_bundle
+from rule_engine import ABTest, Canary, DeploymentManager, RuleTable, load_bundle
 from rule_engine.cli import cli
 from rule_engine.cli.demo import make_event
 
@@ -195,3 +195,22 @@ def test_an_unknown_version_is_one_error_line(staged: tuple[str, str, str]) -> N
     result = invoke(store, "preview", "nope@1", "--events", str(RECORDED))
     assert result.exit_code == 1
     assert result.stderr == "error: Version not found: 'nope@1' (see 'rule-engine status')\n"
+
+
+def test_an_ab_test_version_previews_its_share(tmp_path: Path) -> None:
+    """A version prepared as an A/B test: the default stage is B's share (1 - split_ratio)."""
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+    manager = DeploymentManager.open(store, follow=False)
+    try:
+        v1 = manager.prepare_deployment(Path(V1), deployed_by="test")
+        manager.activate_deployment(v1, actor="test")
+        v2 = manager.prepare_deployment(Path(V2), ABTest(split_ratio=0.7), deployed_by="test")
+    finally:
+        manager.close()
+    path, records = traffic(tmp_path)
+    result = invoke(store, "preview", v2, "--events", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    expected = expected_stages(
+        RuleTable.from_bundle(load_bundle(V2)), RuleTable.from_bundle(load_bundle(V1)), v2, records, [30.0]
+    )
+    assert json.loads(result.stdout)["stages"] == expected

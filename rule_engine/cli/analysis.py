@@ -25,8 +25,9 @@ from rule_engine.analysis.replay import DEFAULT_EXAMPLES, MAX_EXAMPLES
 from rule_engine.analysis.replay import replay as replay_events
 from rule_engine.bundle.models import load_bundle
 from rule_engine.cli._common import CliContext, CommandFailed, _emit, _managed, json_option
-from rule_engine.control.strategies import Canary
+from rule_engine.control.strategies import ABTest, Canary
 from rule_engine.evaluation.table import RuleTable
+from rule_engine.serving.routing import BASIS_POINTS
 
 __all__ = ["check", "lint", "preview", "replay"]
 
@@ -360,7 +361,11 @@ def lint(
 
 def _stages(text: str | None, version_strategy: Any) -> tuple[float, ...]:
     if text is None:
-        return tuple(version_strategy.stages) if isinstance(version_strategy, Canary) else DEFAULT_STAGES
+        if isinstance(version_strategy, Canary):
+            return tuple(version_strategy.stages)
+        if isinstance(version_strategy, ABTest):  # B's share, as activate routes it
+            return ((BASIS_POINTS - round(version_strategy.split_ratio * BASIS_POINTS)) / 100,)
+        return DEFAULT_STAGES
     try:
         values = tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
@@ -379,7 +384,10 @@ def _stages(text: str | None, version_strategy: Any) -> tuple[float, ...]:
 @click.argument("version", metavar="VERSION")
 @click.option("--events", "events", required=True, metavar="EVENTS", help="Recorded events (JSONL, gzip, '-').")
 @click.option(
-    "--stages", default=None, metavar="10,25,50,100", help="Stages in percent [default: the version's canary stages]."
+    "--stages",
+    default=None,
+    metavar="10,25,50,100",
+    help="Stages in percent [default: the version's canary stages, its A/B share, else 10,25,50,100].",
 )
 @click.option(
     "--against", default=None, metavar="VERSION|BUNDLE", help="Compare with this [default: the active version]."
