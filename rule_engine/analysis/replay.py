@@ -199,15 +199,20 @@ def replay(
         cand_ns += t2 - t1
         if check_add is not None:
             check_add(event, c_exc, recorded.line)
-        if b_exc is not None or c_exc is not None:
+        if b is not None and c is not None:
+            if b.decision == c.decision:
+                if b.rule_id != c.rule_id:
+                    rule_changed += 1
+            else:
+                changed += 1
+                _change(report, recorded, b, c, b.decision, c.decision, examples, max_groups)
+        else:
             _errors(report, recorded, b_exc, c_exc, examples)
-        b_decision = b.decision if b is not None else base_error
-        c_decision = c.decision if c is not None else cand_error
-        if b_decision != c_decision:
-            changed += 1
-            _change(report, recorded, b, c, b_decision, c_decision, examples, max_groups)
-        elif b is not None and c is not None and b.rule_id != c.rule_id:
-            rule_changed += 1
+            b_decision = b.decision if b is not None else base_error
+            c_decision = c.decision if c is not None else cand_error
+            if b_decision != c_decision:
+                changed += 1
+                _change(report, recorded, b, c, b_decision, c_decision, examples, max_groups)
         if on_progress is not None and count % _PROGRESS_EVERY == 0:
             on_progress(count)
     latency["baseline"], latency["candidate"] = base_ns, cand_ns
