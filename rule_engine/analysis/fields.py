@@ -24,8 +24,6 @@ __all__ = [
     "kind_of_type",
     "leaves_of",
     "needed_kinds",
-    "observe",
-    "uses_by_field",
 ]
 
 
@@ -94,14 +92,6 @@ def field_uses(source: RuleTable | RuleBundle) -> list[FieldUse]:
                 )
             )
     return uses
-
-
-def uses_by_field(uses: list[FieldUse]) -> dict[str, list[FieldUse]]:
-    """The comparisons grouped by field, fields in first-use order."""
-    grouped: dict[str, list[FieldUse]] = {}
-    for use in uses:
-        grouped.setdefault(use.field, []).append(use)
-    return grouped
 
 
 _KINDS: dict[type, str | None] = {
@@ -186,8 +176,3 @@ def compile_observer(paths: tuple[tuple[str, ...], ...]) -> Observer:
     exec(compile(source, "<rule_engine.analysis.fields>", "exec"), {"_map": _mapping_or_none}, namespace)
     observer: Observer = namespace["factory"](*constants)
     return observer
-
-
-def observe(event: Mapping[str, Any], path: tuple[str, ...]) -> str | None:
-    """The kind of the value at ``path`` in ``event``, or None when the leaf would see no value."""
-    return kind_of_type(compile_observer((path,))(event)[0])
