@@ -16,6 +16,7 @@ from typing import NoReturn
 from rule_engine.cli._common import CliContext as CliContext
 from rule_engine.cli._common import CommandFailed as CommandFailed
 from rule_engine.cli._common import cli
+from rule_engine.cli.analysis import check, lint, preview, replay
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
 from rule_engine.cli.run import controller, demo
@@ -42,6 +43,10 @@ for _command in (
     schema,
 ):
     cli.add_command(_command)
+cli.add_command(replay)
+cli.add_command(check)
+cli.add_command(lint)
+cli.add_command(preview)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
