@@ -332,3 +332,25 @@ def test_groups_and_examples_are_bounded_at_their_limits() -> None:
     assert report.other_changed == 100
     assert sum(g.count for g in report.groups.values()) + report.other_changed == 600
     assert sum(len(g.examples) for g in report.groups.values()) == 200
+
+
+def test_deploy_with_a_replay_gate_refuses_before_anything_is_staged(tmp_path: Path) -> None:
+    """deploy --replay EVENTS --max-changed-rate R: over R, one error line, exit 1, nothing staged; under R, deployed."""
+    from click.testing import CliRunner
+
+    from rule_engine.cli import cli
+
+    bundles = Path(__file__).resolve().parent.parent / "bundles"
+    events = Path(__file__).resolve().parent / "cases" / "events" / "gateway.jsonl"
+    base = ["--store", f"sqlite:///{tmp_path / 's.db'}"]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*base, "deploy", str(bundles / "gateway-v1.json")]).exit_code == 0
+    refused = runner.invoke(cli, [*base, "deploy", str(bundles / "gateway-v2.json"), "--replay", str(events)])
+    assert refused.exit_code == 1
+    assert refused.stderr.startswith("error: ")
+    history = runner.invoke(cli, [*base, "history", "--json"])
+    assert len(json.loads(history.stdout)["versions"]) == 1
+    allowed = [*base, "deploy", str(bundles / "gateway-v2.json"), "--replay", str(events), "--max-changed-rate", "0.5"]
+    assert runner.invoke(cli, allowed).exit_code == 0
+    usage = runner.invoke(cli, [*base, "deploy", str(bundles / "gateway-v2.json"), "--max-changed-rate", "0.5"])
+    assert usage.exit_code == 2

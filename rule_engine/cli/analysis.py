@@ -24,7 +24,8 @@ from rule_engine.analysis.preview import preview as preview_stages
 from rule_engine.analysis.replay import DEFAULT_EXAMPLES, MAX_EXAMPLES
 from rule_engine.analysis.replay import replay as replay_events
 from rule_engine.bundle.models import load_bundle
-from rule_engine.cli._common import CliContext, CommandFailed, _emit, _managed, json_option
+from rule_engine.cli._common import CliContext, CommandFailed, json_option, managed
+from rule_engine.cli.output import echo, emit
 from rule_engine.control.strategies import ABTest, Canary
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.serving.routing import BASIS_POINTS
@@ -97,9 +98,9 @@ def _clip(value: Any, width: int = 100) -> str:
 
 def _print_findings(findings: list[Finding]) -> None:
     for f in findings:
-        click.echo(f"  {f.severity:<7} {f.kind:<13} {f.rule_id}  {f.field or ''}  ({f.share:.1%}): {f.detail}")
+        echo(f"  {f.severity:<7} {f.kind:<13} {f.rule_id}  {f.field or ''}  ({f.share:.1%}): {f.detail}")
         for scope in f.by_scope[:5]:
-            click.echo(f"          {scope['agent']} / {scope['flow']}: {scope['count']} of {scope['events']}")
+            echo(f"          {scope['agent']} / {scope['flow']}: {scope['count']} of {scope['events']}")
 
 
 class _Progress:
@@ -159,7 +160,7 @@ def replay(
     max_line_bytes: int,
 ) -> None:
     """Decide recorded EVENTS (JSONL, gzip or not, '-' for stdin) on two versions; report what changes."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         cand_name, cand = _table(state, candidate)
         base_name, base = _baseline(state, against)
     source = _source(events, key_field, max_events, max_line_bytes)
@@ -183,38 +184,38 @@ def replay(
     data["passed"] = not over
 
     def human() -> None:
-        click.echo(f"replay {events}: candidate {cand_name} against {base_name}")
+        echo(f"replay {events}: candidate {cand_name} against {base_name}")
         for note in _read_note(source):
-            click.echo(f"  note: {note}")
-        click.echo(
+            echo(f"  note: {note}")
+        echo(
             f"events: {report.events:,}  changed: {report.changed:,} ({report.changed_rate:.2%})  "
             f"same decision, other rule: {report.rule_changed:,}"
         )
         errors, new = report.errors, report.new_errors
-        click.echo(
+        echo(
             f"errors: candidate {errors['candidate']:,} ({new['candidate']:,} new), "
             f"baseline {errors['baseline']:,} ({new['baseline']:,} new)"
         )
         if report.latency_ratio is not None:
-            click.echo(f"latency: candidate {report.latency_ratio:.2f}x baseline")
+            echo(f"latency: candidate {report.latency_ratio:.2f}x baseline")
         for group in report.sorted_groups():
             rules = f"{', '.join(group.from_rules)} -> {', '.join(group.to_rules)}"
-            click.echo(f"  {group.count:>7,}  {group.agent} / {group.flow}  {group.before} -> {group.after}  ({rules})")
+            echo(f"  {group.count:>7,}  {group.agent} / {group.flow}  {group.before} -> {group.after}  ({rules})")
             for example in group.examples:
-                click.echo(f"           line {example['line']}: {_clip(example['event'])}")
+                echo(f"           line {example['line']}: {_clip(example['event'])}")
         if report.other_changed:
-            click.echo(f"  {report.other_changed:>7,}  in further groups (not itemised)")
+            echo(f"  {report.other_changed:>7,}  in further groups (not itemised)")
         for err in sorted(report.error_groups.values(), key=lambda g: -g.count)[:10]:
-            click.echo(f"  {err.side} error x{err.count:,} ({err.new:,} new) {err.agent} / {err.flow}: {err.message}")
+            echo(f"  {err.side} error x{err.count:,} ({err.new:,} new) {err.agent} / {err.flow}: {err.message}")
         if report.check is not None:
             findings = report.check.findings()
-            click.echo(f"check of the candidate: {len(findings)} finding(s)")
+            echo(f"check of the candidate: {len(findings)} finding(s)")
             _print_findings(findings)
         if max_changed_rate is not None:
             verdict = "FAIL" if over else "PASS"
-            click.echo(f"{verdict}: changed rate {report.changed_rate:.2%} vs --max-changed-rate {max_changed_rate:g}")
+            echo(f"{verdict}: changed rate {report.changed_rate:.2%} vs --max-changed-rate {max_changed_rate:g}")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
     if over:
         raise CommandFailed(
             f"{report.changed_rate:.2%} of {report.events:,} events change decision, "
@@ -247,7 +248,7 @@ def check(
     """Check a bundle's comparisons against the types recorded events carry (and --against OLD)."""
     if events is None and against is None:
         raise click.UsageError("give --events EVENTS, --against OLD, or both")
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         name, table = _table(state, bundle)
         old = _table(state, against) if against is not None else None
     source = _source(events, key_field, max_events, max_line_bytes) if events is not None else None
@@ -264,22 +265,22 @@ def check(
 
     def human() -> None:
         if source is not None:
-            click.echo(f"check {name} against {source.events:,} events of {events}: {len(findings)} finding(s)")
+            echo(f"check {name} against {source.events:,} events of {events}: {len(findings)} finding(s)")
             for note in _read_note(source):
-                click.echo(f"  note: {note}")
+                echo(f"  note: {note}")
             _print_findings(findings)
         if compat is not None and old is not None:
-            click.echo(f"compatibility of {name} with {old[0]}:")
+            echo(f"compatibility of {name} with {old[0]}:")
             for item in compat["added_fields"]:
-                click.echo(f"  + reads {item['field']} ({'/'.join(item['needs'])}) in {', '.join(item['rule_ids'])}")
+                echo(f"  + reads {item['field']} ({'/'.join(item['needs'])}) in {', '.join(item['rule_ids'])}")
             for item in compat["removed_fields"]:
-                click.echo(f"  - no longer reads {item['field']}")
+                echo(f"  - no longer reads {item['field']}")
             for item in compat["changed_types"]:
-                click.echo(f"  ~ {item['field']}: needs {'/'.join(item['after'])}, was {'/'.join(item['before'])}")
+                echo(f"  ~ {item['field']}: needs {'/'.join(item['after'])}, was {'/'.join(item['before'])}")
             if not any(compat.values()):
-                click.echo("  same fields, same types")
+                echo("  same fields, same types")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
     if raises:
         first = raises[0]
         raise CommandFailed(
@@ -309,7 +310,7 @@ def lint(
     max_line_bytes: int,
 ) -> None:
     """Rules that can never decide, duplicates, unseen scopes; --diff OLD: what can change per scope."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         name, table = _table(state, bundle)
         previous = _table(state, old) if old is not None else None
     report = lint_table(table)
@@ -336,20 +337,20 @@ def lint(
     }
 
     def human() -> None:
-        click.echo(f"lint {name}: {len(findings)} finding(s)" + ("" if report.complete else " (analysis incomplete)"))
+        echo(f"lint {name}: {len(findings)} finding(s)" + ("" if report.complete else " (analysis incomplete)"))
         for f in findings:
-            click.echo(f"  {f.severity:<7} {f.kind:<15} {f.rule_id}: {f.detail}")
+            echo(f"  {f.severity:<7} {f.kind:<15} {f.rule_id}: {f.detail}")
         if diff is not None and previous is not None:
-            click.echo(f"decisions that can change from {previous[0]} to {name}:")
+            echo(f"decisions that can change from {previous[0]} to {name}:")
             for cell in diff["cells"]:
                 changes = ", ".join(cell["can_change"]) or (
                     "reason/params only" if cell["details_may_change"] else "none"
                 )
-                click.echo(f"  {cell['agent']} / {cell['flow']}: {changes}")
+                echo(f"  {cell['agent']} / {cell['flow']}: {changes}")
             if diff["on_error"] is not None:
-                click.echo(f"  on_error decision: {diff['on_error']['from']} -> {diff['on_error']['to']}")
+                echo(f"  on_error decision: {diff['on_error']['from']} -> {diff['on_error']['to']}")
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)
     if failing:
         raise CommandFailed(
             f"{len(failing)} lint finding(s) of severity error or warning; first: {failing[0].rule_id}: {failing[0].detail}"
@@ -407,7 +408,7 @@ def preview(
     max_line_bytes: int,
 ) -> None:
     """Exactly which recorded events and keys each stage sends to a prepared VERSION, and what changes."""
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         manager = state.open()
         info = manager.get_deployment_info(version)
         if info is None:
@@ -420,18 +421,18 @@ def preview(
     data = {"version": version, "baseline": base_name, **report.as_dict(), "source": source.summary()}
 
     def human() -> None:
-        click.echo(f"preview {version} against {base_name} on {report.events:,} events of {events} (salt {version})")
+        echo(f"preview {version} against {base_name} on {report.events:,} events of {events} (salt {version})")
         for note in _read_note(source):
-            click.echo(f"  note: {note}")
+            echo(f"  note: {note}")
         if report.events != report.keyed_events:
-            click.echo(
+            echo(
                 f"  {report.events - report.keyed_events:,} events have no routing key: always served by the stable version"
             )
-        click.echo(f"  {'stage':>7}  {'events':>9}  {'keys':>7}  {'changed':>9}  {'keys chg':>8}  {'errors':>7}")
+        echo(f"  {'stage':>7}  {'events':>9}  {'keys':>7}  {'changed':>9}  {'keys chg':>8}  {'errors':>7}")
         for stage in report.stages:
-            click.echo(
+            echo(
                 f"  {stage.percent:>6g}%  {stage.events:>9,}  {stage.keys:>7,}  {stage.changed_events:>9,}  "
                 f"{stage.changed_keys:>8,}  {stage.errors:>7,}"
             )
 
-    _emit(as_json, data, human)
+    emit(as_json, data, human)

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
+from rule_engine.analysis.events import read_events
+from rule_engine.analysis.replay import replay_gate
 from rule_engine.bundle.models import load_bundle
 from rule_engine.bundle.signing import find_signature
 from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
@@ -120,6 +122,15 @@ def _same(value: Any) -> Any:
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
 @click.option(
+    "--replay", "replay_events", default=None, metavar="EVENTS", help="Gate: replay these events first (JSONL, gz, -)."
+)
+@click.option(
+    "--max-changed-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="With --replay: refuse (nothing staged) when more decisions change than this share [default: 0].",
+)
+@click.option(
     "--refuse-downgrade",
     is_flag=True,
     help="With --trust: refuse a bundle whose version is not newer than the active one (same bundle id).",
@@ -137,11 +148,15 @@ def deploy(
     test_duration: float | None,
     at: str | None,
     supersede: bool,
+    replay_events: str | None,
+    max_changed_rate: float | None,
     refuse_downgrade: bool,
     actor: str | None,
     as_json: bool,
 ) -> None:
     """Prepare a bundle as a new version and start serving it by its strategy (scheduled: just prepare)."""
+    if max_changed_rate is not None and replay_events is None:
+        raise click.UsageError("--max-changed-rate goes with --replay EVENTS")
     chosen = _build_strategy(
         strategy,
         stages=stages,
@@ -161,6 +176,10 @@ def deploy(
         except BundleValidationError as exc:
             raise exc.with_source(bundle) from None
         manager = state.open(trust=trust) if trust is not None else state.open()
+        if replay_events is not None:  # the replay gate: refuse before anything is staged
+            active = manager.get_active_version_id()
+            baseline = manager.bundle_of(active) if active is not None else None
+            replay_gate(source, baseline, read_events(replay_events), max_changed_rate or 0.0)
         try:
             # the manager checks the signature against its trust policy: the one place trust is enforced
             version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
