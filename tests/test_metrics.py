@@ -181,7 +181,8 @@ def test_the_grafana_dashboard_uses_only_exported_metrics(clock: ManualClock) ->
     exported = {s.name for f in text_string_to_metric_families(scrape(manager)) for s in f.samples}
     exported |= {"rule_engine_webhook_deliveries_total", "rule_engine_webhook_queue_depth"}  # with webhooks
     used = {name for expr in exprs for name in re.findall(r"rule_engine_[a-z0-9_]+", expr)}
-    assert used and used <= exported, used - exported
+    assert used
+    assert used <= exported, used - exported
 
 
 def test_register_on_an_application_registry(clock: ManualClock, tmp_path: Path) -> None:
