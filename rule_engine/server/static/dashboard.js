@@ -146,6 +146,11 @@ async function runOperation(name) {
     if (!winner) return;
     body.winner = winner;
   }
+  if (name === "activate") {
+    const version = prompt("Staged version id to activate:");
+    if (!version) return;
+    body.version_id = version;
+  }
   if (name === "rollback") body.reason = "rolled back from the dashboard";
   const t = token();
   if (!t) { message("no token given: nothing done", true); return; }
