@@ -9,7 +9,6 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -49,6 +48,7 @@ def _require_server_extra() -> None:
 @click.option("--read-auth", is_flag=True, help="Require a token for reads too (writes always need one).")
 @click.option("--controller", "run_controller", is_flag=True, help="Also run the controller loop in this process.")
 @click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, metavar="SECONDS")
+@click.option("--webhooks", "webhooks_file", default=None, metavar="FILE", help="Webhooks and gates (JSON).")
 @click.option(
     "--max-body-bytes", type=click.IntRange(min=1024), default=8 * 1024 * 1024, show_default=True, metavar="N"
 )
@@ -61,25 +61,39 @@ def serve(
     read_auth: bool,
     run_controller: bool,
     interval: float,
+    webhooks_file: str | None,
     max_body_bytes: int,
 ) -> None:
     """Serve the HTTP API, the live dashboard (/) and Prometheus metrics (/metrics) until stopped."""
     _require_server_extra()
     import uvicorn
 
+    from rule_engine.deployment.background import BackgroundLoop
+    from rule_engine.observability.gates import GatedController, Gates
+    from rule_engine.observability.webhooks import Notifier, load_webhooks
     from rule_engine.server.app import ServerSettings, create_app
     from rule_engine.server.auth import Tokens
 
     path = _tokens_path(tokens_file)
     tokens = Tokens.load(path) if (tokens_file or path.exists()) else None
+    hooks = load_webhooks(webhooks_file) if webhooks_file else []
     with _managed(ctx) as state:
         manager = state.open(follow=True)
-        notifier: Any = None
+        notifier = Notifier(hooks).attach(manager) if hooks else None
+        gates = Gates(hooks)
+        gated = GatedController(manager, gates, notifier=notifier) if gates else None
         settings = ServerSettings(
             tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=state.url
         )
-        app = create_app(manager, settings, notifier=notifier)
-        loop = manager.start_controller(interval) if run_controller else None
+        app = create_app(manager, settings, notifier=notifier, gates=gated)
+        loop: BackgroundLoop | None = None
+        if run_controller and gated is not None:
+            loop = BackgroundLoop("rule-engine-gated-controller", interval, gated.step)
+            loop.start()
+        elif run_controller:
+            loop = manager.start_controller(interval)
+        elif gated is not None:
+            click.echo("note: gate webhooks hold the controller's steps; run it here with --controller", err=True)
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"serving {state.url} on http://{shown}:{port}/ (API docs at /api/docs, metrics at /metrics)")
         if tokens is None:

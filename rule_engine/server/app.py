@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rule_engine.clock import Clock, SystemClock
 from rule_engine.deployment.manager import DeploymentManager
+from rule_engine.observability.gates import GatedController
 from rule_engine.observability.metrics import DeliverySource, register
 from rule_engine.observability.views import deploy_view, history_view, status_view, versions_view
 from rule_engine.server import problems
@@ -72,6 +73,7 @@ def create_app(
     *,
     clock: Clock | None = None,
     notifier: DeliverySource | None = None,
+    gates: GatedController | None = None,
 ) -> FastAPI:
     """The application over one manager (deployment ``default``) or several by name."""
     chosen = settings if settings is not None else ServerSettings()
@@ -84,7 +86,15 @@ def create_app(
     registry = CollectorRegistry(auto_describe=True)
     for name, manager in by_name.items():
         register(manager, registry, deployment=name, notifier=notifier)
-    extra = (lambda name: {"webhooks": notifier.deliveries()}) if notifier is not None else None
+
+    def extra(name: str) -> dict[str, Any]:
+        shown: dict[str, Any] = {}
+        if notifier is not None:
+            shown["webhooks"] = notifier.deliveries()
+        if gates is not None:
+            shown["gate_holding"] = gates.holding
+        return shown
+
     feed = DashboardFeed(by_name, chosen.store_url, clock or SystemClock(), chosen.events_interval, extra)
 
     app = FastAPI(

@@ -46,7 +46,8 @@ function renderRollout(r, now) {
   $("rollout-percent").textContent = `${r.percentage}%`;
   $("rollout-stage").textContent = r.stages.length ? `stage ${r.stage}/${r.stages.length} (${r.stages.join(" → ")}%)` : "";
   $("rollout-health").textContent = r.health_reason ? `health: ${r.health_reason}` : "";
-  $("holding").textContent = r.holding ? `holding: ${r.holding}` : "";
+  const why = [r.holding, state.payload && state.payload.gate_holding].filter(Boolean).join("; ");
+  $("holding").textContent = why ? `holding: ${why}` : "";
   tickNextStep();
 }
 
@@ -118,7 +119,7 @@ function renderOps(p) {
 }
 
 function render(p) {
-  state.payload = p;
+  state.payload = p;  // set first: renderRollout reads the gate's hold from it
   state.receivedAt = Date.now();
   $("active-version").textContent = p.status.active_version || "(nothing deployed yet)";
   $("store").textContent = `${p.status.store} · revision ${p.revision}${p.stale ? " · STALE: " + p.stale : ""}`;
