@@ -19,7 +19,7 @@ from rule_engine.cli._common import cli
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
 from rule_engine.cli.run import controller, demo
-from rule_engine.cli.serve import serve, token
+from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
 from rule_engine.cli.status import history, status
 
@@ -43,6 +43,7 @@ for _command in (
     schema,
     serve,
     token,
+    watch,
 ):
     cli.add_command(_command)
 

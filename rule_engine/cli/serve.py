@@ -1,4 +1,4 @@
-"""Commands of the operations surface: ``serve`` (HTTP API + dashboard + /metrics), ``token create``.
+"""Commands of the operations surface: ``serve`` (HTTP API, dashboard, /metrics), ``token create``, ``watch``.
 
 They need the ``server`` extra (``pip install 'rule_engine[server]'``); without it they fail with one
 line saying so.
@@ -7,12 +7,16 @@ line saying so.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import signal
+import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
-from rule_engine.cli._common import CommandFailed, _managed
+from rule_engine.cli._common import CommandFailed, _default_actor, _managed, by_option, json_option
 
 DEFAULT_TOKENS = ".rule-engine/tokens.json"
 _TOKENS_ENV = "RULE_ENGINE_TOKENS"
@@ -134,3 +138,120 @@ def token_create(name: str, tokens_file: str | None) -> None:
     secret = create_token(path, name)
     click.echo(secret)
     click.echo(f"stored the hash of token {name!r} in {path} (mode 0600); the token is not shown again", err=True)
+
+
+@click.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--url", default=None, metavar="URL", help="Poll this HTTP(S) bundle URL instead (ETag / If-None-Match).")
+@click.option(
+    "--strategy",
+    type=click.Choice(["blue-green", "canary", "ab-test"]),
+    default=None,
+    help="How each new bundle rolls out [default: blue-green, or implied by the options below].",
+)
+@click.option("--stages", default=None, metavar="10,25,50,100", help="Canary stages in percent, ending at 100.")
+@click.option(
+    "--stage-duration", type=float, default=None, metavar="SECONDS", help="Canary: how long each stage holds."
+)
+@click.option(
+    "--split-ratio", type=float, default=None, metavar="R", help="A/B test: share kept by the stable version."
+)
+@click.option("--test-duration", type=float, default=None, metavar="SECONDS", help="A/B test: how long it runs.")
+@click.option("--supersede", is_flag=True, help="A new bundle rolls back a rollout in progress and starts instead.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="--url: how often to poll; DIR: how often to rescan without a change event.",
+)
+@click.option(
+    "--debounce",
+    type=click.IntRange(min=0),
+    default=500,
+    show_default=True,
+    metavar="MS",
+    help="DIR: wait this long for writes to settle before reading.",
+)
+@click.option("--once", is_flag=True, help="Look once, deploy what is new, and exit (1 if anything was refused).")
+@by_option
+@json_option
+@click.pass_context
+def watch(
+    ctx: click.Context,
+    directory: str | None,
+    url: str | None,
+    strategy: str | None,
+    stages: str | None,
+    stage_duration: float | None,
+    split_ratio: float | None,
+    test_duration: float | None,
+    supersede: bool,
+    interval: float,
+    debounce: int,
+    once: bool,
+    actor: str | None,
+    as_json: bool,
+) -> None:
+    """Deploy new or changed bundles from DIR (or --url) as they appear; report and skip invalid ones."""
+    from rule_engine.cli.deploy import _build_strategy
+    from rule_engine.observability.watch import BundleWatcher, DirectorySource, Report, UrlSource, watch_directory
+
+    if (directory is None) == (url is None):
+        raise click.UsageError("give a DIRECTORY or --url URL (one of them)")
+    chosen = _build_strategy(strategy, stages, stage_duration, split_ratio, test_duration, None)
+    refused: list[Report] = []
+
+    def report(item: Report) -> None:
+        if item.kind in ("invalid", "error"):
+            refused.append(item)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    {"kind": item.kind, "source": item.source, "message": item.message, "version_id": item.version_id}
+                )
+            )
+        elif item.kind in ("invalid", "error"):
+            click.echo(f"error: {item.source}: {item.message}", err=True)
+        else:
+            click.echo(f"{item.kind}: {item.source}: {item.message}")
+
+    stop = threading.Event()
+    with _managed(ctx) as state:
+        trust = state.trust()
+        manager = state.open(trust=trust) if trust is not None else state.open()
+        watcher = BundleWatcher(manager, chosen, actor=actor or _default_actor(), supersede=supersede, report=report)
+        source = DirectorySource(directory) if directory is not None else UrlSource(str(url))
+        if once:
+            watcher.scan(source)
+            if refused:
+                raise CommandFailed(
+                    f"{len(refused)} bundle source(s) refused; first: {refused[0].source}: {refused[0].message}"
+                )
+            return
+        previous = _on_stop_signals(stop)
+        try:
+            if not as_json:
+                click.echo(f"watching {directory or url} on {state.url} (Ctrl-C to stop)")
+            if isinstance(source, DirectorySource):
+                try:
+                    import watchfiles  # noqa: F401
+                except ImportError:
+                    raise CommandFailed(f"watchfiles is missing; {_EXTRA_HINT}") from None
+                watch_directory(watcher, source, stop, debounce_ms=debounce, rescan_secs=interval)
+            else:
+                while not stop.is_set():
+                    watcher.scan(source)
+                    stop.wait(interval)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def _on_stop_signals(stop: threading.Event) -> dict[signal.Signals, Any]:
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous
