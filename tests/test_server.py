@@ -297,6 +297,11 @@ def test_an_operation_that_cannot_happen_is_a_409_problem(client: TestClient) ->
     assert_problem(client.post("/api/v1/promote", headers=AUTH), 409)
 
 
+def test_the_fleet_view_is_501_until_the_manager_reports_a_fleet(client: TestClient) -> None:
+    """GET /api/v1/fleet exists and says the fleet view is not in this version."""
+    assert assert_problem(client.get("/api/v1/fleet"), 501, "fleet")["operation"] == "fleet"
+
+
 @pytest.mark.parametrize("name", MISSING)
 def test_lifecycle_operations_not_yet_in_the_manager_answer_501(client: TestClient, name: str) -> None:
     """pause/resume/abort/retry/undo/cancel exist in the API and say they are not in this version."""
@@ -440,6 +445,7 @@ def test_the_openapi_document_names_every_endpoint(client: TestClient) -> None:
         "/api/v1/audit",
         "/api/v1/experiment",
         "/api/v1/deployments",
+        "/api/v1/fleet",
         "/api/v1/events",
         "/api/v1/evaluate",
         *WRITES,

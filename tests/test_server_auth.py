@@ -118,6 +118,12 @@ def _http(method: str, url: str, body: object = None, token: str | None = None) 
         return exc.code, json.loads(exc.read())
 
 
+def _cli(cwd: Path, env: dict[str, str], *args: str) -> str:
+    """Run the CLI in ``cwd`` (bounded to 60 s); its stdout."""
+    done = subprocess.run([*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout.strip()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,16 +134,7 @@ def _free_port() -> int:
 def test_serve_runs_with_one_command_on_the_sqlite_default(tmp_path: Path) -> None:
     """'rule-engine serve' in a fresh directory: loopback, the default SQLite store, a token, a deploy."""
     runner_env = {**os.environ, "RULE_ENGINE_STORE": ""}
-    create = subprocess.run(
-        [*CLI, "token", "create", "ops"],
-        cwd=tmp_path,
-        env=runner_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    token = create.stdout.strip()
+    token = _cli(tmp_path, runner_env, "token", "create", "ops")
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
@@ -161,19 +158,11 @@ def test_serve_runs_with_one_command_on_the_sqlite_default(tmp_path: Path) -> No
         assert _http("GET", base + "/readyz") == (
             200,
             {"ready": True, "deployments": {"default": {"active_version": answer["version_id"], "revision": 2}}},
-        )  # type: ignore[index]
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)
         log.close()
     assert (tmp_path / ".rule-engine" / "state.db").exists()
-    audit = subprocess.run(
-        [*CLI, "history", "--json"],
-        cwd=tmp_path,
-        env=runner_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert {e["actor"] for e in json.loads(audit.stdout)["audit"]} == {"ops"}
+    audit = _cli(tmp_path, runner_env, "history", "--json")
+    assert {e["actor"] for e in json.loads(audit)["audit"]} == {"ops"}

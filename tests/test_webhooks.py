@@ -44,6 +44,17 @@ def notifier_for(*hooks: Webhook, **options: object) -> Notifier:
     return Notifier(hooks, **chosen)  # type: ignore[arg-type]
 
 
+def deliver_one_deploy(manager: DeploymentManager, *hooks: Webhook) -> Notifier:
+    """Attach a notifier, deploy v1 as alice, wait (bounded) until every delivery is done, close it."""
+    notifier = notifier_for(*hooks).attach(manager)
+    try:
+        manager.activate_deployment(manager.prepare_deployment(GATEWAY_V1, deployed_by="alice"), actor="alice")
+        assert notifier.wait_idle(IDLE_SECS)
+    finally:
+        notifier.close()
+    return notifier
+
+
 @pytest.fixture
 def manager(clock: ManualClock) -> Iterator[DeploymentManager]:
     with DeploymentManager(clock=clock) as m:
@@ -56,12 +67,7 @@ def manager(clock: ManualClock) -> Iterator[DeploymentManager]:
 def test_events_are_delivered_with_an_hmac_signature(manager: DeploymentManager) -> None:
     """A deploy posts deployment.activated; the signature header is the HMAC-SHA256 of the exact body."""
     with Receiver() as receiver:
-        notifier = notifier_for(hook(receiver.url)).attach(manager)
-        try:
-            manager.activate_deployment(manager.prepare_deployment(GATEWAY_V1, deployed_by="alice"), actor="alice")
-            assert notifier.wait_idle(IDLE_SECS)
-        finally:
-            notifier.close()
+        notifier = deliver_one_deploy(manager, hook(receiver.url))
         (got,) = receiver.received
     body = json.loads(got.body)
     assert (body["event"], body["actor"], got.headers["X-Rule-Engine-Event"]) == (
@@ -112,12 +118,7 @@ def test_only_the_events_a_webhook_asks_for_are_sent(clock: ManualClock) -> None
 def test_a_failing_receiver_is_retried_until_it_answers(manager: DeploymentManager) -> None:
     """500, 500, then 200: three attempts, delivered, two retries counted."""
     with Receiver(Reply(500, b"down"), Reply(500, b"down"), Reply(200)) as receiver:
-        notifier = notifier_for(hook(receiver.url)).attach(manager)
-        try:
-            manager.activate_deployment(manager.prepare_deployment(GATEWAY_V1))
-            assert notifier.wait_idle(IDLE_SECS)
-        finally:
-            notifier.close()
+        notifier = deliver_one_deploy(manager, hook(receiver.url))
         assert len(receiver.received) == 3
     (record,) = notifier.deliveries()
     assert (record["outcome"], record["attempts"]) == ("delivered", 3)
@@ -127,12 +128,7 @@ def test_a_failing_receiver_is_retried_until_it_answers(manager: DeploymentManag
 def test_a_receiver_that_never_answers_2xx_fails_after_max_attempts(manager: DeploymentManager) -> None:
     """After max_attempts the delivery is failed, with the last status as detail."""
     with Receiver(Reply(404, b"no such hook")) as receiver:
-        notifier = notifier_for(hook(receiver.url, max_attempts=3)).attach(manager)
-        try:
-            manager.activate_deployment(manager.prepare_deployment(GATEWAY_V1))
-            assert notifier.wait_idle(IDLE_SECS)
-        finally:
-            notifier.close()
+        notifier = deliver_one_deploy(manager, hook(receiver.url, max_attempts=3))
         assert len(receiver.received) == 3
     (record,) = notifier.deliveries()
     assert (record["outcome"], record["detail"]) == ("failed", "HTTP 404")
@@ -142,12 +138,7 @@ def test_an_unreachable_receiver_fails_without_raising(manager: DeploymentManage
     """A closed port is a failed delivery, never an error in the operation."""
     with Receiver() as receiver:
         url = receiver.url
-    notifier = notifier_for(hook(url, max_attempts=2)).attach(manager)
-    try:
-        manager.activate_deployment(manager.prepare_deployment(GATEWAY_V1))
-        assert notifier.wait_idle(IDLE_SECS)
-    finally:
-        notifier.close()
+    notifier = deliver_one_deploy(manager, hook(url, max_attempts=2))
     assert notifier.deliveries()[0]["outcome"] == "failed"
 
 

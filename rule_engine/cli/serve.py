@@ -19,6 +19,7 @@ import click
 from rule_engine.cli._common import CommandFailed, _default_actor, _managed, by_option, json_option
 
 DEFAULT_TOKENS = ".rule-engine/tokens.json"
+MAX_CONNECTIONS = 256
 _TOKENS_ENV = "RULE_ENGINE_TOKENS"
 _EXTRA_HINT = "install the server extra: pip install 'rule_engine[server]'"
 
@@ -105,7 +106,16 @@ def serve(
         if not _is_loopback(host):
             click.echo(f"warning: bound to {host}, reachable from other hosts", err=True)
         try:
-            uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                timeout_graceful_shutdown=5,
+                limit_concurrency=MAX_CONNECTIONS,  # beyond it: 503, so open event streams stay bounded too
+                timeout_keep_alive=5,
+                server_header=False,
+            )
         finally:
             if loop is not None:
                 loop.stop()

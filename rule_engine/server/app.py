@@ -213,6 +213,17 @@ def create_app(
         """The A/B test in progress: per-variant figures and the significance test (409 if none)."""
         return by_name[name].get_experiment_report().to_dict()
 
+    @app.get("/api/v1/fleet", tags=["reads"], responses={501: {"description": "no fleet view in this version"}})
+    def fleet(name: Name, _: Reader) -> dict[str, Any]:
+        """Instances serving this deployment and their convergence (501 until the manager reports a fleet)."""
+        report = getattr(by_name[name], "fleet_status", None)
+        if not callable(report):
+            raise ApiProblem(
+                501, "operation-not-implemented", "the fleet view is not available in this version", operation="fleet"
+            )
+        shown = report()
+        return shown.to_dict() if hasattr(shown, "to_dict") else {"fleet": shown}
+
     @app.get("/api/v1/events", tags=["reads"], response_class=StreamingResponse)
     async def events(
         request: Request,
