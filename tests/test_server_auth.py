@@ -166,3 +166,19 @@ def test_serve_runs_with_one_command_on_the_sqlite_default(tmp_path: Path) -> No
     assert (tmp_path / ".rule-engine" / "state.db").exists()
     audit = _cli(tmp_path, runner_env, "history", "--json")
     assert {e["actor"] for e in json.loads(audit)["audit"]} == {"ops"}
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:hunter2@db:5432/rules", "postgresql://app:***@db:5432/rules"),
+        ("postgresql://app@db/rules", "postgresql://app@db/rules"),
+        ("sqlite:///.rule-engine/state.db", "sqlite:///.rule-engine/state.db"),
+        ("memory://", "memory://"),
+    ],
+)
+def test_a_store_password_is_never_shown(url: str, shown: str) -> None:
+    """The status the API serves names the store without its password."""
+    from rule_engine.observability.views import redact_url
+
+    assert redact_url(url) == shown

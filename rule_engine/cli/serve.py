@@ -75,6 +75,7 @@ def serve(
 
     from rule_engine.deployment.background import BackgroundLoop
     from rule_engine.observability.gates import GatedController, Gates
+    from rule_engine.observability.views import redact_url
     from rule_engine.observability.webhooks import Notifier, load_webhooks
     from rule_engine.server.app import ServerSettings, create_app
     from rule_engine.server.auth import Tokens
@@ -83,12 +84,13 @@ def serve(
     tokens = Tokens.load(path) if (tokens_file or path.exists()) else None
     hooks = load_webhooks(webhooks_file) if webhooks_file else []
     with _managed(ctx) as state:
-        manager = state.open(follow=True)
+        trust = state.trust()
+        manager = state.open(follow=True, trust=trust) if trust is not None else state.open(follow=True)
         notifier = Notifier(hooks).attach(manager) if hooks else None
         gates = Gates(hooks)
         gated = GatedController(manager, gates, notifier=notifier) if gates else None
         settings = ServerSettings(
-            tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=state.url
+            tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=redact_url(state.url)
         )
         app = create_app(manager, settings, notifier=notifier, gates=gated)
         loop: BackgroundLoop | None = None
@@ -100,7 +102,9 @@ def serve(
         elif gated is not None:
             click.echo("note: gate webhooks hold the controller's steps; run it here with --controller", err=True)
         shown = f"[{host}]" if ":" in host else host
-        click.echo(f"serving {state.url} on http://{shown}:{port}/ (API docs at /api/docs, metrics at /metrics)")
+        click.echo(
+            f"serving {redact_url(state.url)} on http://{shown}:{port}/ (API docs at /api/docs, metrics at /metrics)"
+        )
         if tokens is None:
             click.echo(f"no tokens file ({path}): writes are refused; 'rule-engine token create NAME' makes one")
         if not _is_loopback(host):

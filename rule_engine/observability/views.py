@@ -21,10 +21,24 @@ __all__ = [
     "history_view",
     "infos",
     "promote_view",
+    "redact_url",
     "rollback_view",
     "status_view",
     "versions_view",
 ]
+
+
+def redact_url(url: str) -> str:
+    """A store URL fit to show: any password in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    credentials, at, host = authority.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
 
 
 def infos(manager: DeploymentManager) -> list[DeploymentInfo]:
