@@ -15,7 +15,7 @@ from rule_engine import ABTest, DeploymentManager, RuleEngine, Scheduled
 from rule_engine.cli import cli
 from rule_engine.server.app import ServerSettings, create_app
 from rule_engine.server.operations import OPERATIONS
-from tests._support_deployment import GATEWAY_V2, mini_bundle
+from tests._support_deployment import GATEWAY_V1, GATEWAY_V2, mini_bundle
 from tests._support_server import AUTH, TOKEN, ManualClock, bundle_json, canary_in_progress, make_app
 
 WRITES = ["/api/v1/deploy", *(f"/api/v1/{op.name}" for op in OPERATIONS)]
@@ -486,3 +486,18 @@ def test_ab_options_imply_the_ab_strategy(client: TestClient) -> None:
     deploy(client)
     body = deploy(client, {"bundle": bundle_json(GATEWAY_V2), "split_ratio": 0.8})
     assert body["strategy"] == ABTest(0.8).to_dict()
+
+
+def test_with_a_trust_policy_only_signed_bundles_deploy(clock: ManualClock) -> None:
+    """An unsigned bundle is a 403 problem; the same bundle with its signature deploys."""
+    from rule_engine import TrustPolicy, load_bundle, sign_bundle
+    from rule_engine.bundle.signing import HmacKey
+
+    secret = b"k" * 32
+    manager = DeploymentManager(clock=clock, trust=TrustPolicy(hmac={"ci": secret}))
+    client = TestClient(make_app(manager, clock))
+    assert_problem(client.post("/api/v1/deploy", json={"bundle": bundle_json()}, headers=AUTH), 403)
+    signature = sign_bundle(load_bundle(GATEWAY_V1), HmacKey("ci", secret)).to_dict()
+    body = {"bundle": bundle_json(), "signature": signature}
+    assert client.post("/api/v1/deploy", json=body, headers=AUTH).status_code == 201
+    assert manager.get_active_version_id() is not None
