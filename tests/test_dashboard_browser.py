@@ -148,3 +148,15 @@ def test_a_wrong_token_in_the_page_changes_nothing(browser_page: Any) -> None:
         page.close()
     assert manager.snapshot.revision == before
     assert manager.get_rollout_status() is not None
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI=true: the browser test must fail, not skip, when chromium is absent."""
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium"):
+        _require_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="chromium"):
+        _require_chromium()
