@@ -501,3 +501,19 @@ def test_with_a_trust_policy_only_signed_bundles_deploy(clock: ManualClock) -> N
     body = {"bundle": bundle_json(), "signature": signature}
     assert client.post("/api/v1/deploy", json=body, headers=AUTH).status_code == 201
     assert manager.get_active_version_id() is not None
+
+
+def test_the_event_stream_sends_a_new_event_when_the_state_changes(clock: ManualClock) -> None:
+    """After the first event, a rollback committed elsewhere is streamed as the next one."""
+    manager = canary_in_progress(clock)
+    client = TestClient(make_app(manager, clock, events_interval=60))  # only a change makes a new event
+    seen: list[dict[str, Any]] = []
+    with client.stream("GET", "/api/v1/events?max_events=2") as response:
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            seen.append(json.loads(line[len("data: ") :]))
+            if len(seen) == 1:
+                manager.rollback(actor="elsewhere")
+    assert [p["status"]["rollout"] is None for p in seen] == [False, True]
+    assert seen[1]["revision"] > seen[0]["revision"]
