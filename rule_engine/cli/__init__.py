@@ -20,6 +20,7 @@ from rule_engine.cli.analysis import check, lint, preview, replay
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
 from rule_engine.cli.run import controller, demo
+from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
 from rule_engine.cli.status import history, status
 
@@ -41,6 +42,9 @@ for _command in (
     controller,
     demo,
     schema,
+    serve,
+    token,
+    watch,
 ):
     cli.add_command(_command)
 cli.add_command(replay)

@@ -1,0 +1,1 @@
+"""Observability edges: JSON views of a deployment, Prometheus collectors, webhooks, bundle watching."""
