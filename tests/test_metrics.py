@@ -106,8 +106,7 @@ def test_rollbacks_are_counted_by_cause(clock: ManualClock) -> None:
     manager.rollback(actor="t")
     assert value(generate_latest(registry).decode(), "rule_engine_rollbacks_total", cause="manual") == 1
     manager2 = canary_in_progress(clock)
-    manager2.auto_rollback = True
-    manager2.thresholds = thresholds
+    manager2.configure(auto_rollback=True, thresholds=thresholds)
     registry2 = CollectorRegistry()
     register(manager2, registry2)
     status = manager2.get_rollout_status()
@@ -124,7 +123,7 @@ def test_store_revision_and_follower_staleness(clock: ManualClock) -> None:
     text = scrape(manager)
     assert value(text, "rule_engine_store_revision") == manager.snapshot.revision
     assert value(text, "rule_engine_follower_stale") == 0
-    manager._stale_reason = "StoreError: unreachable"  # what the follower sets on a store failure
+    manager._follower.stale_reason = "StoreError: unreachable"  # what the follower sets on a store failure
     assert value(scrape(manager), "rule_engine_follower_stale") == 1
 
 

@@ -79,7 +79,7 @@ def test_readyz_is_ready_once_a_version_serves(client: TestClient) -> None:
 def test_readyz_is_not_ready_while_the_manager_is_stale(client: TestClient, manager: DeploymentManager) -> None:
     """A manager that cannot read its store may serve an old state: not ready."""
     deploy(client)
-    manager._stale_reason = "StoreError: database is locked"  # what the follower sets on a store failure
+    manager._follower.stale_reason = "StoreError: database is locked"  # what the follower sets on a store failure
     assert_problem(client.get("/readyz"), 503, "stale")
 
 

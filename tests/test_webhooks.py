@@ -256,7 +256,7 @@ def test_a_webhooks_file_loads(tmp_path: Path) -> None:
 def healthy_canary(clock: ManualClock) -> DeploymentManager:
     """A canary at stage 1 whose candidate has a healthy verdict."""
     manager = canary_in_progress(clock)
-    manager.thresholds = HealthThresholds(min_evaluations=10)
+    manager.configure(thresholds=HealthThresholds(min_evaluations=10))
     status = manager.get_rollout_status()
     assert status is not None
     manager.update_health_metrics(status.stable_version_id, 100)
@@ -361,7 +361,7 @@ def test_an_unhealthy_candidate_is_still_rolled_back_while_a_gate_holds(clock: M
     """A gate never shields a failing canary from the automatic rollback."""
     with Receiver(Reply(503)) as receiver:
         manager = healthy_canary(clock)
-        manager.auto_rollback = False
+        manager.configure(auto_rollback=False)
         controller = GatedController(manager, Gates([gate(receiver.url)]), clock=clock)
         clock.advance(61)
         controller.step()
@@ -370,7 +370,7 @@ def test_an_unhealthy_candidate_is_still_rolled_back_while_a_gate_holds(clock: M
         assert status is not None
         manager.update_health_metrics(status.version_id, 1000, errors=900)  # held for a person, not rolled back
         assert manager.get_rollout_status() is not None
-        manager.auto_rollback = True
+        manager.configure(auto_rollback=True)
         controller.step()
     assert manager.get_rollout_status() is None
     assert manager.audit_log()[-1].actor == "controller"

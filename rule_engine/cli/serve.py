@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from rule_engine.cli._common import CommandFailed, _default_actor, _managed, by_option, json_option
+from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed
 
 DEFAULT_TOKENS = ".rule-engine/tokens.json"
 MAX_CONNECTIONS = 256
@@ -83,7 +83,7 @@ def serve(
     path = _tokens_path(tokens_file)
     tokens = Tokens.load(path) if (tokens_file or path.exists()) else None
     hooks = load_webhooks(webhooks_file) if webhooks_file else []
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         trust = state.trust()
         manager = state.open(follow=True, trust=trust) if trust is not None else state.open(follow=True)
         notifier = Notifier(hooks).attach(manager) if hooks else None
@@ -214,7 +214,14 @@ def watch(
 
     if (directory is None) == (url is None):
         raise click.UsageError("give a DIRECTORY or --url URL (one of them)")
-    chosen = _build_strategy(strategy, stages, stage_duration, split_ratio, test_duration, None)
+    chosen = _build_strategy(
+        strategy,
+        stages=stages,
+        stage_duration=stage_duration,
+        split_ratio=split_ratio,
+        test_duration=test_duration,
+        at=None,
+    )
     refused: list[Report] = []
 
     def report(item: Report) -> None:
@@ -232,10 +239,10 @@ def watch(
             click.echo(f"{item.kind}: {item.source}: {item.message}")
 
     stop = threading.Event()
-    with _managed(ctx) as state:
+    with managed(ctx) as state:
         trust = state.trust()
         manager = state.open(trust=trust) if trust is not None else state.open()
-        watcher = BundleWatcher(manager, chosen, actor=actor or _default_actor(), supersede=supersede, report=report)
+        watcher = BundleWatcher(manager, chosen, actor=actor or default_actor(), supersede=supersede, report=report)
         source = DirectorySource(directory) if directory is not None else UrlSource(str(url))
         if once:
             watcher.scan(source)

@@ -170,7 +170,7 @@ class BundleWatcher:
             self._done[found.source] = content
             return None
         try:
-            signature = find_signature(found.path) if found.path is not None and self.manager.trust else None
+            signature = find_signature(found.path) if found.path is not None and self.manager.config.trust else None
             version_id = self.manager.prepare_deployment(
                 bundle, self.strategy, deployed_by=self.actor, signature=signature
             )

@@ -49,7 +49,7 @@ class DashboardFeed:
         self._extra = extra
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, int, dict[str, Any]]] = {}
-        self._series = {name: HealthSeries(manager.thresholds.window_secs) for name, manager in managers.items()}
+        self._series = {name: HealthSeries(manager.config.thresholds.window_secs) for name, manager in managers.items()}
 
     def payload(self, name: str) -> dict[str, Any]:
         """The current payload of deployment ``name`` (from the cache when fresh)."""
