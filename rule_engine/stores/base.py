@@ -93,7 +93,11 @@ def store_url_from_env(url: str | None = None) -> str:
 
 
 def open_store(url: str) -> StateStore:
-    """Open the store a URL names: ``memory://`` or ``sqlite:///path/to/state.db``."""
+    """Open the store a URL names: ``memory://``, ``sqlite:///path/to/state.db`` or ``postgresql://...``.
+
+    The PostgreSQL backend (``postgresql://`` or ``postgres://``) needs the ``postgres`` extra; without
+    it this raises ImportError naming the extra.
+    """
     from rule_engine.stores.memory import MemoryStore
 
     if url in ("memory://", "memory:"):
@@ -103,6 +107,12 @@ def open_store(url: str) -> StateStore:
 
         store: StateStore = SQLiteStore.from_url(url)
         return store
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from rule_engine.stores.postgres import PostgresStore
+        except ImportError as exc:
+            raise ImportError(f"{exc}; install it with: pip install 'rule_engine[postgres]'") from exc
+        return PostgresStore.from_url(url)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(
         f"unsupported store URL {url!r} (scheme {scheme!r}); use sqlite:///path/to/state.db or memory://"
