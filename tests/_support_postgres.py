@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["PgCluster", "PgServer", "pg_cluster", "pg_database", "pg_server", "postgres_bindir"]
+__all__ = ["PgCluster", "PgServer", "pg_cluster", "pg_database", "pg_fault_cluster", "pg_server", "postgres_bindir"]
 
 START_TIMEOUT = 30.0
 PG_VERSIONS = ("17", "16", "15", "14")
@@ -64,6 +64,8 @@ class PgCluster:
         self.socket_dir = self.root / "socket"
         self.log = self.root / "server.log"
         self._as_postgres = os.geteuid() == 0
+        self._frozen: list[int] = []
+        self.dbname = "postgres"
         self.socket_dir.mkdir()
         if self._as_postgres:
             entry = pwd.getpwnam("postgres")
@@ -88,9 +90,9 @@ class PgCluster:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr.strip()}\n{log}")
 
-    def conninfo(self, dbname: str = "postgres") -> str:
-        """A libpq conninfo string for ``dbname`` on this cluster's socket."""
-        return f"host={self.socket_dir} user=postgres dbname={dbname}"
+    def conninfo(self, dbname: str | None = None) -> str:
+        """A libpq conninfo string for ``dbname`` (default: :attr:`dbname`) on this cluster's socket."""
+        return f"host={self.socket_dir} user=postgres dbname={dbname or self.dbname}"
 
     def start(self) -> None:
         """Start the server and wait (bounded) until it accepts connections."""
@@ -115,16 +117,32 @@ class PgCluster:
     def hang(self) -> list[int]:
         """SIGSTOP the postmaster and all its children (a frozen server: it answers nothing)."""
         pids = self.pids()
+        self._frozen += pids
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
         return pids
 
-    def resume(self, pids: list[int]) -> None:
-        """SIGCONT what :meth:`hang` stopped."""
-        for pid in pids:
+    def resume(self, pids: list[int] | None = None) -> None:
+        """SIGCONT what :meth:`hang` stopped (all of it by default)."""
+        for pid in list(self._frozen if pids is None else pids):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+            with contextlib.suppress(ValueError):
+                self._frozen.remove(pid)
+
+    def running(self) -> bool:
+        """Whether the postmaster is up (``pg_ctl status``)."""
+        command = [str(self.bindir / "pg_ctl"), "status", "-D", str(self.data)]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, timeout=START_TIMEOUT, check=False).returncode == 0
+
+    def heal(self) -> None:
+        """Resume what is frozen and start the server if it is down."""
+        self.resume()
+        if not self.running():
+            self.start()
 
     def destroy(self) -> None:
         """Stop (immediately, bounded) and remove everything."""
@@ -185,7 +203,7 @@ def pg_server() -> Iterator[PgServer]:
     assert bindir is not None
     cluster = PgCluster(bindir)
     try:
-        yield PgServer(cluster.conninfo(), cluster)
+        yield PgServer(cluster.conninfo("postgres"), cluster)
     finally:
         cluster.destroy()
 
@@ -198,9 +216,9 @@ def pg_database(pg_server: PgServer) -> Iterator[str]:
     pg_server.drop_database(conninfo)
 
 
-@pytest.fixture
-def pg_cluster() -> Iterator[PgCluster]:
-    """A private cluster that the test may stop, hang and restart (needs local binaries)."""
+@pytest.fixture(scope="module")
+def pg_fault_cluster() -> Iterator[PgCluster]:
+    """A cluster of the module's own, which its tests may stop, hang and restart (needs local binaries)."""
     _require_driver()
     bindir = postgres_bindir()
     if bindir is None:
@@ -211,6 +229,28 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture
+def pg_cluster(pg_fault_cluster: PgCluster) -> Iterator[PgCluster]:
+    """The fault cluster, running, with a fresh database ``cluster.dbname``; healed again afterwards."""
+    pg_fault_cluster.heal()
+    server = PgServer(pg_fault_cluster.conninfo("postgres"), pg_fault_cluster)
+    conninfo = server.create_database()
+    pg_fault_cluster.dbname = conninfo_dbname(conninfo)
+    try:
+        yield pg_fault_cluster
+    finally:
+        pg_fault_cluster.heal()
+        pg_fault_cluster.dbname = "postgres"
+        server.drop_database(conninfo)
+
+
+def conninfo_dbname(conninfo: str) -> str:
+    """The database a conninfo names."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    return str(conninfo_to_dict(conninfo)["dbname"])
 
 
 def wait_until(predicate: object, timeout: float, what: str) -> None:

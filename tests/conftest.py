@@ -18,4 +18,4 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # PostgreSQL fixtures (a throwaway server per run, a database per test): see tests/_support_postgres.py
-from _support_postgres import pg_cluster, pg_database, pg_server  # noqa: E402, F401
+from _support_postgres import pg_cluster, pg_database, pg_fault_cluster, pg_server  # noqa: E402, F401

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from rule_engine.errors import StoreURLError
 
@@ -60,11 +60,11 @@ def parse_target(address: str, *, timeout: float | None = None, pool_size: int |
     conninfo = address
     own: dict[str, str] = {}
     if address.startswith(SCHEMES):
-        parts = urlsplit(address)
-        query = parse_qsl(parts.query, keep_blank_values=True)
+        base, _, query_text = address.partition("?")
+        query = parse_qsl(query_text, keep_blank_values=True)
         own = {k: v for k, v in query if k in ("timeout", "pool_size")}
         rest = [(k, v) for k, v in query if k not in own]
-        conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        conninfo = f"{base}?{urlencode(rest)}" if rest else base
     elif "://" in address:
         raise StoreURLError(f"not a PostgreSQL store URL: {display!r} (use postgresql://user@host/dbname)")
     chosen_timeout = timeout if timeout is not None else _number(own, "timeout", DEFAULT_TIMEOUT, display)

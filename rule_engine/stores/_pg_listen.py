@@ -124,6 +124,10 @@ class PostgresListener:
 
     @staticmethod
     def _read_revision(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+        """The stored revision (0 while the database has no schema yet: a new store is at revision 0)."""
+        row = conn.execute("SELECT CASE WHEN to_regclass('meta') IS NULL THEN 0 END").fetchone()
+        if row is not None and row[0] == 0:
+            return 0
         row = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
         return int(row[0]) if row is not None else 0
 

@@ -14,7 +14,7 @@ add up without any read-modify-write in the client.
 
 from __future__ import annotations
 
-__all__ = ["ADVISORY_LOCK", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["ADVISORY_LOCK", "APP_GRANTS", "MIGRATIONS", "SCHEMA_VERSION"]
 
 ADVISORY_LOCK = 0x72756C65  # "rule": serialises migrations of one database
 
@@ -132,4 +132,18 @@ UPSERT_LIFETIME = f"""
 INSERT INTO health_lifetime AS t (version_id, {HEALTH_COLUMNS})
 VALUES (%s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb)
 ON CONFLICT (version_id) DO UPDATE SET {HEALTH_ADD}
+"""
+
+# What the application role needs on schema 1 (docs/fleet.md; tests/test_postgres_store.py runs it).
+# The audit table gets INSERT and SELECT only: even with the trigger dropped, this role cannot
+# rewrite history. Run as the schema owner after `rule-engine store migrate`.
+APP_GRANTS = """
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT ON schema_migrations TO {role};
+GRANT SELECT, UPDATE ON meta TO {role};
+GRANT SELECT, INSERT, UPDATE ON state TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON bundles TO {role};
+GRANT SELECT, INSERT ON audit TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON health TO {role};
+GRANT SELECT, INSERT, UPDATE ON health_lifetime TO {role};
 """

@@ -109,7 +109,7 @@ def _shutdown(fd: int) -> None:
 def describe(exc: BaseException, target: PgTarget, guard: Guard | None = None) -> str:
     """One line saying what went wrong, naming the server but never the password."""
     if guard is not None and guard.fired:
-        text = f"the PostgreSQL server at {target.display!r} did not answer within {guard.timeout:g} s (hung or unreachable)"
+        text = f"the PostgreSQL server at {target.display!r} did not answer within {target.timeout:g} s (hung or unreachable)"
     elif isinstance(exc, pg_errors.InsufficientPrivilege):
         text = f"permission denied on {target.display!r}: {_first_line(exc)} (see the role setup in docs/fleet.md)"
     elif isinstance(exc, pg_errors.RaiseException) and "append-only" in str(exc):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -41,7 +42,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
-from rule_engine.stores._pg_conninfo import PgTarget, parse_target
+from rule_engine.stores._pg_conninfo import parse_target
 from rule_engine.stores._pg_listen import PostgresListener
 from rule_engine.stores._pg_schema import (
     ADVISORY_LOCK,
@@ -61,19 +62,26 @@ MAX_NOTIFY_BYTES = 4000  # PostgreSQL's limit is 8000; the ids are a hint, the r
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
-_LAST_FAILURE: dict[str, str] = {}  # conninfo -> why its last connection attempt failed
+_LAST_FAILURE: dict[str, tuple[float, str]] = {}  # conninfo -> (when, why) its last connection attempt failed
+
+# psycopg_pool logs each failed reconnection attempt as a warning; without a handler Python's
+# last-resort handler would print them. Applications that configure logging still receive them.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 
 class _Connection(psycopg.Connection[tuple[Any, ...]]):
     """A connection that remembers why connecting failed, so a pool timeout can say it."""
 
     @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:  # noqa: D102
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
         try:
-            return super().connect(conninfo, **kwargs)
+            conn = super().connect(conninfo, **kwargs)
         except psycopg.Error as exc:
-            _LAST_FAILURE[conninfo] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            _LAST_FAILURE[conninfo] = (time.monotonic(), text.splitlines()[0] if text else type(exc).__name__)
             raise
+        _LAST_FAILURE.pop(conninfo, None)
+        return conn
 
 
 class PostgresStore(StateStore):
@@ -140,11 +148,13 @@ class PostgresStore(StateStore):
         conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(self.timeout * 1000)}ms",))
 
     def _getconn(self, pool: ConnectionPool[_Connection], what: str, remaining: float) -> _Connection:
+        asked = time.monotonic()
         try:
             return pool.getconn(timeout=max(remaining, 0.001))
         except PoolTimeout as exc:
-            cause = _LAST_FAILURE.get(self._conninfo)
-            detail = f": {cause}" if cause else ""
+            when, cause = _LAST_FAILURE.get(self._conninfo, (0.0, ""))
+            recent = when >= asked - self.timeout
+            detail = f": {cause}" if cause and recent else " (no server answered in time)"
             message = f"{what} failed: no connection to PostgreSQL at {self.url!r} within {self.timeout:g} s{detail}"
             raise StoreError(self._target.scrub(message)) from exc
         except PoolClosed as exc:

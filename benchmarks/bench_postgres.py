@@ -1,0 +1,185 @@
+"""Issue 12: how fast a commit on PostgreSQL reaches follower processes, LISTEN/NOTIFY vs polling.
+
+Starts a throwaway PostgreSQL cluster (as the test suite does; ``--conninfo`` uses an existing server
+instead), then for each mode runs N listener processes and one writer that commits ``--commits``
+times at random intervals of 30-70 ms:
+
+- ``listen``: each process waits in ``PostgresListener.wait_for_change`` (LISTEN/NOTIFY);
+- ``poll``: each process reads ``PostgresStore.revision()`` every ``--poll-ms`` (20 ms, the
+  follower's default poll interval), the safety net without notifications.
+
+Propagation is from just before ``commit()`` is called to the moment a listener process has the new
+revision, on the system-wide monotonic clock (comparable across processes on Linux), over every
+(commit, listener) pair. Printed: p50/p99/max per mode, the ratio listen/poll measured in the same
+run, and the commit time itself.
+
+    .venv/bin/python benchmarks/bench_postgres.py [--listeners 8] [--commits 100] [--poll-ms 20] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def _listener(conninfo: str, mode: str, last: int, poll_s: float) -> None:
+    from rule_engine.stores.postgres import PostgresStore
+
+    store = PostgresStore(conninfo, timeout=5.0)
+    seen = store.revision()
+    deadline = time.monotonic() + 120
+    out = sys.stdout
+    if mode == "listen":
+        with store.listen() as listener:
+            listener.wait_for_change(1.0)
+            print("ready", flush=True)
+            while seen < last and time.monotonic() < deadline:
+                revision = listener.wait_for_change(1.0)
+                if revision is not None and revision > seen:
+                    out.write(f"{revision} {time.monotonic_ns()}\n")
+                    seen = revision
+    else:
+        print("ready", flush=True)
+        while seen < last and time.monotonic() < deadline:
+            time.sleep(poll_s)
+            revision = store.revision()
+            if revision > seen:
+                out.write(f"{revision} {time.monotonic_ns()}\n")
+                seen = revision
+    out.flush()
+    store.close()
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _run_mode(conninfo: str, mode: str, listeners: int, commits: int, poll_s: float) -> dict[str, Any]:
+    from rule_engine.stores.postgres import PostgresStore
+
+    store = PostgresStore(conninfo, timeout=5.0)
+    state = store.load()
+    first = state.revision
+    last = first + commits
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--as-listener", conninfo, mode, str(last), str(poll_s)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(listeners)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # bounded: the listener gives up after 120 s
+        if line != "ready":
+            raise RuntimeError(f"a listener did not start: {line!r}")
+    time.sleep(0.2)
+    started: dict[int, int] = {}
+    commit_ms: list[float] = []
+    rng = random.Random(12)
+    for _ in range(commits):
+        time.sleep(rng.uniform(0.03, 0.07))
+        t0 = time.monotonic_ns()
+        state = store.commit(state.revision, replace(state, next_seq=state.next_seq + 1))
+        commit_ms.append((time.monotonic_ns() - t0) / 1e6)
+        started[state.revision] = t0
+    latencies: list[float] = []
+    missing = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        got = {int(r): int(t) for r, t in (line.split() for line in out.splitlines() if line.strip())}
+        for revision, t0 in started.items():
+            if revision in got:
+                latencies.append((got[revision] - t0) / 1e6)
+            else:
+                missing += 1  # coalesced: a poll saw two commits at once (counted, not timed)
+    store.close()
+    return {
+        "mode": mode,
+        "listeners": listeners,
+        "commits": commits,
+        "samples": len(latencies),
+        "coalesced": missing,
+        "p50_ms": _percentile(latencies, 0.50),
+        "p99_ms": _percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+        "mean_ms": statistics.fmean(latencies),
+        "commit_p50_ms": _percentile(commit_ms, 0.50),
+        "commit_p99_ms": _percentile(commit_ms, 0.99),
+    }
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--as-listener":
+        _listener(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listeners", type=int, default=8)
+    parser.add_argument("--commits", type=int, default=100)
+    parser.add_argument("--poll-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--conninfo", help="an existing server (a database this may write to) instead of a throwaway one"
+    )
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    if not 1 <= args.listeners <= 64 or not 1 <= args.commits <= 10_000:
+        parser.error("--listeners must be 1..64 and --commits 1..10000")
+    cluster = None
+    conninfo = args.conninfo
+    if conninfo is None:
+        from _support_postgres import PgCluster, postgres_bindir
+
+        bindir = postgres_bindir()
+        if bindir is None:
+            print("UNAVAILABLE: no PostgreSQL binaries (initdb, pg_ctl); pass --conninfo", file=sys.stderr)
+            return 2
+        cluster = PgCluster(bindir, prefix="rule-engine-bench-pg-")
+        conninfo = cluster.conninfo()
+    try:
+        from rule_engine.stores.postgres import PostgresStore
+
+        setup = PostgresStore(conninfo)
+        setup.migrate()
+        setup.close()
+        load = os.getloadavg()
+        results = [
+            _run_mode(conninfo, mode, args.listeners, args.commits, args.poll_ms / 1000) for mode in ("listen", "poll")
+        ]
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    listen, poll = results
+    print(
+        f"PostgreSQL propagation, commit -> {args.listeners} listener processes, {args.commits} commits 30-70 ms apart"
+    )
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'mode':<28} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>8}")
+    for r in results:
+        name = "LISTEN/NOTIFY" if r["mode"] == "listen" else f"poll every {args.poll_ms:g} ms"
+        print(f"{name:<28} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f} {r['samples']:8d}")
+    print(
+        f"ratio listen/poll: p50 {listen['p50_ms'] / poll['p50_ms']:.3f}x, p99 {listen['p99_ms'] / poll['p99_ms']:.3f}x"
+    )
+    print(f"commit itself: p50 {listen['commit_p50_ms']:.2f} ms, p99 {listen['commit_p99_ms']:.2f} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load": load, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
