@@ -16,9 +16,9 @@ variables and ``~/.pgpass``, as with ``psql``. Two options of ours may be added 
   ``docs/fleet.md`` has only ``INSERT, SELECT`` on it.
 - Every call is bounded by ``timeout``: connecting (``connect_timeout``), waiting for a pooled
   connection, ``statement_timeout`` on the server, and a client-side watchdog for a server that
-  answers nothing (:mod:`rule_engine.stores._pg_session`). A call that overruns raises
-  :class:`StoreError` within about ``timeout`` seconds (``2 * timeout`` at worst, when a stale pooled
-  connection is retried first).
+  answers nothing (:mod:`rule_engine.stores._pg_session`). One deadline covers the whole call (a
+  stale pooled connection replaced and retried included), so a call raises :class:`StoreError`
+  within about ``timeout`` seconds.
 - Every psycopg error surfaces as :class:`StoreError` raised from it; no message, ``repr`` or ``url``
   holds the password.
 """
