@@ -330,3 +330,41 @@ def test_a_closed_store_raises_store_error(pg_database: str) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.revision()
+
+
+def _cli(url: str, *args: str) -> object:
+    from click.testing import CliRunner
+
+    from rule_engine.cli import cli
+
+    return CliRunner().invoke(cli, ["--store", url, *args])
+
+
+def test_the_cli_deploys_and_reports_on_a_postgresql_store(pg_database: str) -> None:
+    """deploy, a canary, status and history work on a ``postgresql://`` store as on SQLite."""
+    bundles = Path(__file__).resolve().parent.parent / "bundles"
+    url = _url(pg_database)
+    first = _cli(url, "deploy", str(bundles / "gateway-v1.json"), "--json", "--by", "alice")
+    assert first.exit_code == 0, first.output  # type: ignore[attr-defined]
+    v1 = json.loads(first.output)["version_id"]  # type: ignore[attr-defined]
+    second = _cli(url, "deploy", str(bundles / "gateway-v2.json"), "--strategy", "canary", "--json")
+    assert second.exit_code == 0, second.output  # type: ignore[attr-defined]
+    status = json.loads(_cli(url, "status", "--json").output)  # type: ignore[attr-defined]
+    assert status["active_version"] == v1
+    assert status["rollout"]["version_id"] == json.loads(second.output)["version_id"]  # type: ignore[attr-defined]
+    history = json.loads(_cli(url, "history", "--json").output)  # type: ignore[attr-defined]
+    assert history["versions"][0]["deployed_by"] == "alice"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the CLI prints its raw --store URL: cli/status.py, deploy.py, run.py and _common.py must print "
+    "rule_engine.stores._pg_conninfo.redact_url(state.url) (wiring for the CLI owner)",
+)
+def test_status_output_never_shows_the_password(pg_database: str) -> None:
+    """``status`` (text and JSON) on a URL holding a password shows the store with the password masked."""
+    url = _url(pg_database).replace("postgresql:///", f"postgresql://postgres:{PASSWORD}@/")
+    for args in (("status",), ("status", "--json")):
+        result = _cli(url, *args)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        assert PASSWORD not in result.output  # type: ignore[attr-defined]
