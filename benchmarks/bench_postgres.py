@@ -99,19 +99,7 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     from rule_engine.stores.postgres import PostgresStore
 
     conninfo = cluster.conninfo()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--as-fault-listener", conninfo, "60"],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(listeners)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("a fault listener did not start")
+    procs = _spawn_ready(["--as-fault-listener", conninfo, "60"], listeners)
     writer = PostgresStore(conninfo, timeout=1.0)
     state = writer.commit(writer.revision(), writer.load())
     time.sleep(0.3)
@@ -166,6 +154,20 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     }
 
 
+def _spawn_ready(args: list[str], count: int) -> list[subprocess.Popen[str]]:
+    """Start ``count`` listener processes running this script with ``args``; return once each is ready."""
+    procs = [
+        subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(count)
+    ]
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # bounded: a listener gives up after its duration
+        if line != "ready":
+            raise RuntimeError(f"a listener did not start: {line!r}")
+    return procs
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -178,20 +180,7 @@ def _run_mode(conninfo: str, mode: str, listeners: int, commits: int, poll_s: fl
     state = store.load()
     first = state.revision
     last = first + commits
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--as-listener", conninfo, mode, str(last), str(poll_s)],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        for _ in range(listeners)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # bounded: the listener gives up after 120 s
-        if line != "ready":
-            raise RuntimeError(f"a listener did not start: {line!r}")
+    procs = _spawn_ready(["--as-listener", conninfo, mode, str(last), str(poll_s)], listeners)
     time.sleep(0.2)
     started: dict[int, int] = {}
     commit_ms: list[float] = []

@@ -20,13 +20,23 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-__all__ = ["PgCluster", "PgServer", "pg_cluster", "pg_database", "pg_fault_cluster", "pg_server", "postgres_bindir"]
+__all__ = [
+    "PgCluster",
+    "PgServer",
+    "pg_cluster",
+    "pg_database",
+    "pg_fault_cluster",
+    "pg_server",
+    "postgres_bindir",
+    "run_threads",
+]
 
 START_TIMEOUT = 30.0
 PG_VERSIONS = ("17", "16", "15", "14")
@@ -253,11 +263,22 @@ def conninfo_dbname(conninfo: str) -> str:
     return str(conninfo_to_dict(conninfo)["dbname"])
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    """Poll ``predicate()`` until true, at most ``timeout`` seconds (for server state, never for stages)."""
-    assert callable(predicate)
+def run_threads(target: Callable[[int], object], count: int, timeout: float = 120.0) -> list[BaseException]:
+    """Run ``target(i)`` for i in 0..count-1 in threads at once; what they raised (a hang is one too)."""
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            target(index)
+        except BaseException as exc:  # handed back to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            errors.append(TimeoutError(f"a thread was still running after {timeout:g} s"))
+    return errors

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from _support_postgres import PgCluster
+from _support_postgres import PgCluster, run_threads
 from test_store_contract import _entry, _state
 
 from rule_engine.control.records import ControlState
@@ -131,20 +131,12 @@ def test_concurrent_optimistic_commits_from_threads_lose_nothing(pg_cluster: PgC
     """Eight threads x 25 increments through load/commit/retry: the count is exactly 200, revisions 1..200."""
     store = _store(pg_cluster, pool_size=8)
     committed: list[int] = []
-    errors: list[BaseException] = []
 
-    def writer() -> None:
-        try:
-            for _ in range(25):
-                committed.append(_bump(store))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def writer(_: int) -> None:
+        for _ in range(25):
+            committed.append(_bump(store))
 
-    threads = [threading.Thread(target=writer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(LIVENESS * 4)
+    errors = run_threads(writer, 8, LIVENESS * 4)
     assert errors == []
     assert sorted(committed) == list(range(1, 201))
     assert store.load().next_seq == 201

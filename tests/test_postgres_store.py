@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _support_postgres import run_threads
 from test_store_contract import _entry, _record, _state
 
 from rule_engine.control.states import DeploymentState
@@ -233,19 +233,7 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_database: s
 
     stores = [PostgresStore(pg_database) for _ in range(8)]
     revisions: list[int] = []
-    errors: list[BaseException] = []
-
-    def first_call(store: PostgresStore) -> None:
-        try:
-            revisions.append(store.revision())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=first_call, args=(s,)) for s in stores]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    errors = run_threads(lambda i: revisions.append(stores[i].revision()), 8)
     for s in stores:
         s.close()
     assert errors == []
@@ -276,20 +264,12 @@ def test_health_flushed_from_many_threads_adds_up_exactly(pg_database: str) -> N
     store = PostgresStore(pg_database, pool_size=8)
     store.revision()
     delta = HealthCounts(3, 1, 0, 2.0, (1, 1), {"allow": 2})
-    errors: list[BaseException] = []
 
-    def writer() -> None:
-        try:
-            for _ in range(25):
-                store.add_health_many([("v1", 0.0, delta), ("v2", 10.0, delta), ("v1", 10.0, delta)])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
+    def writer(_: int) -> None:
+        for _ in range(25):
+            store.add_health_many([("v1", 0.0, delta), ("v2", 10.0, delta), ("v1", 10.0, delta)])
 
-    threads = [threading.Thread(target=writer) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_threads(writer, 8)
     n = 8 * 25
     assert errors == []
     assert store.health(["v1", "v2"]) == {
