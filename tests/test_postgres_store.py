@@ -96,14 +96,14 @@ def test_the_password_never_shows(
     good.close()
     nowhere = str(tmp_path / "no-such-socket-dir")
     addresses = [
-        f"postgresql://alice:{PASSWORD}@/db?host={nowhere}&timeout=0.5",
+        f"postgresql://alice:{PASSWORD}@/db?host={nowhere}&timeout=0.2",
         f"host={nowhere} user=alice password={PASSWORD} dbname=db",
         f"host={nowhere} user=alice password='{PASSWORD}' dbname=db",
     ]
     monkeypatch.setenv("PGPASSWORD", PASSWORD)
     addresses.append(f"postgresql:///db?host={nowhere}")
     for address in addresses:
-        store = PostgresStore(address, timeout=0.5)
+        store = PostgresStore(address, timeout=0.2)
         shown += [store.url, repr(store), str(store)]
         for call in (store.revision, store.load, lambda s=store: s.commit(0, _state())):
             with pytest.raises(StoreError) as caught:
@@ -291,8 +291,12 @@ def test_the_listener_reports_commits_and_polls_when_nothing_comes(pg_database: 
         assert listener.wait_for_change(0.05) is None  # nothing happened: a poll, no change
         writer.commit(1, _state())
         writer.commit(2, _state())
-        seen = [listener.wait_for_change(5.0) for _ in range(2)]
-        assert 3 in seen
+        seen = []
+        for _ in range(2):  # two notifications may arrive in one wake-up: then the second is never needed
+            seen.append(listener.wait_for_change(5.0))
+            if seen[-1] == 3:
+                break
+        assert seen in ([2, 3], [3])
         assert listener.revision == 3
         age = listener.last_round_trip_age()
         assert age is not None
