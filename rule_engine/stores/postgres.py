@@ -187,7 +187,11 @@ class PostgresStore(StateStore):
                 retry = not committing and not (guard and guard.fired) and conn.broken
                 if retry and attempt + 1 < attempts and time.monotonic() < deadline:
                     continue
-                unknown = " (the commit may or may not have been applied; reload to see)" if committing else ""
+                unknown = (
+                    " (the commit may or may not have been applied; reload to see)"
+                    if committing and conn.broken
+                    else ""
+                )
                 raise StoreError(f"{what} failed: {describe(exc, self._target, guard)}{unknown}") from exc
             finally:
                 pool.putconn(conn)
