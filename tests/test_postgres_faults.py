@@ -218,3 +218,38 @@ def test_the_listener_on_a_hung_server_raises_and_its_round_trip_age_grows(pg_cl
             pg_cluster.resume(frozen)
         assert _bounded(lambda: listener.wait_for_change(0.1)) is None  # reconnected: the revision is unchanged
     store.close()
+
+
+def test_a_writer_stuck_in_a_transaction_blocks_others_only_for_a_bounded_time(pg_cluster: PgCluster) -> None:
+    """A session of ours holding the revision lock and going silent: other commits are cancelled cleanly
+    (statement_timeout, the connection stays usable), and the server ends the silent session, after which
+    commits succeed."""
+    import psycopg
+
+    frozen_writer = _store(pg_cluster)
+    writer = _store(pg_cluster)
+    state = writer.commit(0, _state())
+    pool = frozen_writer._ensure_pool()  # a pooled session, configured as the store configures them
+    held = pool.getconn()
+    held.execute("BEGIN")
+    held.execute("SELECT revision FROM meta FOR UPDATE")  # then its process "freezes": nothing more is sent
+    with pytest.raises(StoreError, match="statement cancelled"):
+        _bounded(lambda: writer.commit(1, state))
+    assert _bounded(writer.revision) == 1  # the cancelled session is still usable for reads
+
+    def committed() -> bool:
+        try:
+            writer.commit(1, state)
+        except StoreError:
+            return False
+        return True
+
+    for _ in range(20):  # the server ends the idle-in-transaction session after 2 x timeout
+        if _bounded(committed):
+            break
+    assert writer.revision() == 2
+    with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+        held.execute("SELECT 1")
+    pool.putconn(held)
+    frozen_writer.close()
+    writer.close()

@@ -145,7 +145,18 @@ class PostgresStore(StateStore):
             return self._pool
 
     def _configure(self, conn: _Connection) -> None:
-        conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(self.timeout * 1000)}ms",))
+        """Server-side bounds for every pooled session.
+
+        ``statement_timeout`` (80% of ``timeout``) cancels a statement that waits too long (a lock held
+        by another session, a slow query) before the watchdog would cut the connection, so the
+        connection stays usable. ``idle_in_transaction_session_timeout`` (twice ``timeout``) makes the
+        server end a session of ours that stalls inside a transaction (its process frozen), so the
+        ``meta`` row lock it holds cannot block the fleet's writers for longer.
+        """
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false)",
+            (f"{max(1, int(self.timeout * 800))}ms", f"{max(1, int(self.timeout * 2000))}ms"),
+        )
 
     def _getconn(self, pool: ConnectionPool[_Connection], what: str, remaining: float) -> _Connection:
         asked = time.monotonic()
