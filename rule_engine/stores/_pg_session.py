@@ -11,19 +11,42 @@ store reports as "did not answer within N s".
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from rule_engine.stores._pg_conninfo import PgTarget
 
-__all__ = ["Guard", "Watchdog", "describe"]
+__all__ = ["LAST_FAILURE", "Guard", "RecordingConnection", "Watchdog", "describe"]
+
+LAST_FAILURE: dict[str, tuple[float, str]] = {}  # conninfo -> (when, why) its last connection attempt failed
+
+# psycopg_pool logs each failed reconnection attempt as a warning; without a handler Python's
+# last-resort handler would print them. Applications that configure logging still receive them.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+
+
+class RecordingConnection(psycopg.Connection[tuple[Any, ...]]):
+    """A connection that remembers why connecting failed, so a pool timeout can say it."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            text = str(exc).strip()
+            LAST_FAILURE[conninfo] = (time.monotonic(), text.splitlines()[0] if text else type(exc).__name__)
+            raise
+        LAST_FAILURE.pop(conninfo, None)
+        return conn
 
 
 class Guard:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import threading
 import time
@@ -52,7 +51,7 @@ from rule_engine.stores._pg_schema import (
     UPSERT_BUCKET,
     UPSERT_LIFETIME,
 )
-from rule_engine.stores._pg_session import Guard, Watchdog, describe
+from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
 from rule_engine.stores.base import StateStore
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
@@ -62,26 +61,6 @@ MAX_NOTIFY_BYTES = 4000  # PostgreSQL's limit is 8000; the ids are a hint, the r
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
-_LAST_FAILURE: dict[str, tuple[float, str]] = {}  # conninfo -> (when, why) its last connection attempt failed
-
-# psycopg_pool logs each failed reconnection attempt as a warning; without a handler Python's
-# last-resort handler would print them. Applications that configure logging still receive them.
-logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
-
-
-class _Connection(psycopg.Connection[tuple[Any, ...]]):
-    """A connection that remembers why connecting failed, so a pool timeout can say it."""
-
-    @classmethod
-    def connect(cls, conninfo: str = "", **kwargs: Any) -> Any:
-        try:
-            conn = super().connect(conninfo, **kwargs)
-        except psycopg.Error as exc:
-            text = str(exc).strip()
-            _LAST_FAILURE[conninfo] = (time.monotonic(), text.splitlines()[0] if text else type(exc).__name__)
-            raise
-        _LAST_FAILURE.pop(conninfo, None)
-        return conn
 
 
 class PostgresStore(StateStore):
@@ -100,7 +79,7 @@ class PostgresStore(StateStore):
         self.channel = channel
         self._conninfo = self._libpq_conninfo()
         self._lock = threading.Lock()
-        self._pool: ConnectionPool[_Connection] | None = None
+        self._pool: ConnectionPool[RecordingConnection] | None = None
         self._schema_ok = False
         self._closed = False
         self._watchdog = Watchdog("rule-engine-pg")
@@ -124,14 +103,14 @@ class PostgresStore(StateStore):
 
     # --- connections ----------------------------------------------------------------------------
 
-    def _ensure_pool(self) -> ConnectionPool[_Connection]:
+    def _ensure_pool(self) -> ConnectionPool[RecordingConnection]:
         with self._lock:
             if self._closed:
                 raise StoreError(f"the PostgreSQL store {self.url!r} is closed")
             if self._pool is None:
                 self._pool = ConnectionPool(
                     self._conninfo,
-                    connection_class=_Connection,
+                    connection_class=RecordingConnection,
                     kwargs={"autocommit": True},
                     min_size=1,
                     max_size=self._target.pool_size,
@@ -144,7 +123,7 @@ class PostgresStore(StateStore):
                 )
             return self._pool
 
-    def _configure(self, conn: _Connection) -> None:
+    def _configure(self, conn: RecordingConnection) -> None:
         """Server-side bounds for every pooled session.
 
         ``statement_timeout`` (80% of ``timeout``) cancels a statement that waits too long (a lock held
@@ -158,12 +137,12 @@ class PostgresStore(StateStore):
             (f"{max(1, int(self.timeout * 800))}ms", f"{max(1, int(self.timeout * 2000))}ms"),
         )
 
-    def _getconn(self, pool: ConnectionPool[_Connection], what: str, remaining: float) -> _Connection:
+    def _getconn(self, pool: ConnectionPool[RecordingConnection], what: str, remaining: float) -> RecordingConnection:
         asked = time.monotonic()
         try:
             return pool.getconn(timeout=max(remaining, 0.001))
         except PoolTimeout as exc:
-            when, cause = _LAST_FAILURE.get(self._conninfo, (0.0, ""))
+            when, cause = LAST_FAILURE.get(self._conninfo, (0.0, ""))
             recent = when >= asked - self.timeout
             detail = f": {cause}" if cause and recent else " (no server answered in time)"
             message = f"{what} failed: no connection to PostgreSQL at {self.url!r} within {self.timeout:g} s{detail}"
