@@ -1,28 +1,33 @@
-"""Several processes on one PostgreSQL store: time-driven steps happen exactly once across controllers."""
+"""Several processes on one PostgreSQL store: followers see other processes' deploys; time-driven steps
+happen exactly once across controllers."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
-from typing import Any
 
 import pytest
 from _support_processes import BUNDLES, spawn
 from test_postgres_store import _url
+from test_sqlite_processes import _finish, _line, _stop
 
 from rule_engine import BlueGreen, Canary, DeploymentManager, Scheduled
 
 pytestmark = pytest.mark.slow
 
-WAIT = 60.0
 CONTROLLERS = 8
 
 
-def _finish(proc: subprocess.Popen[str]) -> list[dict[str, Any]]:
-    out, err = proc.communicate(timeout=WAIT)
-    assert proc.returncode == 0, err
-    return [json.loads(line) for line in out.splitlines()]
+def test_a_deploy_in_one_process_is_seen_by_a_follower_in_another(pg_database: str) -> None:
+    """A follower process on a postgresql:// store serves what another process deployed, unasked."""
+    url = _url(pg_database)
+    DeploymentManager.open(url, follow=False).close()
+    watcher = spawn("watch", url, 20)
+    try:
+        assert _line(watcher) == {"ready": True, "active": None}
+        deployed = _finish(spawn("deploy", url, BUNDLES[0]))[0]
+        assert _line(watcher)["active"] == deployed["version_id"]
+    finally:
+        _stop(watcher)
 
 
 def test_ticks_from_eight_controller_processes_happen_once(pg_database: str) -> None:
