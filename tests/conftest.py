@@ -16,3 +16,6 @@ settings.register_profile(
     "ci", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
 )
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+# PostgreSQL fixtures (a throwaway server per run, a database per test): see tests/_support_postgres.py
+from _support_postgres import pg_cluster, pg_database, pg_fault_cluster, pg_server  # noqa: E402, F401

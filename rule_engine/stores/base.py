@@ -129,11 +129,13 @@ def store_url_from_env(url: str | None = None) -> str:
 
 
 def open_store(url: str, *, create: bool = False) -> StateStore:
-    """Open the store a URL names: ``memory://`` or ``sqlite:///path/to/state.db``.
+    """Open the store a URL names: ``memory://``, ``sqlite:///path/to/state.db`` or ``postgresql://...``.
 
     Without ``create`` a store that does not exist is not created: reading it raises
     :class:`StoreError` ("no store at ..."), and only a commit creates it. Writing commands pass
-    ``create=True``. (A ``memory://`` store is new whenever it is opened.)
+    ``create=True``. (A ``memory://`` store is new whenever it is opened.) The PostgreSQL backend
+    (``postgresql://`` or ``postgres://``) needs the ``postgres`` extra; without it this raises
+    ImportError naming the extra.
     """
     from rule_engine.stores.memory import MemoryStore
 
@@ -144,6 +146,12 @@ def open_store(url: str, *, create: bool = False) -> StateStore:
 
         store: StateStore = SQLiteStore.from_url(url, create=create)
         return store
+    if url.startswith(("postgresql://", "postgres://")):
+        try:
+            from rule_engine.stores.postgres import PostgresStore
+        except ImportError as exc:
+            raise ImportError(f"{exc}; install it with: pip install 'rule_engine[postgres]'") from exc
+        return PostgresStore.from_url(url)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(
         f"unsupported store URL {url!r} (scheme {scheme!r}); use sqlite:///path/to/state.db or memory://"

@@ -1,0 +1,169 @@
+"""Change notifications from a PostgreSQL store, for a follower: LISTEN, with polling as the safety net.
+
+One :class:`PostgresListener` is one session connection (never pooled: ``LISTEN`` belongs to a
+session, and PgBouncer's transaction pooling does not carry it), used by one follower thread::
+
+    with store.listen() as listener:
+        while running:
+            try:
+                revision = listener.wait_for_change(timeout=1.0)
+            except StoreError:
+                ...  # serve the last good snapshot, report stale, back off, call again (reconnects)
+            else:
+                if revision is not None:
+                    ...  # load the state and publish it
+            if (listener.last_round_trip_age() or 0.0) > STALE_AFTER:
+                ...  # a hung server raises nothing for a while: staleness comes from this age
+
+Notifications sent while the connection was down are lost, so after every (re)connect the revision is
+read again and reported if it changed. Every call ends with a round trip (the notification itself,
+or a ``SELECT`` of the revision when none came within ``timeout``), so a lost notification is caught
+within one ``timeout`` and :meth:`PostgresListener.last_round_trip_age` stays current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from rule_engine.errors import StoreError
+from rule_engine.stores._pg_conninfo import PgTarget
+from rule_engine.stores._pg_session import Guard, Watchdog, describe
+
+__all__ = ["PostgresListener"]
+
+
+class PostgresListener:
+    """A follower's view of commits: ``wait_for_change`` returns a new revision, or None.
+
+    Not thread-safe: one listener per follower thread. Constructing does no I/O; the first
+    :meth:`wait_for_change` connects.
+    """
+
+    def __init__(self, conninfo: str, target: PgTarget, *, channel: str) -> None:
+        self._conninfo = conninfo
+        self._target = target
+        self._channel = channel
+        self._watchdog = Watchdog("rule-engine-pg-listen")
+        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._revision: int | None = None
+        self._current = 0
+        self._last_ok: float | None = None
+        self._fresh = False
+        self.reconnects = 0  # connections made after the first
+        self._connections = 0
+        self._closed = False
+
+    @property
+    def revision(self) -> int | None:
+        """The revision last returned (None before the first)."""
+        return self._revision
+
+    @property
+    def connected(self) -> bool:
+        """Whether the session connection is up (as far as this side knows)."""
+        return self._conn is not None and not self._conn.closed
+
+    def last_round_trip_age(self) -> float | None:
+        """Seconds since the server last answered (None if it never did)."""
+        return None if self._last_ok is None else time.monotonic() - self._last_ok
+
+    def wait_for_change(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` seconds for a commit; the new revision, or None if it did not change.
+
+        Raises :class:`StoreError` when the server cannot be reached or does not answer within
+        ``timeout`` plus the store timeout; the connection is then dropped and the next call reconnects
+        (and re-reads the revision).
+        """
+        if self._closed:
+            raise StoreError(f"the listener on {self._target.display!r} is closed")
+        guard: Guard | None = None
+        try:
+            if self._conn is None or self._conn.closed:
+                self._connect()
+                if self._fresh:
+                    self._fresh = False
+                    return self._report(self._current)
+            conn = self._conn
+            assert conn is not None
+            with self._watchdog.guard(conn, timeout + self._target.timeout) as guard:
+                seen: list[int] = []
+                for note in conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
+                    seen.append(_revision_of(note.payload))
+                if seen:
+                    for note in conn.notifies(timeout=0.0):  # drain what already arrived
+                        seen.append(_revision_of(note.payload))
+                revision = max(seen) if seen and min(seen) >= 0 else self._read_revision(conn)
+            self._last_ok = time.monotonic()
+            return self._report(revision)
+        except psycopg.Error as exc:
+            self._drop()
+            raise StoreError(f"listening for changes failed: {describe(exc, self._target, guard)}") from exc
+
+    def _connect(self) -> None:
+        guard: Guard | None = None
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            with self._watchdog.guard(conn, self._target.timeout) as guard:
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                self._current = self._read_revision(conn)
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"listening for changes failed: {describe(exc, self._target, guard)}") from exc
+        self._conn = conn
+        self._last_ok = time.monotonic()
+        self.reconnects += 1 if self._connections else 0
+        self._connections += 1
+        self._fresh = True
+
+    @staticmethod
+    def _read_revision(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+        """The stored revision (0 while the database has no schema yet: a new store is at revision 0)."""
+        row = conn.execute("SELECT CASE WHEN to_regclass('meta') IS NULL THEN 0 END").fetchone()
+        if row is not None and row[0] == 0:
+            return 0
+        row = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def _report(self, revision: int) -> int | None:
+        if revision == self._revision:
+            return None
+        self._revision = revision
+        return revision
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def close(self) -> None:
+        """Close the connection and stop the watchdog (idempotent)."""
+        self._closed = True
+        self._drop()
+        self._watchdog.close()
+
+    def __enter__(self) -> PostgresListener:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresListener({self._target.display!r}, revision={self._revision})"
+
+
+def _revision_of(payload: str) -> int:
+    """The revision a notification carries (-1 if the payload is not ours: then the revision is read)."""
+    try:
+        data = json.loads(payload)
+        revision = data["revision"] if isinstance(data, dict) else None
+    except ValueError:
+        return -1
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) and revision >= 0 else -1

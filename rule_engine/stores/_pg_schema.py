@@ -1,0 +1,149 @@
+"""The PostgreSQL store's schema, as numbered migrations.
+
+``schema_migrations`` records every migration applied (version, description, when). A store applies
+the missing ones (each in the same transaction as its record, under an advisory lock so processes
+opening a new database at once migrate it once) and refuses a database whose schema is newer than
+the last migration it knows. A migration is never edited once released: a change is a new entry.
+
+Health counters are columns added in SQL (``INSERT ... ON CONFLICT DO UPDATE SET evaluations =
+t.evaluations + excluded.evaluations``): the latency histogram is a ``bigint[]`` added elementwise by
+``rule_engine_add_arrays``, and the per-decision and per-rule counts are ``jsonb`` objects merged by
+``rule_engine_add_counts`` (keys unioned, values summed), so concurrent flushes from many processes
+add up without any read-modify-write in the client.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ADVISORY_LOCK", "APP_GRANTS", "MIGRATIONS", "SCHEMA_VERSION"]
+
+ADVISORY_LOCK = 0x72756C65  # "rule": serialises migrations of one database
+
+_V1 = """
+CREATE TABLE meta (
+    id integer PRIMARY KEY CHECK (id = 1),
+    revision bigint NOT NULL CHECK (revision >= 0)
+);
+INSERT INTO meta (id, revision) VALUES (1, 0);
+
+CREATE TABLE state (
+    id integer PRIMARY KEY CHECK (id = 1),
+    doc jsonb NOT NULL
+);
+
+CREATE TABLE bundles (
+    version_id text PRIMARY KEY,
+    digest text NOT NULL,
+    doc text NOT NULL
+);
+
+CREATE TABLE audit (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at double precision NOT NULL,
+    action text NOT NULL,
+    version_id text NOT NULL,
+    from_state text,
+    to_state text NOT NULL,
+    actor text NOT NULL,
+    reason text NOT NULL,
+    strategy text,
+    revision bigint NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX audit_by_version ON audit (version_id, seq);
+
+CREATE FUNCTION rule_engine_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only: % refused', TG_OP;
+END
+$$;
+CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON audit
+    FOR EACH STATEMENT EXECUTE FUNCTION rule_engine_audit_append_only();
+
+CREATE FUNCTION rule_engine_add_arrays(a bigint[], b bigint[]) RETURNS bigint[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(coalesce(x, 0) + coalesce(y, 0) ORDER BY i), '{}'::bigint[])
+    FROM unnest(a, b) WITH ORDINALITY AS u(x, y, i)
+$$;
+
+CREATE FUNCTION rule_engine_add_counts(a jsonb, b jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(key, total), '{}'::jsonb)
+    FROM (
+        SELECT key, sum(value::bigint) AS total
+        FROM (SELECT * FROM jsonb_each_text(a) UNION ALL SELECT * FROM jsonb_each_text(b)) AS both_sides
+        GROUP BY key
+    ) AS summed
+$$;
+
+CREATE TABLE health (
+    version_id text NOT NULL,
+    bucket_start double precision NOT NULL,
+    evaluations bigint NOT NULL,
+    errors bigint NOT NULL,
+    timeouts bigint NOT NULL,
+    latency_sum_us double precision NOT NULL,
+    histogram bigint[] NOT NULL,
+    decisions jsonb NOT NULL,
+    rules jsonb NOT NULL,
+    PRIMARY KEY (version_id, bucket_start)
+);
+CREATE INDEX health_by_start ON health (bucket_start);
+
+CREATE TABLE health_lifetime (
+    version_id text PRIMARY KEY,
+    evaluations bigint NOT NULL,
+    errors bigint NOT NULL,
+    timeouts bigint NOT NULL,
+    latency_sum_us double precision NOT NULL,
+    histogram bigint[] NOT NULL,
+    decisions jsonb NOT NULL,
+    rules jsonb NOT NULL
+);
+"""
+
+# (version, description, SQL). Append only.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "initial schema: meta, state, bundles, audit, health", _V1),)
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    description text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+HEALTH_COLUMNS = "evaluations, errors, timeouts, latency_sum_us, histogram, decisions, rules"
+HEALTH_ADD = """
+    evaluations = t.evaluations + excluded.evaluations,
+    errors = t.errors + excluded.errors,
+    timeouts = t.timeouts + excluded.timeouts,
+    latency_sum_us = t.latency_sum_us + excluded.latency_sum_us,
+    histogram = rule_engine_add_arrays(t.histogram, excluded.histogram),
+    decisions = rule_engine_add_counts(t.decisions, excluded.decisions),
+    rules = rule_engine_add_counts(t.rules, excluded.rules)
+"""
+UPSERT_BUCKET = f"""
+INSERT INTO health AS t (version_id, bucket_start, {HEALTH_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb)
+ON CONFLICT (version_id, bucket_start) DO UPDATE SET {HEALTH_ADD}
+"""
+UPSERT_LIFETIME = f"""
+INSERT INTO health_lifetime AS t (version_id, {HEALTH_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb)
+ON CONFLICT (version_id) DO UPDATE SET {HEALTH_ADD}
+"""
+
+# What the application role needs on schema 1 (docs/fleet.md; tests/test_postgres_store.py runs it).
+# The audit table gets INSERT and SELECT only: even with the trigger dropped, this role cannot
+# rewrite history. Run as the schema owner after `rule-engine store migrate`.
+APP_GRANTS = """
+GRANT USAGE ON SCHEMA public TO {role};
+GRANT SELECT ON schema_migrations TO {role};
+GRANT SELECT, UPDATE ON meta TO {role};
+GRANT SELECT, INSERT, UPDATE ON state TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON bundles TO {role};
+GRANT SELECT, INSERT ON audit TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON health TO {role};
+GRANT SELECT, INSERT, UPDATE ON health_lifetime TO {role};
+"""
