@@ -21,7 +21,7 @@ from typing import Any
 import mmh3
 
 from rule_engine.evaluation.table import Decision
-from rule_engine.serving.routing import compute_request_hash
+from rule_engine.serving.routing import hash_key
 from rule_engine.serving.snapshot import ServingCell, SnapshotSource
 
 __all__ = ["NO_VERSION", "RuleEngine"]
@@ -63,16 +63,21 @@ class RuleEngine:
         recorder = snapshot.stable_recorder
         candidate = snapshot.candidate
         if candidate is not None:
-            if key is None:
-                try:
+            try:  # routing never raises: a key that cannot be read or hashed is served by stable
+                if key is None:
                     key = event.get(self.key_field)
-                except AttributeError:
-                    key = None
-            if key is not None:
-                request_hash = mmh3.hash(key, 0, False) if type(key) is str else compute_request_hash(key)
-                if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+                if type(key) is str and key.isascii():  # hash_key's fast path, inlined
+                    request_hash: int | None = mmh3.hash(key, 0, False)
+                else:
+                    request_hash = hash_key(key)
+                if (
+                    request_hash is not None
+                    and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit
+                ):
                     table = candidate
                     recorder = snapshot.candidate_recorder
+            except Exception:
+                pass
         start = perf_counter_ns()
         try:
             decision = table.evaluate(event)
@@ -81,7 +86,7 @@ class RuleEngine:
                 recorder.record_error(perf_counter_ns() - start)
             if table is candidate and snapshot.stable is not None:
                 return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
-            return table.error_decision(f"{type(exc).__name__}: {exc}")
+            return table.error_decision(_describe(exc))
         if recorder is not None:
             recorder.record(decision, perf_counter_ns() - start)
         return decision
@@ -94,8 +99,16 @@ class RuleEngine:
         except Exception as exc:
             if recorder is not None:
                 recorder.record_error(perf_counter_ns() - start)
-            error: Decision = table.error_decision(f"{type(exc).__name__}: {exc}")
+            error: Decision = table.error_decision(_describe(exc))
             return error
         if recorder is not None:
             recorder.record(decision, perf_counter_ns() - start)
         return decision
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an evaluation failure; never raises (an event's own objects made it)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__} (its message could not be rendered)"
