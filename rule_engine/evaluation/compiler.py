@@ -12,6 +12,7 @@ Run-time semantics (docs/bundle-format.md): a missing or null field makes a leaf
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ Matcher = Callable[[Mapping[str, Any]], bool]
 
 _MISSING: Any = object()
 _NUMBER_TYPES = frozenset({int, float})
-_SHAPE_CACHE_SIZE = 4096
 
 
 def match_always(event: Mapping[str, Any]) -> bool:
@@ -54,6 +54,12 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
     op, expected = leaf.op, leaf.value
     got = kind_of(actual)
     want = _element_kind(expected) if op in ("in", "not_in") else kind_of(expected)
+    if got == "number" and want == "number" and op != "contains" and not _finite(actual):
+        raise RuleEvaluationError(
+            leaf.rule_id,
+            leaf.field,
+            f"cannot apply {op!r} with number {_clip(expected)} to {_clip(actual)}: not a finite number",
+        )
     if op == "contains":
         if got == "list":
             return _list_contains(expected, actual)
@@ -66,6 +72,7 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
                 return text.startswith(expected)
             if op == "ends_with":
                 return text.endswith(expected)
+            _check_match_text(leaf.rule_id, leaf.field, text)
             return _regex.compile_search(expected)(text)
     elif got == want:
         return _compare(op, actual, expected)
@@ -94,6 +101,36 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     return actual not in expected  # not_in
 
 
+def _finite(number: Any) -> bool:
+    """Whether a number is finite (NaN and the infinities are not JSON numbers; huge ints are)."""
+    try:
+        return isinstance(number, int) or math.isfinite(number)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _check_match_text(rule_id: str, field: str, text: str) -> None:
+    if len(text) > _regex.MAX_MATCH_TEXT:
+        raise RuleEvaluationError(
+            rule_id,
+            field,
+            f"'matches' on a string of {len(text)} characters, over the limit of {_regex.MAX_MATCH_TEXT}",
+        )
+
+
+def _match_leaf(pattern: str, rule_id: str, field: str) -> Callable[[str], bool]:
+    """The ``matches`` test of one leaf: RE2 search, on strings of at most MAX_MATCH_TEXT characters."""
+    search = _regex.compile_search(pattern)
+    limit = _regex.MAX_MATCH_TEXT
+
+    def matches(text: str) -> bool:
+        if len(text) > limit:
+            _check_match_text(rule_id, field, text)
+        return search(text)
+
+    return matches
+
+
 def _list_contains(value: Any, items: Any) -> bool:
     """``contains`` on a list: some item of the value's kind equals it (``True`` is not ``1``)."""
     want = kind_of(value)
@@ -115,7 +152,7 @@ def _clip(value: Any, width: int = 40) -> str:
 
 
 _GLOBALS: dict[str, Any] = {
-    "__builtins__": {"type": type, "str": str, "list": list, "dict": dict, "bool": bool},
+    "__builtins__": {"type": type, "str": str, "list": list, "dict": dict, "bool": bool, "int": int, "float": float},
     "_M": _MISSING,
     "_NUM": _NUMBER_TYPES,
     "_slow": _slow_path,
@@ -126,7 +163,9 @@ _GLOBALS: dict[str, Any] = {
 _COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 _TYPE_TEST = {
     "string": "type({v}) is str",
-    "number": "type({v}) in _NUM",
+    # a float is taken by the fast path only when finite (v - v is 0.0 for those, NaN otherwise);
+    # NaN and the infinities go to the slow path, which raises (docs/bundle-format.md)
+    "number": "(type({v}) is int or type({v}) is float and {v} - {v} == 0.0)",
     "bool": "type({v}) is bool",
 }
 
@@ -139,12 +178,62 @@ class _Generator:
     the same order.
     """
 
-    def __init__(self, rule_id: str, *, emit: bool) -> None:
+    def __init__(self, rule_id: str, *, emit: bool, parts: list[Matcher] | None = None) -> None:
         self.rule_id = rule_id
         self.emit = emit
         self.constants: list[Any] = []
         self.shape: list[Any] = []
         self._variables = 0
+        # Sub-matchers of the parts of a large condition compiled on their own (see ``root``):
+        # made by the first walk, reused in the same order by the emitting walk.
+        self.parts: list[Matcher] = [] if parts is None else parts
+        self._next_part = 0
+
+    def root(self, cond: Any) -> str:
+        """The expression of a whole condition, with its large parts compiled as separate matchers.
+
+        A condition of at most ``_MAX_NODES`` nodes is one expression. A larger one keeps its top
+        level here and compiles each child that does not fit the remaining budget on its own (and
+        so on down), and a list of more than ``_MAX_ITEMS`` conditions is split into groups: every
+        generated function stays small, so compiling a rule costs time linear in its size
+        (Python's ``compile`` is superlinear on one huge expression).
+        """
+        if _size(cond) <= _MAX_NODES:
+            return self.expression(cond)
+        kind = type(cond)
+        if kind is NotCondition:
+            self.shape.append(kind)
+            inner = self.part(cond.condition)
+            self.shape.append(None)
+            return f"(not {inner})" if self.emit else ""
+        conjunction, children = _items(cond)
+        children = _grouped(conjunction, children)
+        budget = _MAX_NODES
+        parts: list[str] = []
+        self.shape.append(AllCondition if conjunction else AnyCondition)
+        for child in children:
+            size = _size(child)
+            if size <= budget:
+                budget -= size
+                parts.append(self.expression(child))
+            else:
+                parts.append(self.part(child))
+        self.shape.append(None)
+        if not self.emit:
+            return ""
+        return "(" + (" and " if conjunction else " or ").join(parts) + ")"
+
+    def part(self, cond: Any) -> str:
+        """A call of ``cond`` compiled as its own matcher (shape: a placeholder)."""
+        self.shape.append(_PART)
+        if self.emit:
+            matcher = self.parts[self._next_part]
+            self._next_part += 1
+        else:
+            matcher = _compile(cond, self.rule_id)
+            self.parts.append(matcher)
+        name = self.constant(matcher)
+        return f"{name}(event)" if self.emit else ""
 
     def constant(self, value: Any) -> str:
         self.constants.append(value)
@@ -156,13 +245,14 @@ class _Generator:
 
     def expression(self, cond: Any) -> str:
         kind = type(cond)
-        if kind is AllCondition or kind is AnyCondition:
-            self.shape.append(kind)
-            parts = [self.expression(child) for child in cond.conditions]
+        if kind is AllCondition or kind is AnyCondition or kind is _Group:
+            conjunction, children = _items(cond)
+            self.shape.append(AllCondition if conjunction else AnyCondition)
+            parts = [self.expression(child) for child in children]
             self.shape.append(None)
             if not self.emit:
                 return ""
-            return "(" + (" and " if kind is AllCondition else " or ").join(parts) + ")"
+            return "(" + (" and " if conjunction else " or ").join(parts) + ")"
         if kind is NotCondition:
             self.shape.append(kind)
             inner = self.expression(cond.condition)
@@ -209,7 +299,7 @@ class _Generator:
     def test(self, leaf: Leaf, v: str, value_kind: str) -> str:
         op, value = leaf.op, leaf.value
         info = self.constant(LeafInfo(self.rule_id, leaf.field, op, _frozen_value(value)))
-        c = self.constant(_operand(op, value))
+        c = self.constant(_operand(op, value, self.rule_id, leaf.field))
         if not self.emit:
             return ""
         otherwise = f"_slow({info}, {v})"
@@ -234,12 +324,12 @@ class _Generator:
         raise ValueError(f"unknown operator {op!r}")  # pragma: no cover
 
 
-def _operand(op: str, value: Any) -> Any:
+def _operand(op: str, value: Any, rule_id: str, field: str) -> Any:
     """The constant a leaf's test compares with: a set for in/not_in, a search for matches."""
     if op in ("in", "not_in"):
         return frozenset(value)
     if op == "matches":
-        return _regex.compile_search(value)
+        return _match_leaf(value, rule_id, field)
     return value
 
 
@@ -247,33 +337,121 @@ def _frozen_value(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-_shape_cache: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
-_shape_lock = threading.Lock()
+#: The most nodes (leaves, all/any/not) one generated function holds; larger parts get their own.
+_MAX_NODES = 128
+#: The most conditions of one all/any list one generated function joins; longer lists are grouped.
+_MAX_ITEMS = 64
+#: The shape cache holds at most this many characters of generated source (about 10x that in
+#: memory for the code objects), and never one factory larger than a tenth of it.
+_SHAPE_CACHE_CHARS = 1 << 20
+_PART = "part"
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """A slice of a long all/any list, compiled as one part (``and``/``or`` are associative)."""
+
+    conjunction: bool
+    conditions: tuple[Any, ...]
+
+
+def _items(cond: Any) -> tuple[bool, tuple[Any, ...]]:
+    """(is it an ``all``, its conditions) of an all/any condition or group."""
+    if type(cond) is _Group:
+        return cond.conjunction, cond.conditions
+    return type(cond) is AllCondition, cond.conditions
+
+
+def _grouped(conjunction: bool, children: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``children`` in groups of at most ``_MAX_ITEMS`` (groups of groups while still too many)."""
+    while len(children) > _MAX_ITEMS:
+        children = tuple(
+            _Group(conjunction, children[i : i + _MAX_ITEMS]) for i in range(0, len(children), _MAX_ITEMS)
+        )
+    return children
+
+
+def _size(cond: Any) -> int:
+    """Nodes in a condition tree (memoised on the tree's objects for the duration of a compile)."""
+    kind = type(cond)
+    if kind is Leaf:
+        return 1
+    cached = _sizes.get(id(cond))
+    if cached is not None and cached[0] is cond:
+        return cached[1]
+    if kind is NotCondition:
+        size = 1 + _size(cond.condition)
+    else:
+        size = 1 + sum(_size(child) for child in _items(cond)[1])
+    _sizes[id(cond)] = (cond, size)
+    return size
+
+
+_sizes: dict[int, tuple[Any, int]] = {}
+
+
+class _ShapeCache:
+    """Factories by condition shape, bounded by the characters of source they were compiled from."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self._factories: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, shape: tuple[Any, ...]) -> Callable[..., Matcher] | None:
+        return self._factories.get(shape)
+
+    def put(self, shape: tuple[Any, ...], factory: Callable[..., Matcher], chars: int) -> None:
+        if chars > self.max_chars // 10:
+            return  # a one-off large shape: its table owns it, the cache does not keep it alive
+        with self._lock:
+            if self._chars + chars > self.max_chars:
+                self._factories.clear()
+                self._chars = 0
+            if shape not in self._factories:
+                self._factories[shape] = factory
+                self._chars += chars
+
+    @property
+    def chars(self) -> int:
+        """Characters of source of the factories held now."""
+        return self._chars
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
+_shape_cache = _ShapeCache(_SHAPE_CACHE_CHARS)
 
 
 def compile_condition(condition: Any, rule_id: str = "?") -> Matcher:
     """Compile a condition model into a matcher ``event -> bool`` (``match_always`` for None)."""
     if condition is None:
         return match_always
+    try:
+        return _compile(condition, rule_id)
+    finally:
+        _sizes.clear()
+
+
+def _compile(condition: Any, rule_id: str) -> Matcher:
     generator = _Generator(rule_id, emit=False)
-    generator.expression(condition)
+    generator.root(condition)
     shape = tuple(generator.shape)
     factory = _shape_cache.get(shape)
     if factory is None:
-        source = _Generator(rule_id, emit=True)
-        expression = source.expression(condition)
-        factory = _build_factory(expression, len(source.constants))
-        with _shape_lock:
-            if len(_shape_cache) >= _SHAPE_CACHE_SIZE:
-                _shape_cache.clear()
-            _shape_cache[shape] = factory
+        source = _Generator(rule_id, emit=True, parts=generator.parts)
+        expression = source.root(condition)
+        factory, chars = _build_factory(expression, len(source.constants))
+        _shape_cache.put(shape, factory, chars)
     return factory(*generator.constants)
 
 
-def _build_factory(expression: str, constants: int) -> Callable[..., Matcher]:
+def _build_factory(expression: str, constants: int) -> tuple[Callable[..., Matcher], int]:
     names = ", ".join(f"c{i}" for i in range(constants))
     source = f"def factory({names}):\n    def match(event):\n        return {expression}\n    return match\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, "<rule_engine.evaluation.compiler>", "exec"), dict(_GLOBALS), namespace)
     factory: Callable[..., Matcher] = namespace["factory"]
-    return factory
+    return factory, len(source)
