@@ -365,9 +365,7 @@ def _items(cond: Any) -> tuple[bool, tuple[Any, ...]]:
 def _grouped(conjunction: bool, children: tuple[Any, ...]) -> tuple[Any, ...]:
     """``children`` in groups of at most ``_MAX_ITEMS`` (groups of groups while still too many)."""
     while len(children) > _MAX_ITEMS:
-        children = tuple(
-            _Group(conjunction, children[i : i + _MAX_ITEMS]) for i in range(0, len(children), _MAX_ITEMS)
-        )
+        children = tuple(_Group(conjunction, children[i : i + _MAX_ITEMS]) for i in range(0, len(children), _MAX_ITEMS))
     return children
 
 
@@ -379,10 +377,8 @@ def _size(cond: Any) -> int:
     cached = _sizes.get(id(cond))
     if cached is not None and cached[0] is cond:
         return cached[1]
-    if kind is NotCondition:
-        size = 1 + _size(cond.condition)
-    else:
-        size = 1 + sum(_size(child) for child in _items(cond)[1])
+    children = (cond.condition,) if kind is NotCondition else _items(cond)[1]
+    size = 1 + sum(_size(child) for child in children)
     _sizes[id(cond)] = (cond, size)
     return size
 
