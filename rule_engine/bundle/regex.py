@@ -8,9 +8,10 @@ matched that way (backreferences, lookaround). Patterns are searched, not anchor
 Linear is not cheap enough on its own: when RE2's DFA gives up on a pattern whose states explode
 (``a[ab]{999}c``), it falls back to simulating the program, at a cost per input character that
 grows with the program's size (tens of microseconds per character for a 1,000-instruction
-program). So the work one ``matches`` leaf can do on one event is bounded by two documented
-limits: the pattern's program size (:data:`MAX_PROGRAM_SIZE`, checked at validation) and the
-length of the event string (:data:`MAX_MATCH_TEXT`, checked per evaluation).
+program). So the work one ``matches`` leaf can do on one event is bounded: the pattern's
+program size is at most :data:`MAX_PROGRAM_SIZE` (checked at validation), and the event string
+may be at most :func:`text_limit` characters, ``MATCH_WORK / program size`` (clamped to
+``MIN_MATCH_TEXT .. MAX_MATCH_TEXT``); a longer one is an evaluation error.
 """
 
 from __future__ import annotations
@@ -19,12 +20,25 @@ from collections.abc import Callable
 
 import re2
 
-__all__ = ["MAX_MATCH_TEXT", "MAX_PROGRAM_SIZE", "check", "compile_search", "program_size"]
+__all__ = [
+    "MATCH_WORK",
+    "MAX_MATCH_TEXT",
+    "MAX_PROGRAM_SIZE",
+    "MIN_MATCH_TEXT",
+    "check",
+    "compile_search",
+    "program_size",
+    "text_limit",
+]
 
-#: ``matches`` on an event string longer than this (characters) is an evaluation error.
-MAX_MATCH_TEXT = 4096
-#: The largest RE2 program (instructions) a ``matches`` pattern may compile to.
+#: The largest RE2 program (instructions) a ``matches`` pattern may compile to (validation).
 MAX_PROGRAM_SIZE = 2000
+#: The work one ``matches`` leaf may do on one event: program size x string length.
+MATCH_WORK = 1 << 24
+#: Every pattern accepts event strings of at least this many characters...
+MIN_MATCH_TEXT = 4096
+#: ...and none longer than this many.
+MAX_MATCH_TEXT = 1 << 20
 
 
 def _options() -> re2.Options:
@@ -59,6 +73,11 @@ def check(pattern: str) -> str | None:
 def program_size(pattern: str) -> int:
     """The size of the RE2 program ``pattern`` compiles to (instructions); the pattern must be valid."""
     return int(re2.compile(pattern, options=_OPTIONS).programsize)
+
+
+def text_limit(pattern: str) -> int:
+    """The longest event string (characters) ``matches`` with this valid pattern evaluates."""
+    return min(MAX_MATCH_TEXT, max(MIN_MATCH_TEXT, MATCH_WORK // program_size(pattern)))
 
 
 def compile_search(pattern: str) -> Callable[[str], bool]:

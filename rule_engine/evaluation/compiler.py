@@ -22,7 +22,7 @@ from rule_engine.bundle import regex as _regex
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
 from rule_engine.errors import RuleEvaluationError
 
-__all__ = ["Matcher", "compile_condition", "match_always"]
+__all__ = ["Matcher", "cached_source_chars", "compile_condition", "match_always"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 
@@ -72,7 +72,7 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
                 return text.startswith(expected)
             if op == "ends_with":
                 return text.endswith(expected)
-            _check_match_text(leaf.rule_id, leaf.field, text)
+            _check_match_text(leaf.rule_id, leaf.field, text, _regex.text_limit(expected))
             return _regex.compile_search(expected)(text)
     elif got == want:
         return _compare(op, actual, expected)
@@ -109,23 +109,23 @@ def _finite(number: Any) -> bool:
         return False
 
 
-def _check_match_text(rule_id: str, field: str, text: str) -> None:
-    if len(text) > _regex.MAX_MATCH_TEXT:
+def _check_match_text(rule_id: str, field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
         raise RuleEvaluationError(
             rule_id,
             field,
-            f"'matches' on a string of {len(text)} characters, over the limit of {_regex.MAX_MATCH_TEXT}",
+            f"'matches' on a string of {len(text)} characters, over this pattern's limit of {limit}",
         )
 
 
 def _match_leaf(pattern: str, rule_id: str, field: str) -> Callable[[str], bool]:
-    """The ``matches`` test of one leaf: RE2 search, on strings of at most MAX_MATCH_TEXT characters."""
+    """The ``matches`` test of one leaf: RE2 search, on strings of at most ``text_limit`` characters."""
     search = _regex.compile_search(pattern)
-    limit = _regex.MAX_MATCH_TEXT
+    limit = _regex.text_limit(pattern)
 
     def matches(text: str) -> bool:
         if len(text) > limit:
-            _check_match_text(rule_id, field, text)
+            _check_match_text(rule_id, field, text, limit)
         return search(text)
 
     return matches
@@ -386,39 +386,32 @@ def _size(cond: Any) -> int:
 _sizes: dict[int, tuple[Any, int]] = {}
 
 
-class _ShapeCache:
-    """Factories by condition shape, bounded by the characters of source they were compiled from."""
-
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-        self._factories: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
-        self._chars = 0
-        self._lock = threading.Lock()
-
-    def get(self, shape: tuple[Any, ...]) -> Callable[..., Matcher] | None:
-        return self._factories.get(shape)
-
-    def put(self, shape: tuple[Any, ...], factory: Callable[..., Matcher], chars: int) -> None:
-        if chars > self.max_chars // 10:
-            return  # a one-off large shape: its table owns it, the cache does not keep it alive
-        with self._lock:
-            if self._chars + chars > self.max_chars:
-                self._factories.clear()
-                self._chars = 0
-            if shape not in self._factories:
-                self._factories[shape] = factory
-                self._chars += chars
-
-    @property
-    def chars(self) -> int:
-        """Characters of source of the factories held now."""
-        return self._chars
-
-    def __len__(self) -> int:
-        return len(self._factories)
+_shape_cache: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
+_shape_lock = threading.Lock()
+_cached_chars = 0  # characters of source behind the factories in _shape_cache
 
 
-_shape_cache = _ShapeCache(_SHAPE_CACHE_CHARS)
+def _remember(shape: tuple[Any, ...], factory: Callable[..., Matcher], chars: int) -> None:
+    """Keep a factory for its shape, within ``_SHAPE_CACHE_CHARS`` of source in all.
+
+    A factory over a tenth of the budget is not kept (its table owns it and frees it with the
+    table); when the budget would be exceeded the cache starts over.
+    """
+    global _cached_chars
+    if chars > _SHAPE_CACHE_CHARS // 10:
+        return
+    with _shape_lock:
+        if _cached_chars + chars > _SHAPE_CACHE_CHARS:
+            _shape_cache.clear()
+            _cached_chars = 0
+        if shape not in _shape_cache:
+            _shape_cache[shape] = factory
+            _cached_chars += chars
+
+
+def cached_source_chars() -> int:
+    """Characters of generated source behind the cached factories (at most ``_SHAPE_CACHE_CHARS``)."""
+    return _cached_chars
 
 
 def compile_condition(condition: Any, rule_id: str = "?") -> Matcher:
@@ -440,7 +433,7 @@ def _compile(condition: Any, rule_id: str) -> Matcher:
         source = _Generator(rule_id, emit=True, parts=generator.parts)
         expression = source.root(condition)
         factory, chars = _build_factory(expression, len(source.constants))
-        _shape_cache.put(shape, factory, chars)
+        _remember(shape, factory, chars)
     return factory(*generator.constants)
 
 
