@@ -41,7 +41,7 @@ _SMALL = 256  # lazy cells of at most this many candidate rules are sorted at on
 
 def cell_budget(scope_entries: int) -> int:
     """The most rule entries the prebuilt cells may hold: linear in the bundle's scope entries."""
-    return max(1 << 16, 8 * scope_entries)
+    return max(1 << 14, 8 * scope_entries)
 
 
 class Scopes:
