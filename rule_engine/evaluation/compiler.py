@@ -22,7 +22,7 @@ from rule_engine.bundle import regex as _regex
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
 from rule_engine.errors import RuleEvaluationError
 
-__all__ = ["Matcher", "cached_source_chars", "compile_condition", "match_always"]
+__all__ = ["Matcher", "cached_source_chars", "clear_shape_cache", "compile_condition", "match_always"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 
@@ -407,6 +407,14 @@ def _remember(shape: tuple[Any, ...], factory: Callable[..., Matcher], chars: in
         if shape not in _shape_cache:
             _shape_cache[shape] = factory
             _cached_chars += chars
+
+
+def clear_shape_cache() -> None:
+    """Forget every cached factory (benchmarks use it to time cold compiles)."""
+    global _cached_chars
+    with _shape_lock:
+        _shape_cache.clear()
+        _cached_chars = 0
 
 
 def cached_source_chars() -> int:
