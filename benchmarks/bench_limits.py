@@ -119,6 +119,18 @@ def _cpu(fn: Callable[[], Any]) -> float:
     return time.thread_time() - start
 
 
+def traced_build(bundle: Any) -> tuple[RuleTable, int]:
+    """The table of a parsed bundle, and the tracemalloc peak (bytes) while it was built."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        table = RuleTable.from_bundle(bundle)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return table, peak
+
+
 def measure(raw: bytes, *, rounds: int = 3, memory: bool = True) -> dict[str, float]:
     """Prepare time and memory of one bundle, with the json.loads baseline of the same bytes."""
     baseline = min(_cpu(lambda: json.loads(raw)) for _ in range(max(rounds, 5)))
@@ -130,15 +142,7 @@ def measure(raw: bytes, *, rounds: int = 3, memory: bool = True) -> dict[str, fl
         "prepare_vs_json": prepare / max(baseline, 1e-6),
     }
     if memory:
-        bundle = parse_bundle(raw)
-        gc.collect()
-        tracemalloc.start()
-        try:
-            table = RuleTable.from_bundle(bundle)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        del table
+        _, peak = traced_build(parse_bundle(raw))
         figures["table_peak_bytes"] = float(peak)
         figures["table_peak_vs_bytes"] = peak / len(raw)
     return figures

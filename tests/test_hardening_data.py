@@ -34,6 +34,9 @@ from rule_engine.serving.routing import Salt, bucket_of, compute_request_hash, h
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_limits import traced_build  # noqa: E402
+
 KEY_CASES = json.loads((Path(__file__).parent / "cases" / "routing_v1_keys.json").read_text(encoding="utf-8"))
 
 
@@ -278,14 +281,7 @@ def _wide_bundle(n: int) -> bytes:
 def test_wide_agents_and_wide_flows_take_memory_linear_in_the_bundle() -> None:
     """D18: N agents in one rule and N flows in another no longer build N x N cells."""
     raw = _wide_bundle(400)
-    bundle = parse_bundle(raw)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        table = RuleTable.from_bundle(bundle)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    table, peak = traced_build(parse_bundle(raw))
     assert peak < 4_000_000 + 100 * len(raw), f"{peak:,} bytes for a {len(raw):,}-byte bundle"
     assert table.evaluate({"agent_id": "a7", "flow_id": "f9"}).rule_id == "by-flow"
     assert table.evaluate({"agent_id": "a8", "flow_id": "f2"}).rule_id == "both"
