@@ -66,8 +66,9 @@ class RuleEngine:
             try:  # routing never raises: a key that cannot be read or hashed is served by stable
                 if key is None:
                     key = event.get(self.key_field)
-                if type(key) is str and key.isascii():  # hash_key's fast path, inlined
-                    request_hash: int | None = mmh3.hash(key, 0, False)
+                if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
+                    data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
+                    request_hash: int | None = mmh3.hash(data, 0, False)
                 else:
                     request_hash = hash_key(key)
                 if (

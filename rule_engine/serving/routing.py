@@ -102,8 +102,8 @@ def hash_key(key: object) -> int | None:
     case, one C call); every other key through :func:`key_bytes`, so a lone surrogate is never
     handed to ``mmh3`` as text (mmh3 5.x crashes on it).
     """
-    if type(key) is str and key.isascii():
-        return int(mmh3.hash(key, 0, False))
+    if type(key) is str:  # never hand mmh3 a str that is not ASCII: mmh3 5.x crashes on surrogates
+        return int(mmh3.hash(key if key.isascii() else key.encode("utf-8", "surrogatepass"), 0, False))
     if key is None:
         return None
     try:
