@@ -55,7 +55,13 @@ class RuleEngine:
         return self._source
 
     def evaluate(self, event: Mapping[str, Any], key: Any = None) -> Decision:
-        """Decide ``event`` on the version its routing key is assigned to. Never raises for bad rules."""
+        """Decide ``event`` on the version its routing key is assigned to. Never raises.
+
+        Whatever the event (not a Mapping, a Mapping whose reads raise...) or the key (a lone
+        surrogate, an int ``str()`` cannot convert...): a key that cannot be read or hashed is
+        served by the stable version (docs/routing.md), and an event the rules cannot be
+        evaluated on gets an error decision, counted against the version that failed.
+        """
         snapshot = self._cell.current
         table = snapshot.stable
         if table is None:
