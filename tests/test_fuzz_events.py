@@ -17,7 +17,7 @@ import pytest
 
 WORKER = Path(__file__).resolve().parent / "_fuzz_events_worker.py"
 SOAK = os.environ.get("RULE_ENGINE_SOAK") == "1"
-EXAMPLES = 20_000 if SOAK else (600 if os.environ.get("CI") else 300)
+EXAMPLES = 20_000 if SOAK else (400 if os.environ.get("CI") else 250)
 
 
 @pytest.mark.parametrize("mode", ["canary", "ab"])
