@@ -97,6 +97,7 @@ class RuleTable:
         "_index",
         "_rules",
         "_rules_by_id",
+        "_scopes",
         "_steps",
         "bundle",
         "digest",
@@ -108,6 +109,7 @@ class RuleTable:
     version_id: str | None
     _rules: tuple[CompiledRule, ...]
     _rules_by_id: Mapping[str, CompiledRule]
+    _scopes: Scopes  # what each rule names, by rank (index.py); shared by restamped copies
     _index: dict[str | None, Row]  # agent -> flow -> applicable CompiledRules (see index.py)
     _steps: dict[str | None, Row]  # the same cells as (matcher, decision) pairs: the hot loop's view
     _default: Decision
@@ -135,7 +137,9 @@ class RuleTable:
             for position, rule in enumerate(bundle.rules)
         )
         ordered = tuple(sorted(compiled, key=_order))
-        index, steps = _rows_of(ordered)
+        scopes = Scopes([(r.rule.agents, r.rule.flows) for r in ordered])
+        index, steps = _rows_of(scopes, ordered)
+        set_(self, "_scopes", scopes)
         set_(self, "_rules", ordered)
         set_(self, "_rules_by_id", MappingProxyType({r.id: r for r in ordered}))
         set_(self, "_index", index)
@@ -164,7 +168,8 @@ class RuleTable:
             for r in self._rules
         }
         ordered = tuple(by_id[r.id] for r in self._rules)
-        index, steps = _rows_of(ordered)
+        index, steps = _rows_of(self._scopes, ordered)
+        set_(table, "_scopes", self._scopes)
         set_(table, "bundle", self.bundle)
         set_(table, "digest", self.digest)
         set_(table, "version_id", version_id)
@@ -292,9 +297,8 @@ def _decision(outcome: Outcome, rule_id: str | None, version_id: str | None) -> 
     )
 
 
-def _rows_of(ordered: tuple[CompiledRule, ...]) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
+def _rows_of(scopes: Scopes, ordered: tuple[CompiledRule, ...]) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
     """The index rows (of rules, and of the hot loop's (matcher, decision) steps) of ordered rules."""
-    scopes = Scopes([(r.rule.agents, r.rule.flows) for r in ordered])
     return build_rows(scopes, ordered, tuple((r.match, r.decision) for r in ordered))
 
 
