@@ -105,6 +105,30 @@ def test_surrogate_keys_never_crash_evaluate_during_a_canary() -> None:
     assert len(answers) == 16
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="D1: DeploymentManager.route still hands a str key to mmh3; the lead wires routing.hash_key into it",
+)
+def test_manager_route_never_crashes_on_surrogate_keys() -> None:
+    """D1: manager.route('\\udfff') during a canary returns a table (stable or candidate), no SIGSEGV."""
+    result = _run_python(
+        """
+        from rule_engine import Canary, DeploymentManager
+
+        def bundle(version):
+            return {"bundle_id": "b", "version": version, "rules": []}
+
+        manager = DeploymentManager(auto_rollback=False)
+        manager.activate_deployment(manager.prepare_deployment(bundle("1")))
+        manager.activate_deployment(manager.prepare_deployment(bundle("2"), Canary((50, 100), 60)))
+        tables = [manager.route(key) for key in ["\\ud800", "\\udfff", "a\\ud800b", 10**5000]]
+        print(all(table is not None for table in tables))
+        """
+    )
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.splitlines()[-1] == "True"
+
+
 @pytest.mark.parametrize("vector", KEY_CASES["vectors"], ids=lambda v: v["bytes_hex"] or "empty")
 def test_key_vectors_code_reproduces_them(vector: dict[str, Any]) -> None:
     """D1: key_bytes, hash_key, compute_request_hash and the bucket give the checked-in numbers."""

@@ -12,6 +12,7 @@ Run-time semantics (docs/bundle-format.md): a missing or null field makes a leaf
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -72,8 +73,9 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
                 return text.startswith(expected)
             if op == "ends_with":
                 return text.endswith(expected)
-            _check_match_text(leaf.rule_id, leaf.field, text, _regex.text_limit(expected))
-            return _regex.compile_search(expected)(text)
+            search, limit = _slow_search(expected)
+            _check_match_text(leaf.rule_id, leaf.field, text, limit)
+            return search(text)
     elif got == want:
         return _compare(op, actual, expected)
     raise RuleEvaluationError(
@@ -107,6 +109,12 @@ def _finite(number: Any) -> bool:
         return isinstance(number, int) or math.isfinite(number)
     except (TypeError, ValueError, OverflowError):
         return False
+
+
+@functools.lru_cache(maxsize=64)
+def _slow_search(pattern: str) -> tuple[Callable[[str], bool], int]:
+    """The search and text limit of a pattern, for the slow path (a ``str`` subclass in an event)."""
+    return _regex.compile_search(pattern), _regex.text_limit(pattern)
 
 
 def _check_match_text(rule_id: str, field: str, text: str, limit: int) -> None:
