@@ -69,7 +69,7 @@ class RuleEngine:
         recorder = snapshot.stable_recorder
         candidate = snapshot.candidate
         if candidate is not None:
-            try:  # routing never raises: a key that cannot be read or hashed is served by stable
+            try:
                 if key is None:
                     key = event.get(self.key_field)
                 if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
@@ -83,7 +83,7 @@ class RuleEngine:
                 ):
                     table = candidate
                     recorder = snapshot.candidate_recorder
-            except Exception:
+            except Exception:  # the key could not be read or hashed: served by stable (docs/routing.md)
                 pass
         start = perf_counter_ns()
         try:
