@@ -31,7 +31,7 @@ from ideal import HASH_KEY, bare_method_call  # noqa: E402
 
 from rule_engine import BlueGreen, Decision, DeploymentManager, RuleEngine, parse_bundle  # noqa: E402
 from rule_engine.serving.engine import NO_VERSION  # noqa: E402
-from rule_engine.serving.routing import compute_request_hash  # noqa: E402
+from rule_engine.serving.routing import hash_key  # noqa: E402
 
 AGENT, FLOW, MATCH_AT = 7, 3, 6
 _MASK64 = (1 << 64) - 1
@@ -53,15 +53,21 @@ class UnrecordedEngine(RuleEngine):
             return NO_VERSION
         candidate = snapshot.candidate
         if candidate is not None:
-            if key is None:
-                try:
+            try:
+                if key is None:
                     key = event.get(self.key_field)
-                except AttributeError:
-                    key = None
-            if key is not None:
-                request_hash = mmh3.hash(key, 0, False) if type(key) is str else compute_request_hash(key)
-                if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+                if type(key) is str:
+                    data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
+                    request_hash: int | None = mmh3.hash(data, 0, False)
+                else:
+                    request_hash = hash_key(key)
+                if (
+                    request_hash is not None
+                    and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit
+                ):
                     table = candidate
+            except Exception:
+                pass
         try:
             decision: Decision = table.evaluate(event)
         except Exception as exc:

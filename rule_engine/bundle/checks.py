@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from rule_engine.bundle.problems import render_loc, suggest
+from rule_engine.bundle.problems import in_rule, render_loc, suggest
 from rule_engine.errors import Problem
 
 if TYPE_CHECKING:
@@ -39,12 +39,14 @@ class _Checker:
         self.leaf: type[Leaf] = Leaf
         self.lists: dict[type, str] = {AllCondition: "all", AnyCondition: "any"}
         self.negation: type[NotCondition] = NotCondition
+        self.rule_ids: list[str | None] = []
 
     def add(self, path: _Path, message: str) -> None:
-        self.problems.append(Problem(render_loc(list(path), ""), message))
+        self.problems.append(Problem(render_loc(list(path), ""), message + in_rule(path, self.rule_ids)))
 
     def bundle(self, bundle: RuleBundle) -> list[Problem]:
         limits = self.limits
+        self.rule_ids = [rule.id for rule in bundle.rules]
         if len(bundle.rules) > limits.max_rules:
             self.add(("rules",), f"{len(bundle.rules)} rules, over the limit of {limits.max_rules}")
         self.string(bundle.description, ("description",))

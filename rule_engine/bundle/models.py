@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -36,8 +37,8 @@ from rule_engine.bundle.checks import semantic_problems as _semantic_problems
 from rule_engine.bundle.jsontext import document_without_duplicates as _document_without_duplicates
 from rule_engine.bundle.jsontext import duplicate_key_problems
 from rule_engine.bundle.jsontext import prechecked_bytes as _prechecked_bytes
-from rule_engine.bundle.problems import problems_from
-from rule_engine.bundle.values import OPERATORS, Operator, value_problem
+from rule_engine.bundle.problems import problems_from, rule_ids_of
+from rule_engine.bundle.values import OPERATORS, Operator, unsafe_character, value_problem
 from rule_engine.bundle.values import kind_of as kind_of
 from rule_engine.errors import BundleValidationError, Problem
 
@@ -76,7 +77,18 @@ class BundleLimits:
 DEFAULT_LIMITS = BundleLimits()
 
 _ID = r"^[A-Za-z0-9._-]+$"
-_Name = Annotated[StrictStr, Field(min_length=1, max_length=128)]
+
+
+def _safe_id(text: str) -> str:
+    """Refuse control and bidirectional-formatting characters in an id (they reach terminals)."""
+    problem = unsafe_character(text)
+    if problem is not None:
+        raise PydanticCustomError("id_characters", problem)
+    return text
+
+
+_Safe = AfterValidator(_safe_id)
+_Name = Annotated[StrictStr, Field(min_length=1, max_length=128), _Safe]
 
 
 class _Frozen(BaseModel):
@@ -86,7 +98,7 @@ class _Frozen(BaseModel):
 class Outcome(_Frozen):
     """What a rule (or the bundle's default) decides: a decision string, a reason, parameters."""
 
-    decision: Annotated[StrictStr, Field(min_length=1, max_length=128)]
+    decision: Annotated[StrictStr, Field(min_length=1, max_length=128), _Safe]
     reason: StrictStr | None = None
     params: dict[str, Any] | None = None
 
@@ -176,7 +188,7 @@ _MODEL_TAGS: dict[type, str] = {
 class Rule(_Frozen):
     """One rule: which agents and flows it applies to, when it matches, and what it decides."""
 
-    id: Annotated[StrictStr, Field(max_length=128)]
+    id: Annotated[StrictStr, Field(max_length=128), _Safe]
     priority: StrictInt = 0
     description: StrictStr | None = None
     agents: tuple[_Name, ...] | None = Field(default=None, min_length=1)
@@ -195,7 +207,7 @@ class Rule(_Frozen):
 class TestExpectation(_Frozen):
     """What a bundle test expects: a decision and, optionally, the rule that makes it."""
 
-    decision: Annotated[StrictStr, Field(min_length=1)]
+    decision: Annotated[StrictStr, Field(min_length=1), _Safe]
     rule_id: StrictStr | None = None
 
 
@@ -204,7 +216,7 @@ class BundleTest(_Frozen):
 
     __test__ = False  # not a pytest test class
 
-    name: Annotated[StrictStr, Field(min_length=1, max_length=256)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=256), _Safe]
     event: dict[str, Any]
     expect: TestExpectation
 
@@ -217,7 +229,7 @@ class RuleBundle(_Frozen):
     """
 
     bundle_id: Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=_ID)]
-    version: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    version: Annotated[StrictStr, Field(min_length=1, max_length=64), _Safe]
     description: StrictStr | None = None
     default: Outcome | None = None
     on_error: Outcome | None = None
@@ -330,7 +342,7 @@ def _parse_bundle(data: str | bytes | bytearray, limits: BundleLimits) -> RuleBu
     try:
         bundle = RuleBundle._validate_raw_json(raw)
     except ValidationError as exc:
-        problems = problems_from(exc, _KNOWN_KEYS)
+        problems = problems_from(exc, _KNOWN_KEYS, rule_ids_of(raw))
         if not any(p.message.startswith("invalid JSON") for p in problems):
             problems.extend(duplicate_key_problems(raw))
         raise BundleValidationError(problems) from None

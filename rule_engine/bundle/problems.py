@@ -16,8 +16,14 @@ from rule_engine.errors import Problem
 _CONDITION_KEYS = frozenset({"all", "any", "not", "field", "op", "value"})
 
 
-def problems_from(exc: ValidationError, known_keys: Sequence[str]) -> list[Problem]:
-    """Every pydantic error as a :class:`Problem` at its JSON path, worded for a bundle author."""
+def problems_from(
+    exc: ValidationError, known_keys: Sequence[str], rule_ids: Sequence[str | None] = ()
+) -> list[Problem]:
+    """Every pydantic error as a :class:`Problem` at its JSON path, worded for a bundle author.
+
+    ``rule_ids`` are the ids of the document's rules by position (None where a rule has no
+    string id): a problem inside ``rules[i]`` names that rule too (see :func:`in_rule`).
+    """
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         ctx = error.get("ctx") or {}
@@ -28,8 +34,35 @@ def problems_from(exc: ValidationError, known_keys: Sequence[str]) -> list[Probl
             continue
         if "subpath" in ctx:
             loc.append(ctx["subpath"])
-        problems.append(Problem(render_loc(loc, error["type"]), _message(error, loc, known_keys)))
+        message = _message(error, loc, known_keys)
+        problems.append(Problem(render_loc(loc, error["type"]), message + in_rule(loc, rule_ids)))
     return problems or [Problem("$", str(exc))]
+
+
+def in_rule(loc: Sequence[int | str], rule_ids: Sequence[str | None]) -> str:
+    """`` (in rule 'deny-x')`` for a location inside ``rules[i]`` (but not its ``id``), else ``""``.
+
+    A JSON path says where; the rule id says which rule an author is looking for. The id is
+    written with ``repr`` (control and bidirectional characters escaped) and clipped.
+    """
+    if len(loc) < 2 or loc[0] != "rules" or not isinstance(loc[1], int) or not 0 <= loc[1] < len(rule_ids):
+        return ""
+    if len(loc) >= 3 and loc[2] == "id":
+        return ""
+    rule_id = rule_ids[loc[1]]
+    return f" (in rule {clip(rule_id)})" if isinstance(rule_id, str) and rule_id.strip() else ""
+
+
+def rule_ids_of(raw: bytes) -> list[str | None]:
+    """The ``id`` of each rule of a bundle document by position (None where absent), or []."""
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return []
+    rules = document.get("rules") if isinstance(document, dict) else None
+    if not isinstance(rules, list):
+        return []
+    return [rule.get("id") if isinstance(rule, dict) and isinstance(rule.get("id"), str) else None for rule in rules]
 
 
 def render_loc(loc: list[int | str], error_type: str) -> str:
@@ -84,7 +117,7 @@ def _message(error: Any, loc: list[int | str], known_keys: Sequence[str]) -> str
         return f"expected a JSON object, got {kind_of(value)} {clip(value)}"
     if kind == "condition_shape":
         return f"{error['msg']}, got {kind_of(value)} {clip(value)}"
-    if kind in ("leaf_value", "field_path", "rule_id"):
+    if kind in ("leaf_value", "field_path", "rule_id", "id_characters"):
         return str(error["msg"])
     if kind == "string_pattern_mismatch":
         return f"invalid {loc[-1] if loc else 'value'} {clip(value)}: only the characters A-Z a-z 0-9 . _ - are allowed"

@@ -6,6 +6,7 @@ messages that describe a wrong value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, Literal, get_args
 
@@ -94,3 +95,21 @@ def clip(value: Any, width: int = 60) -> str:
     """``repr(value)``, cut to ``width`` characters with ``...`` (for messages that quote user values)."""
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# C0 and C1 controls, DEL, the line and paragraph separators and the bidirectional formatting
+# characters (marks, embeddings, overrides, isolates): none belongs in an id, all can disguise one.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def unsafe_character(text: str) -> str | None:
+    """Why ``text`` is not acceptable as an id (its first control or bidi character), or None."""
+    found = _UNSAFE.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    kind = "bidirectional formatting" if ord(char) > 0x9F else "control"
+    return (
+        f"contains the {kind} character U+{ord(char):04X} at position {found.start()}: "
+        "ids, versions, decisions and names may not contain control or bidirectional characters"
+    )

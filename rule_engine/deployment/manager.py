@@ -36,7 +36,7 @@ from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport
 from rule_engine.health.thresholds import HealthThresholds
 from rule_engine.health.verdict import Verdict
-from rule_engine.serving.routing import compute_request_hash, goes_to_candidate
+from rule_engine.serving.routing import compute_request_hash, goes_to_candidate, hash_key
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
@@ -168,11 +168,13 @@ class DeploymentManager:
             return s.candidate
         return s.stable
 
-    def route(self, key: str) -> RuleTable | None:
-        """The table serving a request with routing key ``key`` (hashed once, only during a rollout)."""
+    def route(self, key: object) -> RuleTable | None:
+        """The table serving a request with routing key ``key`` (never raises; an unhashable key gets stable)."""
         s = self._cell.current
-        if s.candidate is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, compute_request_hash(key)):
-            return s.candidate
+        if s.candidate is not None:
+            request_hash = hash_key(key)
+            if request_hash is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, request_hash):
+                return s.candidate
         return s.stable
 
     compute_request_hash = staticmethod(compute_request_hash)
@@ -237,8 +239,6 @@ class DeploymentManager:
         """Return traffic to the stable (or the previous) version; returns it. :class:`NoPreviousVersionError` if none."""
         return str(self._run("rollback", actor, control.rollback, reason=reason))
 
-    # --- health ---------------------------------------------------------------------------------------
-
     def update_health_metrics(
         self, version_id: VersionId, evaluations: int, errors: int = 0, timeouts: int = 0, avg_latency_us: float = 0.0
     ) -> bool | None:
@@ -294,8 +294,6 @@ class DeploymentManager:
     def refresh(self) -> bool:
         """Load the stored state now if it changed since the last load; True when something changed."""
         return self._follower.follow_once()
-
-    # --- reads ----------------------------------------------------------------------------------------
 
     def get_deployment_info(self, version_id: VersionId) -> DeploymentInfo | None:
         """Everything about a version, or None if it is unknown (or evicted from history)."""

@@ -12,6 +12,8 @@ Run-time semantics (docs/bundle-format.md): a missing or null field makes a leaf
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,14 +24,13 @@ from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondi
 from rule_engine.bundle.values import clip
 from rule_engine.errors import RuleEvaluationError
 
-__all__ = ["Matcher", "compile_condition", "match_always"]
+__all__ = ["Matcher", "cached_source_chars", "clear_shape_cache", "compile_condition", "match_always"]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 
 _MISSING: Any = object()
 _CLIP = 40  # width of a value quoted in an evaluation error (bundle messages use 60)
 _NUMBER_TYPES = frozenset({int, float})
-_SHAPE_CACHE_SIZE = 4096
 
 
 def match_always(event: Mapping[str, Any]) -> bool:
@@ -56,6 +57,12 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
     op, expected = leaf.op, leaf.value
     got = kind_of(actual)
     want = _element_kind(expected) if op in ("in", "not_in") else kind_of(expected)
+    if got == "number" and want == "number" and op != "contains" and not _finite(actual):
+        raise RuleEvaluationError(
+            leaf.rule_id,
+            leaf.field,
+            f"cannot apply {op!r} with number {clip(expected, _CLIP)} to {clip(actual, _CLIP)}: not a finite number",
+        )
     if op == "contains":
         if got == "list":
             return _list_contains(expected, actual)
@@ -68,7 +75,9 @@ def _slow_path(leaf: LeafInfo, actual: Any) -> bool:
                 return text.startswith(expected)
             if op == "ends_with":
                 return text.endswith(expected)
-            return _regex.compile_search(expected)(text)
+            search, limit = _slow_search(expected)
+            _check_match_text(leaf.rule_id, leaf.field, text, limit)
+            return search(text)
     elif got == want:
         return _compare(op, actual, expected)
     raise RuleEvaluationError(
@@ -96,6 +105,42 @@ def _compare(op: str, actual: Any, expected: Any) -> bool:
     return actual not in expected  # not_in
 
 
+def _finite(number: Any) -> bool:
+    """Whether a number is finite (NaN and the infinities are not JSON numbers; huge ints are)."""
+    try:
+        return isinstance(number, int) or math.isfinite(number)
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+@functools.lru_cache(maxsize=64)
+def _slow_search(pattern: str) -> tuple[Callable[[str], bool], int]:
+    """The search and text limit of a pattern, for the slow path (a ``str`` subclass in an event)."""
+    return _regex.compile_search(pattern), _regex.text_limit(pattern)
+
+
+def _check_match_text(rule_id: str, field: str, text: str, limit: int) -> None:
+    if len(text) > limit:
+        raise RuleEvaluationError(
+            rule_id,
+            field,
+            f"'matches' on a string of {len(text)} characters, over this pattern's limit of {limit}",
+        )
+
+
+def _match_leaf(pattern: str, rule_id: str, field: str) -> Callable[[str], bool]:
+    """The ``matches`` test of one leaf: RE2 search, on strings of at most ``text_limit`` characters."""
+    search = _regex.compile_search(pattern)
+    limit = _regex.text_limit(pattern)
+
+    def matches(text: str) -> bool:
+        if len(text) > limit:
+            _check_match_text(rule_id, field, text, limit)
+        return search(text)
+
+    return matches
+
+
 def _list_contains(value: Any, items: Any) -> bool:
     """``contains`` on a list: some item of the value's kind equals it (``True`` is not ``1``)."""
     want = kind_of(value)
@@ -112,7 +157,7 @@ def _element_kind(values: Any) -> str:
 
 
 _GLOBALS: dict[str, Any] = {
-    "__builtins__": {"type": type, "str": str, "list": list, "dict": dict, "bool": bool},
+    "__builtins__": {"type": type, "str": str, "list": list, "dict": dict, "bool": bool, "int": int, "float": float},
     "_M": _MISSING,
     "_NUM": _NUMBER_TYPES,
     "_slow": _slow_path,
@@ -123,7 +168,9 @@ _GLOBALS: dict[str, Any] = {
 _COMPARISON = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 _TYPE_TEST = {
     "string": "type({v}) is str",
-    "number": "type({v}) in _NUM",
+    # a float is taken by the fast path only when finite (v - v is 0.0 for those, NaN otherwise);
+    # NaN and the infinities go to the slow path, which raises (docs/bundle-format.md)
+    "number": "(type({v}) is int or type({v}) is float and {v} - {v} == 0.0)",
     "bool": "type({v}) is bool",
 }
 
@@ -136,12 +183,62 @@ class _Generator:
     the same order.
     """
 
-    def __init__(self, rule_id: str, *, emit: bool) -> None:
+    def __init__(self, rule_id: str, *, emit: bool, parts: list[Matcher] | None = None) -> None:
         self.rule_id = rule_id
         self.emit = emit
         self.constants: list[Any] = []
         self.shape: list[Any] = []
         self._variables = 0
+        # Sub-matchers of the parts of a large condition compiled on their own (see ``root``):
+        # made by the first walk, reused in the same order by the emitting walk.
+        self.parts: list[Matcher] = [] if parts is None else parts
+        self._next_part = 0
+
+    def root(self, cond: Any) -> str:
+        """The expression of a whole condition, with its large parts compiled as separate matchers.
+
+        A condition of at most ``_MAX_NODES`` nodes is one expression. A larger one keeps its top
+        level here and compiles each child that does not fit the remaining budget on its own (and
+        so on down), and a list of more than ``_MAX_ITEMS`` conditions is split into groups: every
+        generated function stays small, so compiling a rule costs time linear in its size
+        (Python's ``compile`` is superlinear on one huge expression).
+        """
+        if _size(cond) <= _MAX_NODES:
+            return self.expression(cond)
+        kind = type(cond)
+        if kind is NotCondition:
+            self.shape.append(kind)
+            inner = self.part(cond.condition)
+            self.shape.append(None)
+            return f"(not {inner})" if self.emit else ""
+        conjunction, children = _items(cond)
+        children = _grouped(conjunction, children)
+        budget = _MAX_NODES
+        parts: list[str] = []
+        self.shape.append(AllCondition if conjunction else AnyCondition)
+        for child in children:
+            size = _size(child)
+            if size <= budget:
+                budget -= size
+                parts.append(self.expression(child))
+            else:
+                parts.append(self.part(child))
+        self.shape.append(None)
+        if not self.emit:
+            return ""
+        return "(" + (" and " if conjunction else " or ").join(parts) + ")"
+
+    def part(self, cond: Any) -> str:
+        """A call of ``cond`` compiled as its own matcher (shape: a placeholder)."""
+        self.shape.append(_PART)
+        if self.emit:
+            matcher = self.parts[self._next_part]
+            self._next_part += 1
+        else:
+            matcher = _compile(cond, self.rule_id)
+            self.parts.append(matcher)
+        name = self.constant(matcher)
+        return f"{name}(event)" if self.emit else ""
 
     def constant(self, value: Any) -> str:
         self.constants.append(value)
@@ -153,13 +250,14 @@ class _Generator:
 
     def expression(self, cond: Any) -> str:
         kind = type(cond)
-        if kind is AllCondition or kind is AnyCondition:
-            self.shape.append(kind)
-            parts = [self.expression(child) for child in cond.conditions]
+        if kind is AllCondition or kind is AnyCondition or kind is _Group:
+            conjunction, children = _items(cond)
+            self.shape.append(AllCondition if conjunction else AnyCondition)
+            parts = [self.expression(child) for child in children]
             self.shape.append(None)
             if not self.emit:
                 return ""
-            return "(" + (" and " if kind is AllCondition else " or ").join(parts) + ")"
+            return "(" + (" and " if conjunction else " or ").join(parts) + ")"
         if kind is NotCondition:
             self.shape.append(kind)
             inner = self.expression(cond.condition)
@@ -206,7 +304,7 @@ class _Generator:
     def test(self, leaf: Leaf, v: str, value_kind: str) -> str:
         op, value = leaf.op, leaf.value
         info = self.constant(LeafInfo(self.rule_id, leaf.field, op, _frozen_value(value)))
-        c = self.constant(_operand(op, value))
+        c = self.constant(_operand(op, value, self.rule_id, leaf.field))
         if not self.emit:
             return ""
         otherwise = f"_slow({info}, {v})"
@@ -231,12 +329,12 @@ class _Generator:
         raise ValueError(f"unknown operator {op!r}")  # pragma: no cover
 
 
-def _operand(op: str, value: Any) -> Any:
+def _operand(op: str, value: Any, rule_id: str, field: str) -> Any:
     """The constant a leaf's test compares with: a set for in/not_in, a search for matches."""
     if op in ("in", "not_in"):
         return frozenset(value)
     if op == "matches":
-        return _regex.compile_search(value)
+        return _match_leaf(value, rule_id, field)
     return value
 
 
@@ -244,33 +342,118 @@ def _frozen_value(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+#: The most nodes (leaves, all/any/not) one generated function holds; larger parts get their own.
+_MAX_NODES = 128
+#: The most conditions of one all/any list one generated function joins; longer lists are grouped.
+_MAX_ITEMS = 64
+#: The shape cache holds at most this many characters of generated source (about 10x that in
+#: memory for the code objects), and never one factory larger than a tenth of it.
+_SHAPE_CACHE_CHARS = 1 << 20
+_PART = "part"
+
+
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """A slice of a long all/any list, compiled as one part (``and``/``or`` are associative)."""
+
+    conjunction: bool
+    conditions: tuple[Any, ...]
+
+
+def _items(cond: Any) -> tuple[bool, tuple[Any, ...]]:
+    """(is it an ``all``, its conditions) of an all/any condition or group."""
+    if type(cond) is _Group:
+        return cond.conjunction, cond.conditions
+    return type(cond) is AllCondition, cond.conditions
+
+
+def _grouped(conjunction: bool, children: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``children`` in groups of at most ``_MAX_ITEMS`` (groups of groups while still too many)."""
+    while len(children) > _MAX_ITEMS:
+        children = tuple(_Group(conjunction, children[i : i + _MAX_ITEMS]) for i in range(0, len(children), _MAX_ITEMS))
+    return children
+
+
+def _size(cond: Any) -> int:
+    """Nodes in a condition tree (memoised on the tree's objects for the duration of a compile)."""
+    kind = type(cond)
+    if kind is Leaf:
+        return 1
+    cached = _sizes.get(id(cond))
+    if cached is not None and cached[0] is cond:
+        return cached[1]
+    children = (cond.condition,) if kind is NotCondition else _items(cond)[1]
+    size = 1 + sum(_size(child) for child in children)
+    _sizes[id(cond)] = (cond, size)
+    return size
+
+
+_sizes: dict[int, tuple[Any, int]] = {}
+
+
 _shape_cache: dict[tuple[Any, ...], Callable[..., Matcher]] = {}
 _shape_lock = threading.Lock()
+_cached_chars = 0  # characters of source behind the factories in _shape_cache
+
+
+def _remember(shape: tuple[Any, ...], factory: Callable[..., Matcher], chars: int) -> None:
+    """Keep a factory for its shape, within ``_SHAPE_CACHE_CHARS`` of source in all.
+
+    A factory over a tenth of the budget is not kept (its table owns it and frees it with the
+    table); when the budget would be exceeded the cache starts over.
+    """
+    global _cached_chars
+    if chars > _SHAPE_CACHE_CHARS // 10:
+        return
+    with _shape_lock:
+        if _cached_chars + chars > _SHAPE_CACHE_CHARS:
+            _shape_cache.clear()
+            _cached_chars = 0
+        if shape not in _shape_cache:
+            _shape_cache[shape] = factory
+            _cached_chars += chars
+
+
+def clear_shape_cache() -> None:
+    """Forget every cached factory (benchmarks use it to time cold compiles)."""
+    global _cached_chars
+    with _shape_lock:
+        _shape_cache.clear()
+        _cached_chars = 0
+
+
+def cached_source_chars() -> int:
+    """Characters of generated source behind the cached factories (at most ``_SHAPE_CACHE_CHARS``)."""
+    return _cached_chars
 
 
 def compile_condition(condition: Any, rule_id: str = "?") -> Matcher:
     """Compile a condition model into a matcher ``event -> bool`` (``match_always`` for None)."""
     if condition is None:
         return match_always
+    try:
+        return _compile(condition, rule_id)
+    finally:
+        _sizes.clear()
+
+
+def _compile(condition: Any, rule_id: str) -> Matcher:
     generator = _Generator(rule_id, emit=False)
-    generator.expression(condition)
+    generator.root(condition)
     shape = tuple(generator.shape)
     factory = _shape_cache.get(shape)
     if factory is None:
-        source = _Generator(rule_id, emit=True)
-        expression = source.expression(condition)
-        factory = _build_factory(expression, len(source.constants))
-        with _shape_lock:
-            if len(_shape_cache) >= _SHAPE_CACHE_SIZE:
-                _shape_cache.clear()
-            _shape_cache[shape] = factory
+        source = _Generator(rule_id, emit=True, parts=generator.parts)
+        expression = source.root(condition)
+        factory, chars = _build_factory(expression, len(source.constants))
+        _remember(shape, factory, chars)
     return factory(*generator.constants)
 
 
-def _build_factory(expression: str, constants: int) -> Callable[..., Matcher]:
+def _build_factory(expression: str, constants: int) -> tuple[Callable[..., Matcher], int]:
     names = ", ".join(f"c{i}" for i in range(constants))
     source = f"def factory({names}):\n    def match(event):\n        return {expression}\n    return match\n"
     namespace: dict[str, Any] = {}
     exec(compile(source, "<rule_engine.evaluation.compiler>", "exec"), dict(_GLOBALS), namespace)
     factory: Callable[..., Matcher] = namespace["factory"]
-    return factory
+    return factory, len(source)

@@ -1,16 +1,17 @@
 """The compiled, immutable rule table that evaluators query in their hot path.
 
 :meth:`RuleTable.from_bundle` does every piece of work that does not depend on the event once:
-conditions become callables, rules are sorted by priority and indexed by (agent, flow) with
-wildcards merged in, and every possible :class:`Decision` is built in advance. Evaluating an event
-is then two dictionary lookups and a loop over the applicable rules' matchers.
+conditions become callables, rules are sorted by priority and indexed by (agent, flow) (see
+:mod:`rule_engine.evaluation.index`: wildcards stay wildcards, so the index is linear in the
+bundle), and every possible :class:`Decision` is built in advance. Evaluating an event is then two
+dictionary lookups and a loop over the applicable rules' matchers.
 
 A table never changes after it is built and holds no locks, so any number of threads may share it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 from rule_engine.bundle.models import Outcome, Rule, RuleBundle, gc_paused
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.compiler import Matcher, compile_condition
+from rule_engine.evaluation.index import Row, Scopes, build_rows
 
 __all__ = ["CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
 
@@ -95,6 +97,7 @@ class RuleTable:
         "_index",
         "_rules",
         "_rules_by_id",
+        "_scopes",
         "_steps",
         "bundle",
         "digest",
@@ -106,8 +109,9 @@ class RuleTable:
     version_id: str | None
     _rules: tuple[CompiledRule, ...]
     _rules_by_id: Mapping[str, CompiledRule]
-    _index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]]
-    _steps: dict[str | None, dict[str | None, tuple[tuple[Matcher, Decision], ...]]]
+    _scopes: Scopes  # what each rule names, by rank (index.py); shared by restamped copies
+    _index: dict[str | None, Row]  # agent -> flow -> applicable CompiledRules (see index.py)
+    _steps: dict[str | None, Row]  # the same cells as (matcher, decision) pairs: the hot loop's view
     _default: Decision
     _error_outcome: Outcome
 
@@ -133,11 +137,13 @@ class RuleTable:
             for position, rule in enumerate(bundle.rules)
         )
         ordered = tuple(sorted(compiled, key=_order))
-        index = _build_index(ordered)
+        scopes = Scopes([(r.rule.agents, r.rule.flows) for r in ordered])
+        index, steps = _rows_of(scopes, ordered)
+        set_(self, "_scopes", scopes)
         set_(self, "_rules", ordered)
         set_(self, "_rules_by_id", MappingProxyType({r.id: r for r in ordered}))
         set_(self, "_index", index)
-        set_(self, "_steps", _steps_of(index))
+        set_(self, "_steps", steps)
         set_(self, "_default", _decision(bundle.default_outcome, None, version_id))
         set_(self, "_error_outcome", bundle.error_outcome)
 
@@ -161,17 +167,16 @@ class RuleTable:
             )
             for r in self._rules
         }
-        index = {
-            agent: {flow: tuple(by_id[r.id] for r in rules) for flow, rules in flows.items()}
-            for agent, flows in self._index.items()
-        }
+        ordered = tuple(by_id[r.id] for r in self._rules)
+        index, steps = _rows_of(self._scopes, ordered)
+        set_(table, "_scopes", self._scopes)
         set_(table, "bundle", self.bundle)
         set_(table, "digest", self.digest)
         set_(table, "version_id", version_id)
-        set_(table, "_rules", tuple(by_id[r.id] for r in self._rules))
+        set_(table, "_rules", ordered)
         set_(table, "_rules_by_id", MappingProxyType(by_id))
         set_(table, "_index", index)
-        set_(table, "_steps", _steps_of(index))
+        set_(table, "_steps", steps)
         set_(table, "_default", _decision(self.bundle.default_outcome, None, version_id))
         set_(table, "_error_outcome", self._error_outcome)
         return table
@@ -206,9 +211,14 @@ class RuleTable:
         return self._default
 
     def query(self, query: RuleQuery) -> tuple[CompiledRule, ...]:
-        """The rules that apply to the query's agent and flow, in the order they are tried."""
+        """The rules that apply to the query's agent and flow, in the order they are tried.
+
+        For the cells prebuilt at prepare time the same tuple comes back every time; cells of a
+        very wide index are merged per query (see :mod:`rule_engine.evaluation.index`).
+        """
         by_flow = self._index.get(query.agent) or self._index[_ANY]
-        return by_flow.get(query.flow) or by_flow[_ANY]
+        rules: tuple[CompiledRule, ...] = by_flow.get(query.flow) or by_flow[_ANY]
+        return rules
 
     def evaluate(self, event: Mapping[str, Any]) -> Decision:
         """Decide one event: the first applicable rule that matches, else the default.
@@ -217,6 +227,7 @@ class RuleTable:
         of the wrong type, for example). :class:`rule_engine.RuleEngine` turns that into an error
         decision and counts it; call this directly only where you handle it yourself.
         """
+        steps: Iterable[tuple[Matcher, Decision]]
         try:
             by_flow = self._steps.get(event.get("agent_id")) or self._steps[_ANY]
             steps = by_flow.get(event.get("flow_id")) or by_flow[_ANY]
@@ -286,63 +297,9 @@ def _decision(outcome: Outcome, rule_id: str | None, version_id: str | None) -> 
     )
 
 
-def _build_index(
-    ordered: tuple[CompiledRule, ...],
-) -> dict[str | None, dict[str | None, tuple[CompiledRule, ...]]]:
-    """agent -> flow -> applicable rules, with rules naming no agent/flow merged into every cell.
-
-    Key ``None`` holds the rules for an agent (flow) that no rule names, so a lookup is one
-    ``get`` per level with a fallback. Rules are grouped once by what they name, then each cell
-    merges its (already ordered) groups; order within a cell is the global priority order.
-    """
-    specific: dict[str, dict[str, list[CompiledRule]]] = {}
-    agent_only: dict[str, list[CompiledRule]] = {}
-    flow_only: dict[str, list[CompiledRule]] = {}
-    everywhere: list[CompiledRule] = []
-    for r in ordered:
-        agents, flows = r.rule.agents, r.rule.flows
-        if agents is None and flows is None:
-            everywhere.append(r)
-        elif agents is None:
-            for flow in dict.fromkeys(flows or ()):
-                flow_only.setdefault(flow, []).append(r)
-        elif flows is None:
-            for agent in dict.fromkeys(agents):
-                agent_only.setdefault(agent, []).append(r)
-        else:
-            for agent in dict.fromkeys(agents):
-                cells = specific.setdefault(agent, {})
-                for flow in dict.fromkeys(flows):
-                    cells.setdefault(flow, []).append(r)
-
-    def merged(*groups: list[CompiledRule]) -> tuple[CompiledRule, ...]:
-        present = [g for g in groups if g]
-        if len(present) == 1:
-            return tuple(present[0])
-        return tuple(sorted((r for g in present for r in g), key=_order))
-
-    index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]] = {}
-    agent_names: list[str | None] = [*(specific.keys() | agent_only.keys()), _ANY]
-    for name in agent_names:
-        own = specific.get(name, {}) if name is not None else {}
-        broad = agent_only.get(name, []) if name is not None else []
-        row: dict[str | None, tuple[CompiledRule, ...]] = {
-            flow: merged(own.get(flow, []), broad, flow_only.get(flow, []), everywhere)
-            for flow in own.keys() | flow_only.keys()
-        }
-        row[_ANY] = merged(broad, everywhere)
-        index[name] = row
-    return index
-
-
-def _steps_of(
-    index: dict[str | None, dict[str | None, tuple[CompiledRule, ...]]],
-) -> dict[str | None, dict[str | None, tuple[tuple[Matcher, Decision], ...]]]:
-    """The hot loop's view of the index: (matcher, decision) pairs per cell."""
-    return {
-        agent: {flow: tuple((r.match, r.decision) for r in rules) for flow, rules in flows.items()}
-        for agent, flows in index.items()
-    }
+def _rows_of(scopes: Scopes, ordered: tuple[CompiledRule, ...]) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
+    """The index rows (of rules, and of the hot loop's (matcher, decision) steps) of ordered rules."""
+    return build_rows(scopes, ordered, tuple((r.match, r.decision) for r in ordered))
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from typing import Any
 import mmh3
 
 from rule_engine.evaluation.table import Decision
-from rule_engine.serving.routing import compute_request_hash
+from rule_engine.serving.routing import hash_key
 from rule_engine.serving.snapshot import ServingCell, SnapshotSource
 
 __all__ = ["NO_VERSION", "RuleEngine"]
@@ -57,7 +57,13 @@ class RuleEngine:
         return self._source
 
     def evaluate(self, event: Mapping[str, Any], key: Any = None) -> Decision:
-        """Decide ``event`` on the version its routing key is assigned to. Never raises for bad rules."""
+        """Decide ``event`` on the version its routing key is assigned to. Never raises.
+
+        Whatever the event (not a Mapping, a Mapping whose reads raise...) or the key (a lone
+        surrogate, an int ``str()`` cannot convert...): a key that cannot be read or hashed is
+        served by the stable version (docs/routing.md), and an event the rules cannot be
+        evaluated on gets an error decision, counted against the version that failed.
+        """
         snapshot = self._cell.current
         table = snapshot.stable
         if table is None:
@@ -65,16 +71,22 @@ class RuleEngine:
         recorder = snapshot.stable_recorder
         candidate = snapshot.candidate
         if candidate is not None:
-            if key is None:
-                try:
+            try:
+                if key is None:
                     key = event.get(self.key_field)
-                except AttributeError:
-                    key = None
-            if key is not None:
-                request_hash = mmh3.hash(key, 0, False) if type(key) is str else compute_request_hash(key)
-                if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit:
+                if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
+                    data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
+                    request_hash: int | None = mmh3.hash(data, 0, False)
+                else:
+                    request_hash = hash_key(key)
+                if (
+                    request_hash is not None
+                    and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit
+                ):
                     table = candidate
                     recorder = snapshot.candidate_recorder
+            except Exception:  # the key could not be read or hashed: served by stable (docs/routing.md)
+                pass
         start = perf_counter_ns()
         try:
             decision = table.evaluate(event)
@@ -83,7 +95,7 @@ class RuleEngine:
                 recorder.record_error(perf_counter_ns() - start)
             if table is candidate and snapshot.stable is not None:
                 return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
-            return table.error_decision(f"{type(exc).__name__}: {exc}")
+            return table.error_decision(_describe(exc))
         if recorder is not None:
             recorder.record(decision, perf_counter_ns() - start)
         return decision
@@ -96,8 +108,16 @@ class RuleEngine:
         except Exception as exc:
             if recorder is not None:
                 recorder.record_fallback(failed=True)
-            error: Decision = table.error_decision(f"{type(exc).__name__}: {exc}")
+            error: Decision = table.error_decision(_describe(exc))
             return error
         if recorder is not None:
             recorder.record_fallback(failed=False)
         return decision
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an evaluation failure; never raises (an event's own objects made it)."""
+    try:
+        return f"{type(exc).__name__}: {exc}"
+    except Exception:
+        return f"{type(exc).__name__} (its message could not be rendered)"
