@@ -12,7 +12,8 @@ Every error the library raises on purpose derives from :class:`RuleEngineError`:
     │   ├── NoPreviousVersionError                "No previous version to rollback to"
     │   ├── ActivationTimeNotReachedError         "Activation time not reached"
     │   ├── InvalidTransitionError                not allowed from the current state
-    │   └── RolloutInProgressError                a second rollout while one is in progress
+    │   ├── RolloutInProgressError                a second rollout while one is in progress
+    │   └── PolicyMismatchError                   a bundle of another policy (bundle_id) than the one serving
     ├── InvalidStrategyError (also ValueError)    a strategy's parameters are invalid
     └── StoreError                                the state store failed or is unreachable
         ├── ConflictError                         a concurrent writer changed the state first
@@ -132,6 +133,20 @@ class RolloutInProgressError(DeploymentError):
 
 class InvalidStrategyError(RuleEngineError, ValueError):
     """A strategy's parameters are invalid; the message says which and why."""
+
+
+class PolicyMismatchError(DeploymentError):
+    """A bundle's ``bundle_id`` differs from the policy the deployment serves (deploy with ``replace_policy``)."""
+
+    def __init__(self, bundle_id: str, serving_bundle_id: str, serving_version_id: str) -> None:
+        self.bundle_id = bundle_id
+        self.serving_bundle_id = serving_bundle_id
+        self.serving_version_id = serving_version_id
+        super().__init__(
+            f"bundle {bundle_id!r} is another policy than the one this deployment serves "
+            f"({serving_bundle_id!r}, version {serving_version_id!r}); deploying it would replace that whole "
+            f"policy: deploy it with replace_policy=True if that is meant"
+        )
 
 
 class StoreError(RuleEngineError):

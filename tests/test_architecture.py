@@ -254,6 +254,7 @@ EXPORTED = [
     "InvalidStrategyError",
     "InvalidTransitionError",
     "NoPreviousVersionError",
+    "PolicyMismatchError",
     "Problem",
     "RolloutInProgressError",
     "RolloutStatus",

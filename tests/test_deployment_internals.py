@@ -183,3 +183,19 @@ def test_adopting_another_process_change_before_an_operation_runs_the_follow_hoo
     finally:
         writer.close()
         reader.close()
+
+
+def test_a_bundle_of_another_policy_is_refused_unless_replacing_the_policy_is_meant() -> None:
+    """D17: deploying fraud-screen over gateway-access is refused, naming both; replace_policy=True allows it."""
+    from rule_engine import PolicyMismatchError
+
+    manager = DeploymentManager()
+    gateway = manager.prepare_deployment(BUNDLES / "gateway-v1.json")
+    manager.activate_deployment(gateway)
+    history = manager.get_deployment_history()
+    with pytest.raises(PolicyMismatchError, match="'fraud-screen' is another policy.*'gateway-access'"):
+        manager.prepare_deployment(BUNDLES / "fraud-screen.json")
+    assert manager.get_deployment_history() == history
+    fraud = manager.prepare_deployment(BUNDLES / "fraud-screen.json", replace_policy=True)
+    manager.activate_deployment(fraud)
+    assert manager.get_active_version_id() == fraud

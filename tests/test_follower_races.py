@@ -29,7 +29,7 @@ def _history_that_evicts_v1(store: StaleOnceStore) -> tuple[ControlState, str]:
     writer.activate_deployment(v1)
     when_v1_served = store.load()
     for bundle in ("gateway-v2.json", "fraud-screen.json"):
-        version = writer.prepare_deployment(BUNDLES / bundle)
+        version = writer.prepare_deployment(BUNDLES / bundle, replace_policy=True)
         writer.activate_deployment(version)
     assert v1 not in writer.get_deployment_history()  # evicted: its bundle is gone from the store
     assert store.bundle_json(v1) is None

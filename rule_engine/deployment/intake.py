@@ -25,6 +25,7 @@ from rule_engine.deployment.commit import Plan
 from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.controller import require_thresholds, with_analysis
 from rule_engine.deployment.publisher import Publisher
+from rule_engine.errors import PolicyMismatchError
 from rule_engine.evaluation.selftest import run_bundle_tests
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.health.thresholds import HealthThresholds
@@ -62,11 +63,21 @@ def checked_strategy(strategy: Strategy | None) -> Strategy:
     return require_strategy(strategy if strategy is not None else BlueGreen())
 
 
-def plan_prepare(bundle: RuleBundle, strategy: Strategy, actor: str, max_history: int) -> Plan:
-    """The plan that stages ``bundle`` as a new version (its id: ``bundle@version+digest8.seq``)."""
+def plan_prepare(
+    bundle: RuleBundle, strategy: Strategy, actor: str, max_history: int, *, replace_policy: bool = False
+) -> Plan:
+    """The plan that stages ``bundle`` as a new version (its id: ``bundle@version+digest8.seq``).
+
+    A bundle of another policy (``bundle_id``) than the active version's is refused
+    (:class:`PolicyMismatchError`) unless ``replace_policy``: checked against the state the plan is
+    committed on, so a concurrent deploy of another policy cannot slip past it.
+    """
     bundle_json = canonical_json(bundle)
 
     def plan(state: ControlState, now: float) -> Change:
+        serving = state.versions.get(state.active) if state.active else None
+        if serving is not None and serving.bundle_id != bundle.bundle_id and not replace_policy:
+            raise PolicyMismatchError(bundle.bundle_id, serving.bundle_id, serving.version_id)
         seq = state.next_seq
         record = VersionRecord(
             version_id=f"{bundle.bundle_id}@{bundle.version}+{bundle.digest[:8]}.{seq}",
@@ -93,6 +104,7 @@ def stage(
     config: DeploymentConfig,
     publisher: Publisher,
     analysis: HealthThresholds | None = None,
+    replace_policy: bool = False,
 ) -> tuple[Plan, RuleTable]:
     """Everything before a bundle may be staged: validate, check trust, check the strategy, compile, self-test.
 
@@ -105,5 +117,5 @@ def stage(
     chosen = checked_strategy(strategy)
     base = publisher.base_table(validated)
     run_bundle_tests(validated, base)
-    plan = plan_prepare(validated, chosen, actor, config.max_history)
+    plan = plan_prepare(validated, chosen, actor, config.max_history, replace_policy=replace_policy)
     return (with_analysis(plan, require_thresholds(analysis)) if analysis is not None else plan), base

@@ -194,6 +194,7 @@ class DeploymentManager:
         *,
         signature: Signature | None = None,
         analysis: HealthThresholds | None = None,
+        replace_policy: bool = False,
     ) -> VersionId:
         """Validate a bundle, run its tests, compile it, and stage it as a new version.
 
@@ -202,11 +203,11 @@ class DeploymentManager:
         bundle is not fit to serve. With a ``trust`` policy, an untrusted ``signature`` (default: the
         ``BUNDLE.sig`` beside a bundle file) is refused (:class:`BundleTrustError`) before anything runs.
         ``analysis``, stored with the version, is what every controller judges it by (window, limits, bake).
+        A bundle of another policy than the active one's is refused unless ``replace_policy``.
         """
-        plan, base = stage(
-            bundle, strategy, deployed_by or "unknown", signature, self._config, self._publisher, analysis
-        )
-        version_id: str = self._committer.apply(plan, "prepare", deployed_by or "unknown").result
+        actor = deployed_by or "unknown"
+        plan, base = stage(bundle, strategy, actor, signature, self._config, self._publisher, analysis, replace_policy)
+        version_id: str = self._committer.apply(plan, "prepare", actor).result
         with self._lock:
             self._publisher.adopt_table(version_id, base)
         return version_id
