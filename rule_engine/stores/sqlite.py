@@ -5,7 +5,8 @@ Layout (schema version 1)::
     meta(id = 1, schema_version, revision)       one row; `revision` is what followers poll
     state(id = 1, json)                          the ControlState document (without bundles)
     bundles(version_id, digest, json)            canonical bundle JSON of every retained version
-    audit(seq, at, action, version_id, ..., revision)  append-only: triggers refuse UPDATE and DELETE
+    audit(seq, at, action, version_id, ..., revision, origin)  append-only: triggers refuse UPDATE and DELETE
+                                                 (`origin` was added in place to files made before it)
     health(version_id, bucket_start, counts)     HealthCounts JSON per time bucket
     health_lifetime(version_id, counts)          lifetime totals (kept when buckets are pruned)
 
@@ -66,7 +67,8 @@ CREATE TABLE IF NOT EXISTS audit (
     actor TEXT NOT NULL,
     reason TEXT NOT NULL,
     strategy TEXT,
-    revision INTEGER NOT NULL
+    revision INTEGER NOT NULL,
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_version ON audit (version_id, seq);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
@@ -163,6 +165,7 @@ class SQLiteStore(StateStore):
                     f"{str(self.path)!r} holds state schema {row[0] if row else None!r}; "
                     f"this version of rule_engine reads schema {SCHEMA_VERSION}"
                 )
+            _add_origin_column(conn)
         except sqlite3.Error as exc:
             if conn is not None:
                 conn.close()
@@ -270,8 +273,8 @@ class SQLiteStore(StateStore):
                 )
             conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
             conn.executemany(
-                "INSERT INTO audit (at, action, version_id, from_state, to_state, actor, reason, strategy, revision)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO audit (at, action, version_id, from_state, to_state, actor, reason, strategy, revision,"
+                " origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         e.at,
@@ -283,6 +286,7 @@ class SQLiteStore(StateStore):
                         e.reason,
                         e.strategy,
                         committed.revision,
+                        e.origin,
                     )
                     for e in audit
                 ],
@@ -298,7 +302,7 @@ class SQLiteStore(StateStore):
 
     def audit_log(self, version_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries in the order they were written, optionally of one version, the last ``limit``."""
-        sql = "SELECT seq, at, action, version_id, from_state, to_state, actor, reason, strategy FROM audit"
+        sql = "SELECT seq, at, action, version_id, from_state, to_state, actor, reason, strategy, origin FROM audit"
         params: list[object] = []
         if version_id is not None:
             sql += " WHERE version_id = ?"
@@ -312,9 +316,9 @@ class SQLiteStore(StateStore):
         return [
             AuditEntry(
                 at=at, action=action, version_id=vid, from_state=from_state, to_state=to_state,
-                actor=actor, reason=reason, strategy=strategy, seq=seq,
+                actor=actor, reason=reason, strategy=strategy, seq=seq, origin=origin,
             )
-            for seq, at, action, vid, from_state, to_state, actor, reason, strategy in reversed(rows)
+            for seq, at, action, vid, from_state, to_state, actor, reason, strategy, origin in reversed(rows)
         ]  # fmt: skip
 
     def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
@@ -397,3 +401,17 @@ def _describe(exc: sqlite3.Error, timeout: float) -> str:
     if "not a database" in text:
         return f"the file is not an SQLite database: {text}"
     return f"{type(exc).__name__}: {text}"
+
+
+def _add_origin_column(conn: sqlite3.Connection) -> None:
+    """Add ``audit.origin`` to a file made before it existed (in place; older rows keep NULL)."""
+    if any(row[1] == "origin" for row in conn.execute("PRAGMA table_info(audit)")):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:  # another process may have added it while we waited for the write lock
+        if not any(row[1] == "origin" for row in conn.execute("PRAGMA table_info(audit)")):
+            conn.execute("ALTER TABLE audit ADD COLUMN origin TEXT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
