@@ -14,6 +14,7 @@ import click
 
 from rule_engine.cli._common import by_option, default_actor, json_option, managed, os_account
 from rule_engine.cli.completion import complete_versions
+from rule_engine.cli.deploy import parse_stages
 from rule_engine.cli.output import bar, echo, emit, view_dict
 from rule_engine.control.strategies import Canary, InvalidStrategyError, Strategy
 from rule_engine.deployment.manager import DeploymentManager
@@ -122,8 +123,6 @@ def retry(ctx: click.Context, version: str | None, reason: str, actor: str | Non
 def _undo_strategy(stages: str | None, stage_duration: float | None) -> Strategy | None:
     if stages is None and stage_duration is None:
         return None
-    from rule_engine.cli.deploy import parse_stages  # noqa: PLC0415 - deploy imports this module's siblings
-
     try:
         return Canary.from_options(stages=parse_stages(stages), stage_duration=stage_duration)
     except InvalidStrategyError as exc:

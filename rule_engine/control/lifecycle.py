@@ -123,7 +123,7 @@ def resume(state: ControlState, now: float, actor: str, *, reason: str = "", max
     change.note(
         state.versions[rollout.candidate],
         now,
-        f"{reason or 'resumed'} (paused for {paused_for:g}s; stage clock shifted)",
+        f"{reason or 'resumed'} (paused for {paused_for:.1f}s; stage clock shifted)",
     )
     change.put(rollout=replace(rollout, paused_at=None, stage_started_at=rollout.stage_started_at + paused_for))
     change.event("rollout.resumed", version_id=rollout.candidate, strategy=rollout.kind, paused_secs=paused_for)
