@@ -231,7 +231,13 @@ def undo(
     chosen = strategy if strategy is not None else BlueGreen()
     if chosen.activates_at() is not None or not chosen.finishes_by_itself:
         raise InvalidStrategyError(f"undo goes back at once (blue-green) or as a canary, not as {chosen.kind}")
-    record = replace(_get(state, target_id), strategy=chosen, activated_at=None)
+    retained = _get(state, target_id)
+    if retained.state is not S.SUPERSEDED:
+        raise InvalidTransitionError(
+            f"cannot undo to {target_id!r}: it is {retained.state.value}; undo brings back a version that was "
+            "active (superseded)"
+        )
+    record = replace(retained, strategy=chosen, activated_at=None)
     change = Change(state, "undo", actor, result=target_id)
     why = f"{reason or 'undo'}: back to {target_id} from {state.active} ({chosen.describe()})"
     first = chosen.first_share_bp()
