@@ -396,8 +396,10 @@ def hold(state: ControlState, now: float, actor: str, *, candidate: str, reason:
     return change
 
 
-def rollback(state: ControlState, now: float, actor: str, *, reason: str, automatic: bool = False) -> Change:
-    """Return all traffic to the stable version (during a rollout) or to the previous active one."""
+def rollback(
+    state: ControlState, now: float, actor: str, *, reason: str, automatic: bool = False, max_history: int = 10
+) -> Change:
+    """Return all traffic to the stable version (during a rollout) or to the previous active one (evicts nothing)."""
     change = Change(state, "rollback", actor)
     kind = "automatic" if automatic else "manual"
     if state.rollout is not None:

@@ -90,10 +90,7 @@ class DeploymentManager:
     def open(
         cls, url: str | None = None, *, follow: bool = True, poll_interval: float = 0.02, **kwargs: Any
     ) -> DeploymentManager:
-        """A manager on the store at ``url`` (else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
-
-        With ``follow``, a background thread picks up other processes' commits and flushes health counters.
-        """
+        """A manager on the store at ``url`` (default: ``$RULE_ENGINE_STORE``); ``follow`` picks up others' commits."""
         store = open_store(store_url_from_env(url))
         try:
             manager = cls(store=store, **kwargs)
@@ -345,9 +342,7 @@ class DeploymentManager:
     def _op(self, action: str, planner: Any, op: Operation, lead: str | None = None, **args: Any) -> Any:
         """Commit ``planner(state, [lead,] now, actor, reason=, **args)`` stamped with the origin; the result."""
         actor = op.get("actor", "unknown")
-        args["reason"] = op.get("reason", "")
-        if planner is not control.rollback:
-            args["max_history"] = self._config.max_history
+        args.update(reason=op.get("reason", ""), max_history=self._config.max_history)
         plan = lambda state, now: planner(state, *((lead,) if lead is not None else ()), now, actor, **args)  # noqa: E731
         return self._committer.apply(lifecycle.stamped(plan, op.get("origin")), action, actor, lead).result
 
