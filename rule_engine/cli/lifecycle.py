@@ -8,7 +8,7 @@ line for people or one JSON object with ``--json`` (shapes in docs/cli.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +22,12 @@ from rule_engine.deployment.manager import DeploymentManager
 __all__ = ["abort", "activate", "cancel", "pause", "resume", "retry", "undo"]
 
 reason_option = click.option("--reason", default="", metavar="TEXT", help="Why (recorded in the audit trail).")
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _operation(fn: F) -> click.Command:
+    """A lifecycle command: ``--reason``, ``--by``, ``--json`` and the click context (arguments go below it)."""
+    return click.command()(reason_option(by_option(json_option(click.pass_context(fn)))))
 
 
 def _who(actor: str | None, reason: str) -> dict[str, Any]:
@@ -47,11 +53,7 @@ def _run(ctx: click.Context, as_json: bool, act: Callable[[DeploymentManager], t
         emit(as_json, data, lambda: echo(line))
 
 
-@click.command()
-@reason_option
-@by_option
-@json_option
-@click.pass_context
+@_operation
 def pause(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> None:
     """Pause the canary: its stage clock stops and nothing advances it until 'rule-engine resume'."""
 
@@ -64,11 +66,7 @@ def pause(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> 
     _run(ctx, as_json, act)
 
 
-@click.command()
-@reason_option
-@by_option
-@json_option
-@click.pass_context
+@_operation
 def resume(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> None:
     """Resume a paused canary: its stage gets the time it had left when it was paused."""
 
@@ -80,11 +78,7 @@ def resume(ctx: click.Context, reason: str, actor: str | None, as_json: bool) ->
     _run(ctx, as_json, act)
 
 
-@click.command()
-@reason_option
-@by_option
-@json_option
-@click.pass_context
+@_operation
 def abort(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> None:
     """Abort the rollout: all traffic back to the stable version; the candidate is kept as aborted."""
 
@@ -101,12 +95,8 @@ def abort(ctx: click.Context, reason: str, actor: str | None, as_json: bool) -> 
     _run(ctx, as_json, act)
 
 
-@click.command()
+@_operation
 @click.argument("version", required=False, default=None, shell_complete=complete_versions)
-@reason_option
-@by_option
-@json_option
-@click.pass_context
 def retry(ctx: click.Context, version: str | None, reason: str, actor: str | None, as_json: bool) -> None:
     """Restart an aborted rollout (default: the last) from its first stage, for the same keys (same salt)."""
 
@@ -129,14 +119,17 @@ def _undo_strategy(stages: str | None, stage_duration: float | None) -> Strategy
         raise click.UsageError(str(exc)) from None
 
 
-@click.command()
-@click.option("--to", "to", default=None, metavar="VERSION", shell_complete=complete_versions, help="The version.")
+@_operation
+@click.option(
+    "--to",
+    "to",
+    default=None,
+    metavar="VERSION",
+    shell_complete=complete_versions,
+    help="The version to make active again [default: the previous one].",
+)
 @click.option("--stages", default=None, metavar="10,25,50,100", help="Go back as a canary with these stages.")
 @click.option("--stage-duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS", help="Canary back.")
-@reason_option
-@by_option
-@json_option
-@click.pass_context
 def undo(
     ctx: click.Context,
     to: str | None,
@@ -160,14 +153,10 @@ def undo(
     _run(ctx, as_json, act)
 
 
-@click.command()
+@_operation
 @click.argument("version", shell_complete=complete_versions)
 @click.option("--now", "now", is_flag=True, help="Bring a scheduled version forward: swap it in now.")
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
-@reason_option
-@by_option
-@json_option
-@click.pass_context
 def activate(
     ctx: click.Context, version: str, now: bool, supersede: bool, reason: str, actor: str | None, as_json: bool
 ) -> None:
@@ -183,12 +172,8 @@ def activate(
     _run(ctx, as_json, act)
 
 
-@click.command()
+@_operation
 @click.argument("version", shell_complete=complete_versions)
-@reason_option
-@by_option
-@json_option
-@click.pass_context
 def cancel(ctx: click.Context, version: str, reason: str, actor: str | None, as_json: bool) -> None:
     """Cancel a staged or scheduled VERSION: it will never serve."""
 

@@ -34,14 +34,23 @@ from typing import TypedDict
 from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import BlueGreen, Strategy
-from rule_engine.control.transitions import Change, _get, activate, evict, make_active, scheduled_due, start_rollout
+from rule_engine.control.transitions import (
+    Change,
+    _get,
+    activate,
+    evict,
+    first_stage,
+    make_active,
+    scheduled_due,
+    start_rollout,
+)
 from rule_engine.errors import (
     InvalidStrategyError,
     InvalidTransitionError,
     NoPreviousVersionError,
     RolloutInProgressError,
 )
-from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS
+from rule_engine.serving.routing import BASIS_POINTS
 
 __all__ = [
     "Operation",
@@ -244,18 +253,7 @@ def undo(
     if first is None or first >= BASIS_POINTS:
         make_active(change, record, now, reason=why)
     else:
-        rollout = Rollout(
-            kind=chosen.kind,
-            candidate=target_id,
-            stable=state.active,
-            share_bp=first,
-            stage_index=0,
-            started_at=now,
-            stage_started_at=now,
-            salt=target_id,
-            algorithm=ALGORITHM_VERSION,
-        )
-        start_rollout(change, record, rollout, now, reason=why)
+        start_rollout(change, record, first_stage(chosen.kind, target_id, state.active, first, now), now, reason=why)
     change.event("deployment.undone", version_id=target_id, previous_version_id=state.active, strategy=chosen.kind)
     evict(change, max_history, now)
     return change

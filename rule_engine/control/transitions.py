@@ -184,16 +184,12 @@ def activate(
                 "(undo(to=...) brings a retained version back)"
             )
         secs, abort = progress_deadline if progress_deadline is not None else (None, False)
-        rollout = Rollout(
-            kind=strategy.kind,
-            candidate=version_id,
-            stable=stable,
-            share_bp=first_share,
-            stage_index=0,
-            started_at=now,
-            stage_started_at=now,
-            salt=version_id,
-            algorithm=ALGORITHM_VERSION,
+        rollout = first_stage(
+            strategy.kind,
+            version_id,
+            stable,
+            first_share,
+            now,
             progress_deadline_secs=secs,
             progress_deadline_abort=abort,
         )
@@ -206,6 +202,22 @@ def activate(
 def _why(reason: str, what: str) -> str:
     """The audit reason: the operator's ``reason`` (when given) before what happened."""
     return f"{reason}: {what}" if reason else what
+
+
+def first_stage(kind: str, candidate: str, stable: str, share_bp: int, now: float, **options: Any) -> Rollout:
+    """A rollout of ``candidate`` against ``stable`` at its first stage, salted by the candidate's id."""
+    return Rollout(
+        kind=kind,
+        candidate=candidate,
+        stable=stable,
+        share_bp=share_bp,
+        stage_index=0,
+        started_at=now,
+        stage_started_at=now,
+        salt=candidate,
+        algorithm=ALGORITHM_VERSION,
+        **options,
+    )
 
 
 def start_rollout(change: Change, record: VersionRecord, rollout: Rollout, now: float, *, reason: str) -> None:
