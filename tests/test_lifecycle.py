@@ -8,6 +8,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rule_engine import (
     BlueGreen,
@@ -402,3 +404,33 @@ def test_a_store_made_before_the_origin_column_gains_it_in_place(tmp_path: Path)
     with DeploymentManager.open(f"sqlite:///{path}", follow=False) as manager:
         manager.prepare_deployment(mini_bundle("2.0.0"), origin="bob@h")
         assert [e.origin for e in manager.audit_log()] == [None, "bob@h"]
+
+
+@given(
+    stages=st.lists(st.integers(1, 99), min_size=0, max_size=4, unique=True).map(lambda v: (*sorted(v), 100)),
+    advances=st.integers(0, 4),
+    paused=st.booleans(),
+)
+def test_retry_always_restarts_at_the_first_stage_with_the_aborted_salt(
+    stages: tuple[int, ...], advances: int, paused: bool
+) -> None:
+    """Whatever the stages and however far the canary got (paused or not), retry = first stage, same salt."""
+    clock = ManualClock()
+    manager = _manager(clock)
+    stable = manager.prepare_deployment(mini_bundle("1.0.0"))
+    manager.activate_deployment(stable)
+    candidate = manager.prepare_deployment(mini_bundle("2.0.0"), Canary(stages, 10))
+    manager.activate_deployment(candidate)
+    if manager.get_rollout_status() is None:
+        return  # a one-stage canary (100) is a swap: nothing to abort
+    for _ in range(min(advances, len(stages) - 2)):
+        clock.advance(10)
+        manager.advance_rollout()
+    salt = manager.get_rollout_status().salt  # type: ignore[union-attr]
+    if paused:
+        manager.pause_rollout()
+    manager.abort_rollout()
+    manager.retry_rollout()
+    status = manager.get_rollout_status()
+    assert status is not None
+    assert (status.stage, status.percentage, status.salt, status.paused) == (1, stages[0], salt, False)
