@@ -152,10 +152,9 @@ def activate(
     progress_deadline: tuple[float, bool] | None = None,
     reason: str = "",
 ) -> Change:
-    """Start serving a STAGED version according to its strategy.
+    """Start serving a STAGED version by its strategy; ``early`` brings a scheduled one forward.
 
-    ``early`` brings a scheduled version forward (it is swapped in now); ``progress_deadline`` is
-    ``(seconds, abort)`` for a rollout it starts (see :func:`rule_engine.control.lifecycle.progress_deadline`).
+    ``progress_deadline`` is ``(seconds, abort)`` for a rollout it starts (:mod:`rule_engine.control.lifecycle`).
     """
     record = _get(state, version_id)
     change = Change(state, "activate", actor)
@@ -179,10 +178,8 @@ def activate(
         make_active(change, record, now, reason=_why(reason, f"{early_note}{why}{strategy.describe()}"))
     else:
         if record.state is not S.STAGED:  # a retained version comes back as a canary only through undo
-            raise InvalidTransitionError(
-                f"cannot activate {version_id!r}: it is {record.state.value}; only a staged version starts a rollout "
-                "(undo(to=...) brings a retained version back)"
-            )
+            why = "only a staged version starts a rollout (undo(to=...) brings a retained version back)"
+            raise InvalidTransitionError(f"cannot activate {version_id!r}: it is {record.state.value}; {why}")
         secs, abort = progress_deadline if progress_deadline is not None else (None, False)
         rollout = first_stage(
             strategy.kind,
@@ -315,11 +312,8 @@ def advance(
         now,
         f"stage {next_index + 1} of {stages}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
     )
-    change.put(
-        rollout=replace(
-            rollout, stage_index=next_index, share_bp=share, stage_started_at=now, held=None, deadline_exceeded_at=None
-        )
-    )
+    moved = replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, deadline_exceeded_at=None)
+    change.put(rollout=replace(moved, held=None))
     change.serving_changed = True
     change.event(
         "rollout.advanced",
