@@ -208,6 +208,8 @@ class Controller:
         reached, detail = verdict.healthy is not None, verdict.reason
 
         def plan(state: ControlState, now: float) -> Change:
+            if state.rollout is None or state.rollout.candidate != rollout.candidate:  # the verdict was on another
+                return nothing_to_do(state)
             change = lifecycle.check_progress(state, now, "controller", verdict_reached=reached, detail=detail)
             return change or nothing_to_do(state)
 
