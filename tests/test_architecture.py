@@ -20,7 +20,9 @@ EDGES = {"cli", "testing", "server", "analysis", "observability"}
 KNOWN = DATA_PLANE | CONTROL_PURE | CONTROL_IO | EDGES | {"__init__"}
 
 MAX_MODULE_LINES = 500
-MAX_MANAGER_LINES = 300
+# 300 before the operator lifecycle (issue 11): pause/resume/abort/retry/undo/cancel, activate's new
+# options and pin/unpin are public one-line delegations (def, docstring, call) the facade must expose.
+MAX_MANAGER_LINES = 330
 
 
 def _module_name(path: Path) -> str:

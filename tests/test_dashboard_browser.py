@@ -92,7 +92,7 @@ def browser_page() -> Iterator[Any]:
 
 
 def test_the_dashboard_follows_a_canary_and_rolls_it_back(browser_page: Any, tmp_path: Path) -> None:
-    """Active version shown; stage 1 -> 2 on screen when advanced; a rollback click changes the store."""
+    """Active version shown; stage 1 -> 2 on screen when advanced; pause and rollback clicks change the store."""
     from playwright.sync_api import expect
 
     page = browser_page
@@ -112,7 +112,6 @@ def test_the_dashboard_follows_a_canary_and_rolls_it_back(browser_page: Any, tmp
         expect(page.locator("#rollout-stage")).to_contain_text("stage 1/3")
         expect(page.locator("#rollout-percent")).to_have_text("10%")
         expect(page.locator("#connection")).to_have_text("live")
-        expect(page.locator("#op-pause")).to_be_disabled()  # not in this version of the manager yet
 
         clock.advance(61)  # the stage has lasted its 60 s on the manager's clock
         assert manager.advance_rollout(actor="controller")
@@ -121,6 +120,11 @@ def test_the_dashboard_follows_a_canary_and_rolls_it_back(browser_page: Any, tmp
         page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
 
         page.on("dialog", lambda dialog: dialog.accept(TOKEN))
+        page.locator("#op-pause").click()
+        expect(page.locator("#message")).to_have_text("pause: done")
+        paused = manager.state.rollout
+        assert paused is not None and paused.paused_at is not None  # the store holds the pause
+        assert manager.audit_log()[-1].action == "pause"
         page.locator("#op-rollback").click()
         expect(page.locator("#message")).to_have_text("rollback: done")
         expect(page.locator("#rollout-none")).to_be_visible()

@@ -193,7 +193,7 @@ def test_a_bundle_of_another_policy_is_refused_unless_replacing_the_policy_is_me
     gateway = manager.prepare_deployment(BUNDLES / "gateway-v1.json")
     manager.activate_deployment(gateway)
     history = manager.get_deployment_history()
-    with pytest.raises(PolicyMismatchError, match="'fraud-screen' is another policy.*'gateway-access'"):
+    with pytest.raises(PolicyMismatchError, match=r"'fraud-screen' is another policy.*'gateway-access'"):
         manager.prepare_deployment(BUNDLES / "fraud-screen.json")
     assert manager.get_deployment_history() == history
     fraud = manager.prepare_deployment(BUNDLES / "fraud-screen.json", replace_policy=True)

@@ -437,7 +437,7 @@ def test_deployment_info_fields(manager: DeploymentManager, clock: FrozenDateTim
     """DeploymentInfo reports who, what, which strategy, state, share and timestamps."""
     _active(manager)
     created = datetime.now(UTC).timestamp()
-    v2 = manager.prepare_deployment(GATEWAY_V2, Canary([20, 100], 60), "dora")
+    v2 = manager.prepare_deployment(GATEWAY_V2, Canary([20, 100], 60), "dora", replace_policy=True)
     clock.tick(5)
     manager.activate_deployment(v2)
     info = manager.get_deployment_info(v2)

@@ -160,8 +160,8 @@ def test_ticks_from_several_processes_happen_once(tmp_path: Path) -> None:
         v1 = manager.prepare_deployment(BUNDLES[0], BlueGreen())
         manager.activate_deployment(v1)
         v2 = manager.prepare_deployment(BUNDLES[1], Canary((10, 25, 50, 100), 0.3))
+        manager.activate_deployment(v2)  # before v3 is scheduled: a schedule never overrides a newer deploy (D16)
         v3 = manager.prepare_deployment(BUNDLES[0], Scheduled(time.time() + 2.0))
-        manager.activate_deployment(v2)
         assert manager.snapshot.revision == 5
     tickers = [spawn("ticker", url, 3.5) for _ in range(3)]
     reports = [_finish(t)[-1]["actions"] for t in tickers]

@@ -377,9 +377,10 @@ def test_a_schema_1_store_is_upgraded_in_place_and_its_chain_starts_after_old_en
     identity = store.identity()
     check = store.verify_audit()
     assert (check.ok, check.checked, check.unhashed) == (True, 0, 2)
-    store.commit(2, kit.state("v1"), audit=[kit.entry()])
+    store.commit(2, kit.state("v1"), audit=[replace(kit.entry(), origin="bob@host")])
     check = store.verify_audit()
     assert (check.ok, check.checked, check.unhashed) == (True, 1, 2)
+    assert [e.origin for e in store.audit_log()] == [None, None, "bob@host"]  # the origin column came with it
     store.close()
     again = SQLiteStore(path, create=False)
     assert again.identity() == identity

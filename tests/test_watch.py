@@ -74,7 +74,7 @@ def test_an_invalid_file_is_reported_once_never_deployed_and_the_watch_goes_on(
     assert watcher.scan(DirectorySource(tmp_path)) == []  # reported once, not at every scan
     write(tmp_path / "c-good.json", GATEWAY_V1.read_bytes())
     assert kinds(watcher.scan(DirectorySource(tmp_path))) == ["deployed"]
-    write(tmp_path / "a-broken.json", mini_bundle())  # fixed: new content, deployed
+    write(tmp_path / "a-broken.json", mini_bundle(bundle_id="gateway-access"))  # fixed: new content, deployed
     assert kinds(watcher.scan(DirectorySource(tmp_path))) == ["deployed"]
 
 
@@ -117,7 +117,7 @@ def test_a_rollout_in_progress_is_retried_at_the_next_scan(manager: DeploymentMa
     watcher = BundleWatcher(manager, Canary((10, 100), 60))
     write(tmp_path / "b.json", GATEWAY_V2.read_bytes())
     watcher.scan(DirectorySource(tmp_path))
-    write(tmp_path / "c.json", mini_bundle())
+    write(tmp_path / "c.json", mini_bundle(bundle_id="gateway-access"))
     assert kinds(watcher.scan(DirectorySource(tmp_path))) == ["retry"]
     manager.promote(actor="t")
     assert kinds(watcher.scan(DirectorySource(tmp_path))) == ["deployed"]

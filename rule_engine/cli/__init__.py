@@ -19,10 +19,11 @@ from rule_engine.cli._common import cli
 from rule_engine.cli.analysis import check, lint, preview, replay
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
+from rule_engine.cli.lifecycle import abort, activate, cancel, pause, resume, retry, undo
 from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
-from rule_engine.cli.status import history, status
+from rule_engine.cli.status import experiment, history, status
 
 __all__ = ["cli", "main"]
 
@@ -36,6 +37,14 @@ for _command in (
     promote,
     rollback,
     conclude,
+    pause,
+    resume,
+    abort,
+    retry,
+    undo,
+    activate,
+    cancel,
+    experiment,
     history,
     diff,
     evaluate,

@@ -14,7 +14,8 @@ from rule_engine.bundle.signing import TrustPolicy, find_signature
 from rule_engine.cli._common import CliContext, CommandFailed, json_option, managed, os_error_line
 from rule_engine.cli.output import echo, emit
 from rule_engine.errors import BundleValidationError
-from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.evaluation.selftest import bundle_test_results, run_bundle_tests
+from rule_engine.evaluation.table import RuleTable
 from rule_engine.serving.engine import RuleEngine
 
 # --- validate ----------------------------------------------------------------------------------------
@@ -22,12 +23,15 @@ from rule_engine.serving.engine import RuleEngine
 
 @click.command()
 @click.argument("bundles", nargs=-1, required=True, metavar="BUNDLE...")
+@click.option(
+    "-v", "--verbose", "verbose", is_flag=True, help="List each bundle test by name, pass or fail (as opa test -v)."
+)
 @json_option
 @click.pass_context
-def validate(ctx: click.Context, bundles: tuple[str, ...], as_json: bool) -> None:
+def validate(ctx: click.Context, bundles: tuple[str, ...], verbose: bool, as_json: bool) -> None:
     """Validate bundle files and run their own tests (with --trust: check their signatures first)."""
     trust = ctx.ensure_object(CliContext).trust()
-    results = [_validate_one(path, trust) for path in bundles]
+    results = [_validate_one(path, trust, verbose=verbose) for path in bundles]
     failed = [r for r in results if not r["ok"]]
 
     def human() -> None:
@@ -41,6 +45,10 @@ def validate(ctx: click.Context, bundles: tuple[str, ...], as_json: bool) -> Non
                 echo(f"FAIL  {r['path']}  ({count} problem{'s' if count != 1 else ''})")
                 for problem in r["problems"]:
                     echo(f"      {problem['path']}: {problem['message']}")
+            for test in r.get("test_results", ()):
+                echo(f"      {'PASS' if test['passed'] else 'FAIL'}  {test['name']}")
+                if not test["passed"]:
+                    echo(f"            {_test_failure(test)}")
 
     emit(as_json, {"ok": not failed, "bundles": results}, human)
     if failed:
@@ -51,7 +59,17 @@ def validate(ctx: click.Context, bundles: tuple[str, ...], as_json: bool) -> Non
         )
 
 
-def _validate_one(path: str, trust: TrustPolicy | None = None) -> dict[str, Any]:
+def _test_failure(test: dict[str, Any]) -> str:
+    """Expected vs actual, and the rule that decided, for one failed bundle test."""
+    want, got = test["expected"], test["actual"]
+    expected = want["decision"] + (f" by rule {want['rule_id']}" if want["rule_id"] else "")
+    if test["error"]:
+        return f"expected {expected}; evaluation error in rule {got['rule_id']}: {test['error']}"
+    decided = f"rule {got['rule_id']}" if got["rule_id"] else "the default decision (no rule matched)"
+    return f"expected {expected}, got {got['decision']}: decided by {decided}"
+
+
+def _validate_one(path: str, trust: TrustPolicy | None = None, *, verbose: bool = False) -> dict[str, Any]:
     result: dict[str, Any] = {"path": path, "ok": False, "bundle_id": None, "version": None, "digest": None}
     if trust is not None:
         result["signature"] = {"status": "unchecked", "alg": None, "key_id": None}
@@ -69,7 +87,10 @@ def _validate_one(path: str, trust: TrustPolicy | None = None) -> dict[str, Any]
             )
             trust.verify(bundle, signature)
             result["signature"]["status"] = "trusted"
-        run_bundle_tests(bundle)
+        table = RuleTable.from_bundle(bundle)
+        if verbose:
+            result["test_results"] = [t.to_dict() for t in bundle_test_results(bundle, table)]
+        run_bundle_tests(bundle, table)
     except BundleValidationError as exc:
         result["problems"] = [{"path": p.path, "message": p.message} for p in exc.problems] or [
             {"path": "$", "message": str(exc)}
@@ -185,9 +206,12 @@ def _read_event(text: str) -> dict[str, Any]:
 @click.command()
 @click.argument("event_json", metavar="EVENT_JSON")
 @click.option("--key", default=None, help="Routing key (default: the event's user_id).")
+@click.option(
+    "--explain", is_flag=True, help="Also show the rules tried in order, which matched, and why others did not."
+)
 @json_option
 @click.pass_context
-def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool) -> None:
+def evaluate(ctx: click.Context, event_json: str, key: str | None, explain: bool, as_json: bool) -> None:
     """Decide one event (a JSON object, or @file, or @- for stdin) on the version serving its key."""
     event = _read_event(event_json)
     with managed(ctx) as state:
@@ -198,7 +222,15 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool
                 "deploy a bundle first: 'rule-engine deploy BUNDLE'"
             )
         decision = RuleEngine(manager).evaluate(event, key=key)
+        snapshot = manager.snapshot
+        table = next(
+            (t for t in (snapshot.candidate, snapshot.stable) if t is not None and t.version_id == decision.version_id),
+            None,
+        )
     data = decision.as_dict()
+    trace = explanation(table, event) if explain and table is not None else []
+    if explain:
+        data["explain"] = trace
 
     def human() -> None:
         echo(f"decision: {decision.decision}")
@@ -210,8 +242,42 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, as_json: bool
         echo(f"version:  {decision.version_id or '(none)'}")
         if decision.error:
             echo(f"error:    {decision.error}")
+        if explain:
+            echo("rules, in the order they are tried:")
+            for step in trace:
+                echo(f"  {step['outcome']:<14} {step['rule_id']}" + (f"  ({step['why']})" if step["why"] else ""))
 
     emit(as_json, data, human)
+
+
+def explanation(table: RuleTable, event: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rule of ``table`` and what it did on ``event``: matched, no match, error, not tried, not applicable."""
+    tried = table.explain(event)
+    outcomes = dict(tried)
+    matched = next((rid for rid, what in tried if what == "matched"), None)
+    steps = [{"rule_id": rid, "outcome": what.split(":")[0], "why": _why(what)} for rid, what in tried]
+    for rule in table.bundle.rules:
+        if rule.id in outcomes:
+            continue
+        applies = (rule.agents is None or event.get("agent_id") in rule.agents) and (
+            rule.flows is None or event.get("flow_id") in rule.flows
+        )
+        if applies:
+            steps.append({"rule_id": rule.id, "outcome": "not tried", "why": f"rule {matched} decided first"})
+        else:
+            scope = ", ".join(
+                f"{name} {list(values)}" for name, values in (("agents", rule.agents), ("flows", rule.flows)) if values
+            )
+            steps.append({"rule_id": rule.id, "outcome": "not applicable", "why": f"only for {scope}"})
+    return steps
+
+
+def _why(what: str) -> str:
+    if what == "matched":
+        return "its condition holds"
+    if what == "no match":
+        return "its condition does not hold"
+    return what.partition(": ")[2]
 
 
 # --- schema ----------------------------------------------------------------------------------------

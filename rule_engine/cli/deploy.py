@@ -18,7 +18,7 @@ from rule_engine.cli._common import CommandFailed, by_option, default_actor, jso
 from rule_engine.cli.hints import cli_message, cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.clock import LAST_RENDERABLE_TIME
-from rule_engine.control.status import RolloutStatus
+from rule_engine.control.status import RolloutStatus, scheduled_versions
 from rule_engine.control.strategies import InvalidStrategyError, Strategy, strategy_for_cli, strategy_kinds
 from rule_engine.deployment.manager import DeploymentManager
 from rule_engine.errors import BundleValidationError, NoPreviousVersionError, RuleEngineError
@@ -40,7 +40,7 @@ def _number_option(name: str, metavar: str, help_text: str) -> Callable[[FC], FC
     return click.option(name, type=float, callback=_finite, default=None, metavar=metavar, help=help_text)
 
 
-def _parse_stages(value: str | None) -> tuple[float, ...] | None:
+def parse_stages(value: str | None) -> tuple[float, ...] | None:
     if value is None:
         return None
     parts = [part.strip() for part in value.split(",")]
@@ -67,10 +67,12 @@ def _parse_time(value: str | None) -> float | None:
         seconds = float(text)
     except ValueError:
         seconds = _iso_seconds(value, text)
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(seconds) or not 0 <= seconds < LAST_RENDERABLE_TIME:
         raise click.BadParameter(f"{value!r} is not a time between 1970 and 9999", param_hint="--at")
-    if seconds >= LAST_RENDERABLE_TIME:  # what every later read renders: a time it cannot render is never stored
-        raise click.BadParameter(f"{value!r} is after the year 9999", param_hint="--at")
+    if seconds < time.time():
+        raise click.BadParameter(
+            f"{value!r} is in the past ({when(seconds)}); to serve it now, deploy without --at", param_hint="--at"
+        )
     return seconds
 
 
@@ -90,7 +92,7 @@ def _iso_seconds(value: str, text: str) -> float:
 
 
 #: The CLI option table: how each strategy option's text is parsed (others pass through as given).
-_OPTION_PARSERS: dict[str, Callable[[Any], Any]] = {"stages": _parse_stages, "at": _parse_time}
+_OPTION_PARSERS: dict[str, Callable[[Any], Any]] = {"stages": parse_stages, "at": _parse_time}
 
 
 def _build_strategy(strategy: str | None, **options: Any) -> Strategy:
@@ -131,6 +133,14 @@ def _same(value: Any) -> Any:
     help="With --replay: refuse (nothing staged) when more decisions change than this share [default: 0].",
 )
 @click.option(
+    "--progress-deadline",
+    type=click.FloatRange(min=0, min_open=True, max=10**9),
+    default=None,
+    metavar="SECONDS",
+    help="A rollout stage with no health verdict for this long holds, saying so (Argo's progressDeadlineSeconds).",
+)
+@click.option("--progress-deadline-abort", is_flag=True, help="Abort the rollout instead when the deadline passes.")
+@click.option(
     "--refuse-downgrade",
     is_flag=True,
     help="With --trust: refuse a bundle whose version is not newer than the active one (same bundle id).",
@@ -150,6 +160,8 @@ def deploy(
     supersede: bool,
     replay_events: str | None,
     max_changed_rate: float | None,
+    progress_deadline: float | None,
+    progress_deadline_abort: bool,
     refuse_downgrade: bool,
     actor: str | None,
     as_json: bool,
@@ -166,6 +178,8 @@ def deploy(
         at=at,
     )
     who = actor or default_actor()
+    if progress_deadline_abort and progress_deadline is None:
+        raise click.UsageError("--progress-deadline-abort needs --progress-deadline SECONDS")
     with managed(ctx) as state:
         trust = state.trust(refuse_downgrade=refuse_downgrade)
         if refuse_downgrade and trust is None:
@@ -182,17 +196,25 @@ def deploy(
             replay_gate(source, baseline, read_events(replay_events), max_changed_rate or 0.0)
         try:
             # the manager checks the signature against its trust policy: the one place trust is enforced
-            version_id = manager.prepare_deployment(source, chosen, deployed_by=who, signature=signature)
+            version_id = manager.prepare_deployment(source, chosen, who, signature=signature, origin=os_account())
         except BundleValidationError as exc:
             raise exc.with_source(bundle) from None
         if chosen.activates_at() is None:  # scheduled: the controller activates it
             try:
-                manager.activate_deployment(version_id, actor=who, supersede=supersede)
+                manager.activate_deployment(
+                    version_id,
+                    actor=who,
+                    origin=os_account(),
+                    supersede=supersede,
+                    progress_deadline=progress_deadline,
+                    progress_deadline_abort=progress_deadline_abort,
+                )
             except RuleEngineError as exc:
                 raise CommandFailed(f"{cli_message(exc)} (version {version_id} is prepared and left staged)") from exc
         info = manager.get_deployment_info(version_id)
         assert info is not None
         signer = f"{signature.alg}:{signature.key_id}" if trust is not None and signature is not None else None
+        warnings = _pending_schedules(manager, version_id)
         data = {
             "version_id": version_id,
             "state": info.state.value,
@@ -202,6 +224,9 @@ def deploy(
             "signed_by": signer,
             "by": who,
             "os_account": os_account(),
+            "progress_deadline_secs": progress_deadline,
+            "progress_deadline_abort": progress_deadline_abort,
+            "warnings": warnings,
         }
 
         def human() -> None:
@@ -212,8 +237,20 @@ def deploy(
                 echo(f"  signed:   by {signer} (trusted)")
             if chosen.cli_note:
                 echo(f"  {chosen.cli_note}")
+            for warning in warnings:
+                echo(f"warning: {warning}", err=True)
 
         emit(as_json, data, human)
+
+
+def _pending_schedules(manager: DeploymentManager, deployed: str) -> list[str]:
+    """A warning per other scheduled version still pending: it will not override this deploy (D16)."""
+    return [
+        f"{s.version_id} is scheduled for {when(s.activation_time)}; it will not override a version activated "
+        f"after it was scheduled (the controller holds it): 'rule-engine cancel {s.version_id}' drops it"
+        for s in scheduled_versions(manager.state)
+        if s.version_id != deployed
+    ]
 
 
 # --- control operations -------------------------------------------------------------------------------
@@ -240,7 +277,7 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Move the canary to its next stage if the current one is due (and the candidate not unhealthy)."""
     with managed(ctx) as state:
         manager = state.open()
-        moved = manager.advance_rollout(actor=actor or default_actor())
+        moved = manager.advance_rollout(actor=actor or default_actor(), origin=os_account())
         rollout = manager.get_rollout_status()
         active = manager.get_active_version_id()
         now = time.time()
@@ -256,6 +293,8 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
             elif moved:
                 echo(f"advanced {rollout.version_id}")
                 echo(f"  to {rollout.percentage:g}% {bar(rollout.percentage)}")
+            elif rollout.paused:
+                echo(f"not advanced: the rollout of {rollout.version_id} is paused; 'rule-engine resume' continues it")
             else:
                 echo(_not_advanced(rollout, now))
 
@@ -269,7 +308,7 @@ def advance(ctx: click.Context, actor: str | None, as_json: bool) -> None:
 def promote(ctx: click.Context, actor: str | None, as_json: bool) -> None:
     """Finish the canary now: the candidate takes all traffic."""
     with managed(ctx) as state:
-        version_id = state.open().promote(actor=actor or default_actor())
+        version_id = state.open().promote(actor=actor or default_actor(), origin=os_account())
         emit(
             as_json,
             {"version_id": version_id, "active_version": version_id, "state": "active"},
@@ -289,7 +328,7 @@ def rollback(ctx: click.Context, reason: str, actor: str | None, as_json: bool) 
         before = manager.get_rollout_status()
         rolled = before.version_id if before else manager.get_active_version_id()
         try:
-            serving = manager.rollback(actor=actor or default_actor(), reason=f"{reason} [os: {os_account()}]")
+            serving = manager.rollback(actor=actor or default_actor(), reason=reason, origin=os_account())
         except NoPreviousVersionError:
             raise CommandFailed(_no_rollback_target(manager)) from None
         emit(
@@ -319,7 +358,7 @@ def _no_rollback_target(manager: DeploymentManager) -> str:
 def conclude(ctx: click.Context, winner: str, actor: str | None, as_json: bool) -> None:
     """End the A/B test: WINNER (the A or B version id) serves all traffic."""
     with managed(ctx) as state:
-        version_id = state.open().conclude_experiment(winner, actor=actor or default_actor())
+        version_id = state.open().conclude_experiment(winner, actor=actor or default_actor(), origin=os_account())
         emit(
             as_json,
             {"winner": version_id, "active_version": version_id},

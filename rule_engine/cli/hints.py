@@ -20,6 +20,8 @@ PYTHON_TO_CLI: tuple[tuple[str, str], ...] = (
     ("activate with supersede=True to abort it", "deploy with --supersede to abort it"),
     ("the controller's tick() activates it then", "'rule-engine controller' activates it then"),
     ("conclude_experiment(winner)", "'rule-engine conclude WINNER'"),
+    ("name one with to=", "name one with 'rule-engine undo --to VERSION'"),
+    ("undo(to=...) brings a retained version back", "'rule-engine undo --to VERSION' brings a retained version back"),
     ("advance_rollout()", "'rule-engine advance'"),
     ("promote()", "'rule-engine promote'"),
     ("rollback()", "'rule-engine rollback'"),

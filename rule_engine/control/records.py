@@ -43,6 +43,8 @@ class VersionRecord:
     # Per-deployment health analysis (HealthThresholds.to_dict()), stored so every controller
     # process judges this version alike; None: each manager's own thresholds.
     analysis: Mapping[str, Any] | None = None
+    held: str | None = None  # a due schedule the controller holds (D16), and why
+    last_rollout: Rollout | None = None  # the aborted rollout ``retry`` restarts (its salt, its deadline)
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -65,6 +67,8 @@ class VersionRecord:
             "finished_at": self.finished_at,
             "failure_reason": self.failure_reason,
             **({"analysis": dict(self.analysis)} if self.analysis is not None else {}),
+            "held": self.held,
+            "last_rollout": self.last_rollout.to_dict() if self.last_rollout is not None else None,
         }
 
     @classmethod
@@ -85,6 +89,8 @@ class VersionRecord:
             finished_at=data.get("finished_at"),
             failure_reason=data.get("failure_reason"),
             analysis=dict(data["analysis"]) if data.get("analysis") is not None else None,
+            held=data.get("held"),
+            last_rollout=Rollout.from_dict(data["last_rollout"]) if data.get("last_rollout") else None,
         )
 
 
@@ -106,6 +112,10 @@ class Rollout:
     algorithm: int = 1
     ended_at: float | None = None  # an A/B test whose duration has passed, awaiting its winner
     held: str | None = None  # manual mode: found unhealthy; the controller will not advance it
+    paused_at: float | None = None  # paused by a person: the stage clock stands still from then
+    progress_deadline_secs: float | None = None  # a stage with no verdict for this long holds (or aborts)
+    progress_deadline_abort: bool = False
+    deadline_exceeded_at: float | None = None  # when the current stage passed its progress deadline
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -121,6 +131,10 @@ class Rollout:
             "algorithm": self.algorithm,
             "ended_at": self.ended_at,
             "held": self.held,
+            "paused_at": self.paused_at,
+            "progress_deadline_secs": self.progress_deadline_secs,
+            "progress_deadline_abort": self.progress_deadline_abort,
+            "deadline_exceeded_at": self.deadline_exceeded_at,
         }
 
     @property
@@ -146,7 +160,15 @@ class Rollout:
             algorithm=int(data.get("algorithm", 1)),
             ended_at=data.get("ended_at"),
             held=data.get("held"),
+            paused_at=_optional_float(data.get("paused_at")),
+            progress_deadline_secs=_optional_float(data.get("progress_deadline_secs")),
+            progress_deadline_abort=bool(data.get("progress_deadline_abort", False)),
+            deadline_exceeded_at=_optional_float(data.get("deadline_exceeded_at")),
         )
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +235,7 @@ class AuditEntry:
     reason: str = ""
     strategy: str | None = None
     seq: int | None = None  # assigned by the store
+    origin: str | None = None  # the OS account and host that ran the operation (``user@host``), next to ``actor``
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -227,6 +250,7 @@ class AuditEntry:
             "actor": self.actor,
             "reason": self.reason,
             "strategy": self.strategy,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -242,4 +266,5 @@ class AuditEntry:
             reason=data.get("reason", ""),
             strategy=data.get("strategy"),
             seq=data.get("seq"),
+            origin=data.get("origin"),
         )

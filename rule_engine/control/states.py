@@ -2,7 +2,9 @@
 
 At rest a version is STAGED (prepared, not serving), ROLLING_OUT (a canary or A/B candidate taking
 part of the traffic), ACTIVE (serving all traffic outside a rollout), SUPERSEDED (was active, replaced
-by a newer version; kept as a rollback target), ROLLED_BACK or FAILED (terminal). PREPARING and
+by a newer version; kept as a rollback target and an ``undo`` target), ABORTED (its rollout was aborted:
+traffic is back on the stable version; not terminal, ``retry`` restarts the rollout), CANCELLED (a staged
+or scheduled version that will never serve), ROLLED_BACK or FAILED (terminal). PREPARING and
 ROLLING_BACK are the transient phases of prepare and rollback: they appear in the audit trail and in
 hook payloads, never as the state of a stored version.
 """
@@ -27,18 +29,22 @@ class DeploymentState(StrEnum):
     ROLLED_BACK = "rolled_back"
     FAILED = "failed"
     SUPERSEDED = "superseded"
+    ABORTED = "aborted"
+    CANCELLED = "cancelled"
 
 
 S = DeploymentState
 TRANSITIONS: dict[DeploymentState, frozenset[DeploymentState]] = {
     S.PREPARING: frozenset({S.STAGED, S.FAILED}),
-    S.STAGED: frozenset({S.ROLLING_OUT, S.ACTIVE, S.FAILED}),
-    S.ROLLING_OUT: frozenset({S.ACTIVE, S.ROLLING_BACK, S.ROLLED_BACK, S.SUPERSEDED}),
+    S.STAGED: frozenset({S.ROLLING_OUT, S.ACTIVE, S.FAILED, S.CANCELLED}),
+    S.ROLLING_OUT: frozenset({S.ACTIVE, S.ROLLING_BACK, S.ROLLED_BACK, S.SUPERSEDED, S.ABORTED}),
     S.ACTIVE: frozenset({S.SUPERSEDED, S.ROLLING_BACK, S.ROLLED_BACK}),
     S.ROLLING_BACK: frozenset({S.ROLLED_BACK}),
-    S.SUPERSEDED: frozenset({S.ACTIVE}),
+    S.SUPERSEDED: frozenset({S.ACTIVE, S.ROLLING_OUT}),  # undo: at once, or as a canary back
+    S.ABORTED: frozenset({S.ROLLING_OUT}),  # retry, same salt
     S.ROLLED_BACK: frozenset(),
     S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
 }
 
 

@@ -12,7 +12,16 @@ from rule_engine.control.strategies import Strategy
 from rule_engine.health.thresholds import HealthMetrics
 from rule_engine.health.verdict import Verdict
 
-__all__ = ["DeploymentInfo", "RolloutStatus", "TickReport", "VersionId", "info_of", "rollout_status"]
+__all__ = [
+    "DeploymentInfo",
+    "RolloutStatus",
+    "ScheduledVersion",
+    "TickReport",
+    "VersionId",
+    "info_of",
+    "rollout_status",
+    "scheduled_versions",
+]
 
 VersionId = str
 
@@ -72,6 +81,12 @@ class RolloutStatus:
     ended_at: float | None
     verdict: Verdict
     holding: str | None
+    paused: bool = False
+    paused_at: float | None = None
+    progress_deadline_secs: float | None = None
+    progress_deadline_abort: bool = False
+    deadline_exceeded_at: float | None = None
+    salt: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -89,7 +104,35 @@ class RolloutStatus:
             "healthy": self.verdict.healthy,
             "health_reason": self.verdict.reason,
             "holding": self.holding,
+            "paused": self.paused,
+            "paused_at": iso(self.paused_at),
+            "progress_deadline_secs": self.progress_deadline_secs,
+            "progress_deadline_abort": self.progress_deadline_abort,
+            "deadline_exceeded_at": iso(self.deadline_exceeded_at),
+            "salt": self.salt,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledVersion:
+    """A scheduled version waiting for its time (or held: a newer deploy came after it was scheduled)."""
+
+    version_id: VersionId
+    activation_time: float
+    held: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``status --json``'s ``scheduled`` list)."""
+        return {"version_id": self.version_id, "activation_time": iso(self.activation_time), "held": self.held}
+
+
+def scheduled_versions(state: ControlState) -> list[ScheduledVersion]:
+    """The pending scheduled versions, earliest first."""
+    pending = [r for r in state.versions.values() if r.state is DeploymentState.STAGED]
+    timed = [(at, r) for r in pending if (at := r.strategy.activates_at()) is not None]
+    return [
+        ScheduledVersion(r.version_id, at, r.held) for at, r in sorted(timed, key=lambda item: (item[0], item[1].seq))
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,13 +180,19 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
     record = state.versions[rollout.candidate]
     strategy = record.strategy
     stages = strategy.stage_percentages()
-    next_at = strategy.step_ends_at(rollout.started_at, rollout.stage_started_at)
+    paused = rollout.paused_at is not None
+    next_at = None if paused else strategy.step_ends_at(rollout.started_at, rollout.stage_started_at)
     holding: str | None = None
-    if strategy.finishes_by_itself:
+    guard = "automatic rollback still protects it" if auto_rollback else "an unhealthy verdict still holds it"
+    if paused and verdict.healthy is not False:
+        holding = f"paused since {iso(rollout.paused_at)}; the stage clock stands still until resumed ({guard})"
+    elif strategy.finishes_by_itself:
         if verdict.healthy is False:
             holding = f"unhealthy: {verdict.reason}" + ("" if auto_rollback else "; waiting for a person")
         elif rollout.held is not None:
             holding = f"was unhealthy: {rollout.held}; waiting for a person"
+        elif verdict.healthy is None and rollout.deadline_exceeded_at is not None:
+            holding = f"progress deadline of {rollout.progress_deadline_secs:g}s exceeded: {verdict.reason}"
         elif verdict.healthy is None:
             holding = verdict.reason
         elif next_at is not None and now < next_at:
@@ -165,4 +214,10 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
         ended_at=rollout.ended_at,
         verdict=verdict,
         holding=holding,
+        paused=paused,
+        paused_at=rollout.paused_at,
+        progress_deadline_secs=rollout.progress_deadline_secs,
+        progress_deadline_abort=rollout.progress_deadline_abort,
+        deadline_exceeded_at=rollout.deadline_exceeded_at,
+        salt=rollout.salt,
     )

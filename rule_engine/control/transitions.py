@@ -17,6 +17,7 @@ from rule_engine.control.records import AuditEntry, ControlState, Rollout, Versi
 from rule_engine.control.states import DeploymentState, check_transition
 from rule_engine.errors import (
     ActivationTimeNotReachedError,
+    DeploymentError,
     InvalidTransitionError,
     NoPreviousVersionError,
     RolloutInProgressError,
@@ -25,6 +26,7 @@ from rule_engine.errors import (
 from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS
 
 __all__ = [
+    "MAX_PENDING_SCHEDULED",
     "Change",
     "activate",
     "advance",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 S = DeploymentState
+
+#: At most this many scheduled versions may wait for their time at once (D22): each one is protected
+#: from eviction and rewritten with the state on every commit, so the bound keeps both small.
+MAX_PENDING_SCHEDULED = 50
 
 
 @dataclass
@@ -107,7 +113,15 @@ def _get(state: ControlState, version_id: str) -> VersionRecord:
 
 
 def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: float, max_history: int) -> Change:
-    """Add a new STAGED version (its record already built, its seq equal to ``state.next_seq``)."""
+    """Add a new STAGED version (its record already built, its seq equal to ``state.next_seq``).
+
+    A scheduled version beyond :data:`MAX_PENDING_SCHEDULED` pending ones is refused.
+    """
+    if record.strategy.activates_at() is not None and len(pending_scheduled(state)) >= MAX_PENDING_SCHEDULED:
+        raise DeploymentError(
+            f"cannot schedule {record.bundle_id}@{record.bundle_version}: {MAX_PENDING_SCHEDULED} scheduled versions "
+            f"are already pending (the limit is {MAX_PENDING_SCHEDULED}); cancel some first"
+        )
     change = Change(state, "prepare", record.deployed_by, bundles={record.version_id: bundle_json})
     preparing = replace(record, state=S.PREPARING)
     staged = change.move(preparing, S.STAGED, now, reason=f"bundle {record.bundle_id}@{record.bundle_version}")
@@ -134,8 +148,14 @@ def activate(
     *,
     supersede: bool = False,
     max_history: int = 10,
+    early: bool = False,
+    progress_deadline: tuple[float, bool] | None = None,
+    reason: str = "",
 ) -> Change:
-    """Start serving a STAGED version according to its strategy."""
+    """Start serving a STAGED version by its strategy; ``early`` brings a scheduled one forward.
+
+    ``progress_deadline`` is ``(seconds, abort)`` for a rollout it starts (:mod:`rule_engine.control.lifecycle`).
+    """
     record = _get(state, version_id)
     change = Change(state, "activate", actor)
     if record.state is not S.STAGED:
@@ -144,7 +164,7 @@ def activate(
         check_transition(version_id, record.state, S.ACTIVE, "activate")
     strategy = record.strategy
     not_before = strategy.activates_at()
-    if not_before is not None and now < not_before:
+    if not_before is not None and now < not_before and not early:
         raise ActivationTimeNotReachedError(version_id, not_before, now)
     if state.rollout is not None:
         if not supersede:
@@ -154,41 +174,70 @@ def activate(
     first_share = strategy.first_share_bp()
     if stable is None or first_share is None or first_share >= BASIS_POINTS:
         why = "" if stable is not None or first_share is None else "no stable version to compare with: "
-        _make_active(change, record, now, reason=f"{why}{strategy.describe()}")
+        early_note = f"brought forward from {strategy.describe()}; " if early and not_before is not None else ""
+        make_active(change, record, now, reason=_why(reason, f"{early_note}{why}{strategy.describe()}"))
     else:
-        rollout = Rollout(
-            kind=strategy.kind,
-            candidate=version_id,
-            stable=stable,
-            share_bp=first_share,
-            stage_index=0,
-            started_at=now,
-            stage_started_at=now,
-            salt=version_id,
-            algorithm=ALGORITHM_VERSION,
+        if record.state is not S.STAGED:  # a retained version comes back as a canary only through undo
+            why = "only a staged version starts a rollout (undo(to=...) brings a retained version back)"
+            raise InvalidTransitionError(f"cannot activate {version_id!r}: it is {record.state.value}; {why}")
+        secs, abort = progress_deadline if progress_deadline is not None else (None, False)
+        rollout = first_stage(
+            strategy.kind,
+            version_id,
+            stable,
+            first_share,
+            now,
+            progress_deadline_secs=secs,
+            progress_deadline_abort=abort,
         )
-        moved = change.move(record, S.ROLLING_OUT, now, reason=strategy.describe(), activated_at=now)
-        change.put(moved, rollout=rollout)
-        change.serving_changed = True
-        change.event(
-            "rollout.started",
-            version_id=version_id,
-            stable_version_id=stable,
-            strategy=strategy.kind,
-            percentage=first_share / 100,
-            from_state=S.STAGED.value,
-            to_state=S.ROLLING_OUT.value,
-        )
+        start_rollout(change, record, rollout, now, reason=_why(reason, strategy.describe()))
     evict(change, max_history, now)
     change.result = version_id
     return change
 
 
-def _make_active(change: Change, record: VersionRecord, now: float, *, reason: str) -> None:
+def _why(reason: str, what: str) -> str:
+    """The audit reason: the operator's ``reason`` (when given) before what happened."""
+    return f"{reason}: {what}" if reason else what
+
+
+def first_stage(kind: str, candidate: str, stable: str, share_bp: int, now: float, **options: Any) -> Rollout:
+    """A rollout of ``candidate`` against ``stable`` at its first stage, salted by the candidate's id."""
+    return Rollout(
+        kind=kind,
+        candidate=candidate,
+        stable=stable,
+        share_bp=share_bp,
+        stage_index=0,
+        started_at=now,
+        stage_started_at=now,
+        salt=candidate,
+        algorithm=ALGORITHM_VERSION,
+        **options,
+    )
+
+
+def start_rollout(change: Change, record: VersionRecord, rollout: Rollout, now: float, *, reason: str) -> None:
+    """``record`` becomes the candidate of ``rollout`` (its first stage) against the active version."""
+    moved = change.move(record, S.ROLLING_OUT, now, reason=reason, activated_at=now, held=None)
+    change.put(moved, rollout=rollout)
+    change.serving_changed = True
+    change.event(
+        "rollout.started",
+        version_id=record.version_id,
+        stable_version_id=rollout.stable,
+        strategy=rollout.kind,
+        percentage=rollout.share_bp / 100,
+        from_state=record.state.value,
+        to_state=S.ROLLING_OUT.value,
+    )
+
+
+def make_active(change: Change, record: VersionRecord, now: float, *, reason: str) -> None:
     """``record`` takes all traffic; the previous active version is superseded."""
     state = change.state
     previous = state.versions.get(state.active) if state.active else None
-    moved = [change.move(record, S.ACTIVE, now, reason=reason, activated_at=record.activated_at or now)]
+    moved = [change.move(record, S.ACTIVE, now, reason=reason, activated_at=record.activated_at or now, held=None)]
     if previous is not None and previous.version_id != record.version_id:
         moved.append(
             change.move(
@@ -234,7 +283,9 @@ def _abort_rollout(change: Change, now: float, reason: str, **event_fields: Any)
     )
 
 
-def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None, max_history: int = 10) -> Change:
+def advance(
+    state: ControlState, now: float, actor: str, *, healthy: bool | None, max_history: int = 10, reason: str = ""
+) -> Change:
     """Move the canary to its next stage if the current one has lasted its duration.
 
     ``healthy`` is the candidate's verdict: False holds the stage; the caller decides whether None
@@ -244,6 +295,8 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
     record = state.versions[rollout.candidate]
     strategy = record.strategy
     change = Change(state, "advance", actor, result=False)
+    if rollout.paused_at is not None:  # paused: the stage clock stands still until resume
+        return change
     if not strategy.step_is_over(now, rollout.started_at, rollout.stage_started_at) or healthy is False:
         return change
     next_index = rollout.stage_index + 1
@@ -251,7 +304,7 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
     stages = len(strategy.stage_percentages())
     change.result = True
     if share is None or share >= BASIS_POINTS:
-        _make_active(change, record, now, reason=f"{strategy.kind} completed after {stages} stages")
+        make_active(change, record, now, reason=f"{strategy.kind} completed after {stages} stages")
         evict(change, max_history, now)
         return change
     change.note(
@@ -259,7 +312,8 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
         now,
         f"stage {next_index + 1} of {stages}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
     )
-    change.put(rollout=replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, held=None))
+    moved = replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, deadline_exceeded_at=None)
+    change.put(rollout=replace(moved, held=None))
     change.serving_changed = True
     change.event(
         "rollout.advanced",
@@ -273,17 +327,19 @@ def advance(state: ControlState, now: float, actor: str, *, healthy: bool | None
     return change
 
 
-def promote(state: ControlState, now: float, actor: str, *, max_history: int = 10) -> Change:
+def promote(state: ControlState, now: float, actor: str, *, max_history: int = 10, reason: str = "") -> Change:
     """Finish the canary now: the candidate takes all traffic."""
     rollout = _rollout_for(state, "promote", finishes_by_itself=True)
     change = Change(state, "promote", actor)
-    _make_active(change, state.versions[rollout.candidate], now, reason=f"promoted by {actor}")
+    make_active(change, state.versions[rollout.candidate], now, reason=_why(reason, f"promoted by {actor}"))
     evict(change, max_history, now)
     change.result = rollout.candidate
     return change
 
 
-def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_history: int = 10) -> Change:
+def conclude(
+    state: ControlState, winner: str, now: float, actor: str, *, max_history: int = 10, reason: str = ""
+) -> Change:
     """End an A/B test: ``winner`` (A, the stable version, or B, the candidate) serves all traffic."""
     rollout = _rollout_for(state, "conclude", finishes_by_itself=False)
     if winner not in (rollout.stable, rollout.candidate):
@@ -293,9 +349,11 @@ def conclude(state: ControlState, winner: str, now: float, actor: str, *, max_hi
         )
     change = Change(state, "conclude", actor, result=winner)
     if winner == rollout.candidate:
-        _make_active(change, state.versions[winner], now, reason=f"won the A/B test against {rollout.stable}")
+        make_active(
+            change, state.versions[winner], now, reason=_why(reason, f"won the A/B test against {rollout.stable}")
+        )
     else:
-        _abort_rollout(change, now, f"lost the A/B test to {rollout.stable}")
+        _abort_rollout(change, now, _why(reason, f"lost the A/B test to {rollout.stable}"))
     change.event(
         "experiment.concluded",
         version_id=rollout.candidate,
@@ -344,8 +402,10 @@ def hold(state: ControlState, now: float, actor: str, *, candidate: str, reason:
     return change
 
 
-def rollback(state: ControlState, now: float, actor: str, *, reason: str, automatic: bool = False) -> Change:
-    """Return all traffic to the stable version (during a rollout) or to the previous active one."""
+def rollback(
+    state: ControlState, now: float, actor: str, *, reason: str, automatic: bool = False, max_history: int = 10
+) -> Change:
+    """Return all traffic to the stable version (during a rollout) or to the previous active one (evicts nothing)."""
     change = Change(state, "rollback", actor)
     kind = "automatic" if automatic else "manual"
     if state.rollout is not None:
@@ -379,6 +439,11 @@ def rollback(state: ControlState, now: float, actor: str, *, reason: str, automa
     return change
 
 
+def pending_scheduled(state: ControlState) -> list[VersionRecord]:
+    """STAGED scheduled versions (due or not), earliest first."""
+    return [r for r in scheduled_due(state, float("inf")) if r.strategy.activates_at() is not None]
+
+
 def scheduled_due(state: ControlState, now: float) -> list[VersionRecord]:
     """STAGED scheduled versions whose time has come, earliest first."""
     due = [(at, r.seq, r) for r in state.versions.values() if r.state is S.STAGED and (at := _due_at(r)) <= now]
@@ -408,9 +473,7 @@ def protected(state: ControlState) -> set[str]:
     keep = {v for v in (state.active, state.rollback_target) if v}
     if state.rollout is not None:
         keep |= {state.rollout.candidate, state.rollout.stable}
-    keep |= {
-        r.version_id for r in state.versions.values() if r.state is S.STAGED and r.strategy.activates_at() is not None
-    }
+    keep |= {r.version_id for r in pending_scheduled(state)}
     return keep
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from rule_engine.clock import Clock
+from rule_engine.control import lifecycle
 from rule_engine.control import transitions as control
 from rule_engine.control.records import ControlState
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, info_of, rollout_status
@@ -113,15 +114,17 @@ class Controller:
                 holding.append(f"{record.version_id}: scheduled, waiting for the rollout of {state.rollout.candidate}")
                 continue
             change = self._apply(self._plan_scheduled(record.version_id), "activate", record.version_id)
-            if change.audit:
+            if change.audit and change.action == "activate":
                 actions.append(f"activated scheduled {record.version_id}")
             state = self._publisher.state
+        holding.extend(_held_schedules(state, self._clock.now()))
         change = self._apply(_plan_end_experiment, "end-experiment")
         if change.events:
             actions.append("ended A/B test")
         judged, held = self.judge_and_act()
         actions.extend(judged)
         holding.extend(held)
+        actions.extend(self._check_progress())
         with self._committer.lock:
             state = self._publisher.state
             self._ledger.prune(self._clock.now(), state)
@@ -221,12 +224,32 @@ class Controller:
     def _plan_scheduled(self, version_id: str) -> Plan:
         max_history = self._config().max_history
 
-        def plan(state: ControlState, now: float) -> Change:
-            if not _still_due(state, version_id, now):  # another process activated it first
-                return nothing_to_do(state)
-            return control.activate(state, version_id, now, "controller", max_history=max_history)
+        def plan(state: ControlState, now: float) -> Change:  # activate, or hold one a newer deploy overrides (D16)
+            change = lifecycle.activate_scheduled(state, version_id, now, "controller", max_history=max_history)
+            return change or nothing_to_do(state)
 
         return plan
+
+    # --- lifecycle: the progress deadline (docs/deployment.md, "Progress deadline") --------------------
+
+    def _check_progress(self) -> list[str]:
+        """Hold (or abort) a rollout whose stage has had no verdict for its progress deadline."""
+        rollout = self._publisher.state.rollout
+        if rollout is None or rollout.progress_deadline_secs is None:
+            return []
+        verdict = self.candidate_verdict()
+        reached, detail = verdict.healthy is not None, verdict.reason
+
+        def plan(state: ControlState, now: float) -> Change:
+            if state.rollout is None or state.rollout.candidate != rollout.candidate:  # the verdict was on another
+                return nothing_to_do(state)
+            change = lifecycle.check_progress(state, now, "controller", verdict_reached=reached, detail=detail)
+            return change or nothing_to_do(state)
+
+        change = self._apply(plan, "progress-deadline", rollout.candidate)
+        if not change.audit:
+            return []
+        return [f"{'aborted' if change.action == 'abort' else 'held'} {rollout.candidate}: {change.audit[-1].reason}"]
 
     def _plan_advance(self, candidate: str) -> Plan:
         max_history = self._config().max_history
@@ -287,5 +310,5 @@ def _plan_end_experiment(state: ControlState, now: float) -> Change:
     return control.end_experiment(state, now, "controller") or nothing_to_do(state)
 
 
-def _still_due(state: ControlState, version_id: str, now: float) -> bool:
-    return state.rollout is None and any(r.version_id == version_id for r in control.scheduled_due(state, now))
+def _held_schedules(state: ControlState, now: float) -> list[str]:
+    return [f"{r.version_id}: {r.held}" for r in control.scheduled_due(state, now) if r.held is not None]

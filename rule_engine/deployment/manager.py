@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from rule_engine.bundle.models import RuleBundle
 from rule_engine.bundle.signing import Signature, TrustPolicy
 from rule_engine.clock import Clock, SystemClock
+from rule_engine.control import lifecycle
 from rule_engine.control import transitions as control
+from rule_engine.control.lifecycle import Operation
 from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, VersionId
 from rule_engine.control.strategies import Strategy
@@ -47,10 +49,10 @@ __all__ = ["DeploymentManager"]
 class DeploymentManager:
     """Prepares versions, rolls them out by strategy, watches health, rolls back, keeps history.
 
-    A plain ``DeploymentManager()`` keeps its state in memory. :meth:`open` keeps it in a store
-    (SQLite) shared by processes and follows what they commit. The constructor does no I/O: a
-    manager built on a store that already holds state serves it after :meth:`refresh` (``open`` does it).
-    Settings are one immutable :class:`DeploymentConfig` (``config=``, or the keyword arguments).
+    A plain ``DeploymentManager()`` keeps its state in memory; :meth:`open` keeps it in a store shared by
+    processes and follows what they commit. The constructor does no I/O (:meth:`refresh` loads a store).
+    Settings are one immutable :class:`DeploymentConfig` (``config=``, or the keyword arguments). Every
+    operation takes ``actor=`` (who, for the audit) and ``origin=`` (the OS account and host, ``user@host``).
     """
 
     def __init__(
@@ -86,13 +88,12 @@ class DeploymentManager:
 
     @classmethod
     def open(
-        cls, url: str | None = None, *, follow: bool = True, create: bool = True, **kwargs: Any
+        cls, url: str | StateStore | None = None, *, follow: bool = True, create: bool = True, **kwargs: Any
     ) -> DeploymentManager:
-        """A manager on the store at ``url`` (else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
+        """A manager on the store at ``url`` (default ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
 
-        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`, not a new one);
-        with ``follow`` (the default) a background thread picks up changes other processes commit within
-        ``poll_interval`` seconds (a keyword, default 0.02) and flushes this process's health counters.
+        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`); ``follow`` picks up
+        what other processes commit every ``poll_interval`` seconds (a keyword, default 0.02).
         """
         poll_interval = kwargs.pop("poll_interval", 0.02)
         store = url if isinstance(url, StateStore) else open_store(store_url_from_env(url), create=create)
@@ -195,58 +196,84 @@ class DeploymentManager:
         signature: Signature | None = None,
         analysis: HealthThresholds | None = None,
         replace_policy: bool = False,
+        origin: str | None = None,
     ) -> VersionId:
-        """Validate a bundle, run its tests, compile it, and stage it as a new version.
+        """Validate, self-test, compile and stage a bundle; an unfit (or, with ``trust``, unsigned) one raises, no trace.
 
-        ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served changes.
-        Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no trace when the
-        bundle is not fit to serve. With a ``trust`` policy, an untrusted ``signature`` (default: the
-        ``BUNDLE.sig`` beside a bundle file) is refused (:class:`BundleTrustError`) before anything runs.
-        ``analysis``, stored with the version, is what every controller judges it by (window, limits, bake).
-        A bundle of another policy than the active one's is refused unless ``replace_policy``.
+        ``analysis`` (stored with the version) is what every controller judges it by; a bundle of another
+        policy than the active one's is refused unless ``replace_policy`` (docs/deployment.md).
         """
-        actor = deployed_by or "unknown"
-        plan, base = stage(bundle, strategy, actor, signature, self._config, self._publisher, analysis, replace_policy)
-        version_id: str = self._committer.apply(plan, "prepare", actor).result
+        who = deployed_by or "unknown"
+        plan, base = stage(bundle, strategy, who, signature, self._config, self._publisher, analysis, replace_policy)
+        version_id: str = self._committer.apply(lifecycle.stamped(plan, origin), "prepare", who).result
         with self._lock:
             self._publisher.adopt_table(version_id, base)
         return version_id
 
-    def activate_deployment(self, version_id: VersionId, *, actor: str = "unknown", supersede: bool = False) -> None:
-        """Start serving a staged version by its strategy (``supersede`` rolls back a rollout in progress first).
+    def activate_deployment(
+        self,
+        version_id: VersionId,
+        now: bool = False,
+        *,
+        supersede: bool = False,
+        progress_deadline: float | None = None,
+        progress_deadline_abort: bool = False,
+        **op: Unpack[Operation],
+    ) -> None:
+        """Serve a staged version by its strategy; ``now`` brings a scheduled one forward (docs/deployment.md)."""
+        deadline = lifecycle.progress_deadline(progress_deadline, progress_deadline_abort)
+        self._op(
+            "activate", control.activate, op, version_id, supersede=supersede, early=now, progress_deadline=deadline
+        )
 
-        A rollout in progress refuses (:class:`RolloutInProgressError`); a scheduled version refuses before its time.
-        """
-        self._run("activate", actor, control.activate, version_id, supersede=supersede)
+    def advance_rollout(self, **op: Unpack[Operation]) -> bool:
+        """Move the canary to its next stage if due; False when not due, unhealthy or paused (no verdict may advance)."""
+        return bool(self._op("advance", control.advance, op, healthy=self._controller.candidate_verdict().healthy))
 
-    def advance_rollout(self, *, actor: str = "unknown") -> bool:
-        """Move the canary to its next stage if the current one has lasted ``stage_duration_secs``.
-
-        Returns False (and changes nothing) when the stage is not yet due, or the candidate is
-        unhealthy. A candidate with no verdict yet may be advanced by this explicit call (``tick()``
-        waits for a healthy verdict). Reaching 100% completes the rollout.
-        """
-        return bool(self._run("advance", actor, control.advance, healthy=self._controller.candidate_verdict().healthy))
-
-    def promote(self, *, actor: str = "unknown") -> VersionId:
+    def promote(self, **op: Unpack[Operation]) -> VersionId:
         """Finish the canary now: the candidate takes all traffic. Returns it."""
-        return str(self._run("promote", actor, control.promote))
+        return str(self._op("promote", control.promote, op))
 
-    def conclude_experiment(self, winner_version_id: VersionId, *, actor: str = "unknown") -> VersionId:
+    def conclude_experiment(self, winner_version_id: VersionId, **op: Unpack[Operation]) -> VersionId:
         """End the A/B test: ``winner_version_id`` (A or B) serves all traffic. Returns it."""
-        return str(self._run("conclude", actor, control.conclude, winner_version_id))
+        return str(self._op("conclude", control.conclude, op, winner_version_id))
 
-    def rollback(self, *, actor: str = "unknown", reason: str = "manual rollback") -> VersionId:
+    def rollback(self, **op: Unpack[Operation]) -> VersionId:
         """Return traffic to the stable (or the previous) version; returns it. :class:`NoPreviousVersionError` if none."""
-        return str(self._run("rollback", actor, control.rollback, reason=reason))
+        return str(self._op("rollback", control.rollback, {"reason": "manual rollback", **op}))
+
+    def pause_rollout(self, **op: Unpack[Operation]) -> VersionId:
+        """Stop the canary's stage clock (nothing advances or concludes it; health still guards it); returns it."""
+        return str(self._op("pause", lifecycle.pause, op))
+
+    def resume_rollout(self, **op: Unpack[Operation]) -> VersionId:
+        """Restart a paused canary's clock (its stage start moves on by the paused time); returns it."""
+        return str(self._op("resume", lifecycle.resume, op))
+
+    def abort_rollout(self, **op: Unpack[Operation]) -> VersionId:
+        """All traffic back to the stable version (returned); the candidate is kept ABORTED for :meth:`retry_rollout`."""
+        return str(self._op("abort", lifecycle.abort, op))
+
+    def retry_rollout(self, version_id: VersionId | None = None, **op: Unpack[Operation]) -> VersionId:
+        """Restart an aborted rollout (default: the last) from its first stage with the same salt; returns it."""
+        return str(self._op("retry", lifecycle.retry, op, version_id=version_id))
+
+    def undo(
+        self, to: VersionId | None = None, *, strategy: Strategy | None = None, **op: Unpack[Operation]
+    ) -> VersionId:
+        """Make a superseded version (default: the previous) active again, blue-green or by a canary ``strategy``."""
+        return str(self._op("undo", lifecycle.undo, op, to=to, strategy=strategy))
+
+    def cancel_deployment(self, version_id: VersionId, **op: Unpack[Operation]) -> None:
+        """End a staged or scheduled version: it is CANCELLED and never serves."""
+        self._op("cancel", lifecycle.cancel, op, version_id)
 
     def update_health_metrics(
         self, version_id: VersionId, evaluations: int, errors: int = 0, timeouts: int = 0, avg_latency_us: float = 0.0
     ) -> bool | None:
-        """Add figures an evaluator measured itself. The figures are **deltas** since its last report.
+        """Add figures an evaluator measured itself (**deltas** since its last report) and judge at once.
 
-        Judges the version at once; with ``auto_rollback`` an unhealthy candidate (or newly active
-        version) is rolled back before this returns. Returns the verdict (True / False / None).
+        With ``auto_rollback`` an unhealthy candidate (or newly active version) is rolled back before this returns.
         """
         with self._lock:
             self._require_version(version_id)
@@ -271,11 +298,7 @@ class DeploymentManager:
     # --- the controller and the follower -------------------------------------------------------------
 
     def tick(self) -> TickReport:
-        """Do all time-driven work once: scheduled activations, A/B test ends, health, canary stages.
-
-        Safe to call from several processes at once: each step is planned from the stored state and
-        committed against its revision, so it happens exactly once.
-        """
+        """Do all time-driven work once (schedules, A/B test ends, health, progress deadlines, stages), exactly once across processes."""
         return self._controller.tick()
 
     def start_controller(self, interval: float = 1.0) -> BackgroundLoop:
@@ -324,13 +347,12 @@ class DeploymentManager:
 
     # --- internals --------------------------------------------------------------------------------------
 
-    def _run(self, action: str, actor: str, planner: Any, version_id: str | None = None, **args: Any) -> Any:
-        """Commit ``planner(state, [version_id,] now, actor, **args)``, with this manager's history limit; the result."""
-        lead = (version_id,) if version_id is not None else ()
-        if planner is not control.rollback:
-            args["max_history"] = self._config.max_history
-        plan = lambda state, now: planner(state, *lead, now, actor, **args)  # noqa: E731
-        return self._committer.apply(plan, action, actor, version_id).result
+    def _op(self, action: str, planner: Any, op: Operation, lead: str | None = None, **args: Any) -> Any:
+        """Commit ``planner(state, [lead,] now, actor, reason=, **args)`` stamped with the origin; the result."""
+        actor = op.get("actor", "unknown")
+        args.update(reason=op.get("reason", ""), max_history=self._config.max_history)
+        plan = lambda state, now: planner(state, *((lead,) if lead is not None else ()), now, actor, **args)  # noqa: E731
+        return self._committer.apply(lifecycle.stamped(plan, op.get("origin")), action, actor, lead).result
 
     def _start(self, loop: BackgroundLoop) -> BackgroundLoop:
         self._threads.append(loop)

@@ -164,14 +164,26 @@ def _activate(manager: DeploymentManager, body: OperationBody, actor: str) -> di
     }
 
 
-def _lifecycle(method: str) -> Run:
-    """An operation of the lifecycle API: ``manager.<method>(actor=..., reason=...)``."""
+def _lifecycle(method: str, target: str | None = None, *, required: bool = False) -> Run:
+    """An operation of the lifecycle API: ``manager.<method>(actor=..., reason=...)``.
+
+    ``target`` names the keyword the body's ``version_id`` is passed as ("" for the first positional
+    argument); ``required`` refuses a body without one.
+    """
 
     def run(manager: DeploymentManager, body: OperationBody, actor: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"actor": actor}
+        args: list[Any] = []
         if body.reason:
             kwargs["reason"] = body.reason
-        result = getattr(manager, method)(**kwargs)
+        if required and not body.version_id:
+            raise InvalidStrategyError(f"{method} needs 'version_id'")
+        if target is not None and body.version_id:
+            if target:
+                kwargs[target] = body.version_id
+            else:
+                args.append(body.version_id)
+        result = getattr(manager, method)(*args, **kwargs)
         rollout = manager.get_rollout_status()
         return {
             "operation": method,
@@ -199,10 +211,27 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("rollback", "rollback", "Return traffic to the stable (or previous) version", _rollback),
     Operation("conclude", "conclude_experiment", "End the A/B test with a winner", _conclude),
     Operation("activate", "activate_deployment", "Start serving a staged version by its strategy", _activate),
-    Operation("pause", "pause", "Pause the rollout where it is", _lifecycle("pause")),
-    Operation("resume", "resume", "Resume a paused rollout", _lifecycle("resume")),
-    Operation("abort", "abort", "Abort the rollout: traffic back to stable, candidate kept", _lifecycle("abort")),
-    Operation("retry", "retry", "Retry an aborted rollout", _lifecycle("retry")),
-    Operation("undo", "undo", "Roll back to the previous version", _lifecycle("undo")),
-    Operation("cancel", "cancel", "Cancel a scheduled or staged version", _lifecycle("cancel")),
+    Operation("pause", "pause_rollout", "Pause the canary: its stage clock stops", _lifecycle("pause_rollout")),
+    Operation("resume", "resume_rollout", "Resume a paused canary", _lifecycle("resume_rollout")),
+    Operation(
+        "abort",
+        "abort_rollout",
+        "Abort the rollout: traffic back to stable, candidate kept",
+        _lifecycle("abort_rollout"),
+    ),
+    Operation(
+        "retry",
+        "retry_rollout",
+        "Retry an aborted rollout with the same salt",
+        _lifecycle("retry_rollout", "version_id"),
+    ),
+    Operation(
+        "undo", "undo", "Make a superseded version (version_id, default the previous) active", _lifecycle("undo", "to")
+    ),
+    Operation(
+        "cancel",
+        "cancel_deployment",
+        "Cancel a staged or scheduled version",
+        _lifecycle("cancel_deployment", "", required=True),
+    ),
 )

@@ -179,6 +179,8 @@ def audit_hash(previous: str, entry: AuditEntry, revision: int) -> str:
         "strategy": entry.strategy,
         "revision": revision,
     }
+    if entry.origin is not None:  # hashed when recorded (entries from before origins existed hash as they did)
+        body["origin"] = entry.origin
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{previous}\n{text}".encode("ascii")).hexdigest()
 
@@ -202,15 +204,15 @@ class AuditRow:
         for name in ("action", "version_id", "to_state", "actor", "reason"):
             if not isinstance(columns[name], str):
                 raise TypeError(f"{name} must be text")
-        for name in ("from_state", "strategy"):
-            if not isinstance(columns[name], str | None):
+        for name in ("from_state", "strategy", "origin"):
+            if not isinstance(columns.get(name), str | None):
                 raise TypeError(f"{name} must be text or null")
         if not isinstance(digest, str | None):
             raise TypeError("hash must be text or null")
         entry = AuditEntry(
             at=float(at), action=columns["action"], version_id=columns["version_id"],
             from_state=columns["from_state"], to_state=columns["to_state"], actor=columns["actor"],
-            reason=columns["reason"], strategy=columns["strategy"], seq=seq,
+            reason=columns["reason"], strategy=columns["strategy"], seq=seq, origin=columns.get("origin"),
         )  # fmt: skip
         return cls(entry, revision, digest)
 

@@ -6,7 +6,8 @@ Layout (schema version 2; a schema 1 file is upgraded in place when opened, see 
          store_id, audit_chain_from, audit_head) the store's identity and the audit chain's bounds
     state(id = 1, json)                          the ControlState document (without bundles)
     bundles(version_id, digest, json)            canonical bundle JSON of every retained version
-    audit(seq, at, action, ..., revision, hash)  append-only (triggers refuse UPDATE, DELETE, reused seq)
+    audit(seq, at, action, ..., revision, hash,  append-only (triggers refuse UPDATE, DELETE, reused seq);
+          origin)                                `origin` is the OS account and host that ran the operation
     health(version_id, bucket_start, counts)     HealthCounts JSON per time bucket
     health_lifetime(version_id, counts)          lifetime totals (kept when buckets are pruned)
 
@@ -53,7 +54,9 @@ from rule_engine.stores.sqlite_schema import SCHEMA_VERSION, create_schema, open
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 DEFAULT_TIMEOUT = 5.0
-_AUDIT_COLUMNS = ("seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy")
+_AUDIT_COLUMNS = (
+    "seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy", "origin"
+)  # fmt: skip
 _AUDIT_SELECT = f"SELECT {', '.join(_AUDIT_COLUMNS)}, revision, hash FROM audit"
 
 
@@ -317,7 +320,7 @@ class SQLiteStore(StateStore):
                     head = audit_hash(head, numbered, committed.revision)
                     rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
                 conn.executemany(
-                    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * 11)})",
+                    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 2))})",
                     rows,
                 )
                 conn.execute(

@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
     reason TEXT NOT NULL,
     strategy TEXT,
     revision INTEGER NOT NULL,
-    hash TEXT
+    hash TEXT,
+    origin TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_by_version ON audit (version_id, seq);
 CREATE TABLE IF NOT EXISTS health (
@@ -92,6 +93,7 @@ _UPGRADE_1 = (
     "ALTER TABLE meta ADD COLUMN audit_chain_from INTEGER",
     "ALTER TABLE meta ADD COLUMN audit_head TEXT",
     "ALTER TABLE audit ADD COLUMN hash TEXT",
+    "ALTER TABLE audit ADD COLUMN origin TEXT",
 )
 
 
