@@ -123,7 +123,8 @@ def test_the_dashboard_follows_a_canary_and_rolls_it_back(browser_page: Any, tmp
         page.locator("#op-pause").click()
         expect(page.locator("#message")).to_have_text("pause: done")
         paused = manager.state.rollout
-        assert paused is not None and paused.paused_at is not None  # the store holds the pause
+        assert paused is not None
+        assert paused.paused_at is not None  # the store holds the pause
         assert manager.audit_log()[-1].action == "pause"
         page.locator("#op-rollback").click()
         expect(page.locator("#message")).to_have_text("rollback: done")
