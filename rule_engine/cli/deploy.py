@@ -15,6 +15,7 @@ from rule_engine.analysis.replay import replay_gate
 from rule_engine.bundle.models import load_bundle
 from rule_engine.bundle.signing import find_signature
 from rule_engine.cli._common import CommandFailed, by_option, default_actor, json_option, managed, os_account
+from rule_engine.cli.analysis_options import analysis_options, thresholds_from
 from rule_engine.cli.hints import cli_message, cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.clock import LAST_RENDERABLE_TIME
@@ -141,6 +142,12 @@ def _same(value: Any) -> Any:
 )
 @click.option("--progress-deadline-abort", is_flag=True, help="Abort the rollout instead when the deadline passes.")
 @click.option(
+    "--replace-policy",
+    is_flag=True,
+    help="Deploy a bundle of another policy (bundle_id) than the one serving, replacing it.",
+)
+@analysis_options
+@click.option(
     "--refuse-downgrade",
     is_flag=True,
     help="With --trust: refuse a bundle whose version is not newer than the active one (same bundle id).",
@@ -150,6 +157,7 @@ def _same(value: Any) -> Any:
 @click.pass_context
 def deploy(
     ctx: click.Context,
+    /,
     bundle: str,
     strategy: str | None,
     stages: str | None,
@@ -162,9 +170,11 @@ def deploy(
     max_changed_rate: float | None,
     progress_deadline: float | None,
     progress_deadline_abort: bool,
+    replace_policy: bool,
     refuse_downgrade: bool,
     actor: str | None,
     as_json: bool,
+    **analysis: Any,
 ) -> None:
     """Prepare a bundle as a new version and start serving it by its strategy (scheduled: just prepare)."""
     if max_changed_rate is not None and replay_events is None:
@@ -196,7 +206,16 @@ def deploy(
             replay_gate(source, baseline, read_events(replay_events), max_changed_rate or 0.0)
         try:
             # the manager checks the signature against its trust policy: the one place trust is enforced
-            version_id = manager.prepare_deployment(source, chosen, who, signature=signature, origin=os_account())
+            thresholds = thresholds_from(manager.config.thresholds, analysis)
+            version_id = manager.prepare_deployment(
+                source,
+                chosen,
+                who,
+                signature=signature,
+                origin=os_account(),
+                analysis=thresholds,
+                replace_policy=replace_policy,
+            )
         except BundleValidationError as exc:
             raise exc.with_source(bundle) from None
         if chosen.activates_at() is None:  # scheduled: the controller activates it

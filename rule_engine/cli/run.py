@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from rule_engine.cli._common import CommandFailed, json_option, managed
+from rule_engine.cli.analysis_options import analysis_options, thresholds_from
 from rule_engine.cli.hints import cli_text
 from rule_engine.cli.output import clean, echo, when
 from rule_engine.control.status import TickReport
@@ -44,9 +45,12 @@ def stdout_reader_gone() -> bool:
 @click.option(
     "--auto-rollback/--no-auto-rollback", default=True, show_default=True, help="Roll back unhealthy versions."
 )
+@analysis_options
 @json_option
 @click.pass_context
-def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: bool, as_json: bool) -> None:
+def controller(
+    ctx: click.Context, /, interval: float, once: bool, auto_rollback: bool, as_json: bool, **analysis: Any
+) -> None:
     """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped."""
     stop = threading.Event()
 
@@ -55,6 +59,9 @@ def controller(ctx: click.Context, interval: float, once: bool, auto_rollback: b
 
     with managed(ctx) as state:
         manager = state.open(follow=not once, auto_rollback=auto_rollback)
+        thresholds = thresholds_from(manager.config.thresholds, analysis)
+        if thresholds is not None:  # defaults for versions deployed without their own analysis settings
+            manager.configure(thresholds=thresholds)
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
