@@ -148,7 +148,7 @@ def abort(
     why = reason or "aborted"
     change = Change(state, "abort", actor, result=rollout.stable)
     aborted = change.move(candidate, S.ABORTED, now, reason=why, finished_at=now, failure_reason=why)
-    change.put(replace(aborted, last_rollout=rollout), rollout=None)
+    change.put(replace(aborted, last_rollout=rollout), rollout=None, last_rollback_at=now)
     change.serving_changed = True
     change.rolled_back = candidate.version_id
     change.event(
@@ -246,7 +246,7 @@ def undo(
             f"cannot undo to {target_id!r}: it is {retained.state.value}; undo brings back a version that was "
             "active (superseded)"
         )
-    record = replace(retained, strategy=chosen, activated_at=None)
+    record = replace(retained, strategy=chosen, activated_at=None, reinstated=True)
     change = Change(state, "undo", actor, result=target_id)
     why = f"{reason or 'undo'}: back to {target_id} from {state.active} ({chosen.describe()})"
     first = chosen.first_share_bp()

@@ -45,6 +45,7 @@ class VersionRecord:
     analysis: Mapping[str, Any] | None = None
     held: str | None = None  # a due schedule the controller holds (D16), and why
     last_rollout: Rollout | None = None  # the aborted rollout ``retry`` restarts (its salt, its deadline)
+    reinstated: bool = False  # made active again by ``undo``: never rolled back automatically while it bakes
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -69,6 +70,7 @@ class VersionRecord:
             **({"analysis": dict(self.analysis)} if self.analysis is not None else {}),
             "held": self.held,
             "last_rollout": self.last_rollout.to_dict() if self.last_rollout is not None else None,
+            **({"reinstated": True} if self.reinstated else {}),
         }
 
     @classmethod
@@ -91,6 +93,7 @@ class VersionRecord:
             analysis=dict(data["analysis"]) if data.get("analysis") is not None else None,
             held=data.get("held"),
             last_rollout=Rollout.from_dict(data["last_rollout"]) if data.get("last_rollout") else None,
+            reinstated=data.get("reinstated") is True,
         )
 
 
@@ -181,6 +184,7 @@ class ControlState:
     active: str | None = None
     rollout: Rollout | None = None
     lineage: tuple[str, ...] = ()  # formerly active versions, oldest first; the last is `active`
+    last_rollback_at: float | None = None  # when traffic was last taken from a version (a rollback or abort)
 
     def with_versions(self, *records: VersionRecord, drop: tuple[str, ...] = ()) -> dict[str, VersionRecord]:
         """The versions mapping with ``records`` put in and ``drop`` taken out (seq order kept)."""
@@ -204,6 +208,7 @@ class ControlState:
             "active": self.active,
             "rollout": self.rollout.to_dict() if self.rollout else None,
             "lineage": list(self.lineage),
+            **({"last_rollback_at": self.last_rollback_at} if self.last_rollback_at is not None else {}),
         }
 
     @classmethod
@@ -219,6 +224,7 @@ class ControlState:
             active=data.get("active"),
             rollout=Rollout.from_dict(data["rollout"]) if data.get("rollout") else None,
             lineage=tuple(data.get("lineage", ())),
+            last_rollback_at=float(data["last_rollback_at"]) if data.get("last_rollback_at") is not None else None,
         )
 
 

@@ -268,7 +268,7 @@ def _abort_rollout(change: Change, now: float, reason: str, **event_fields: Any)
     candidate = change.state.versions[rollout.candidate]
     rolling_back = change.move(candidate, S.ROLLING_BACK, now, reason=reason)
     rolled_back = change.move(rolling_back, S.ROLLED_BACK, now, reason=reason, finished_at=now, failure_reason=reason)
-    change.put(rolled_back, rollout=None)
+    change.put(rolled_back, rollout=None, last_rollback_at=now)
     change.serving_changed = True
     change.rolled_back = candidate.version_id
     change.event(
@@ -422,7 +422,7 @@ def rollback(
     rolling_back = change.move(current, S.ROLLING_BACK, now, reason=reason)
     rolled_back = change.move(rolling_back, S.ROLLED_BACK, now, reason=reason, finished_at=now, failure_reason=reason)
     restored = change.move(target, S.ACTIVE, now, reason=f"rollback from {current.version_id}", finished_at=None)
-    change.put(rolled_back, restored, active=target_id, lineage=state.lineage[:-1])
+    change.put(rolled_back, restored, active=target_id, lineage=state.lineage[:-1], last_rollback_at=now)
     change.serving_changed = True
     change.rolled_back = current.version_id
     change.event(
