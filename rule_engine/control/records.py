@@ -106,6 +106,8 @@ class Rollout:
     algorithm: int = 1
     ended_at: float | None = None  # an A/B test whose duration has passed, awaiting its winner
     held: str | None = None  # manual mode: found unhealthy; the controller will not advance it
+    converged_at: float | None = None  # when the fleet was first seen serving stage `converged_stage`
+    converged_stage: int | None = None  # (the stage clock restarts then; see deployment/fleet.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -121,6 +123,11 @@ class Rollout:
             "algorithm": self.algorithm,
             "ended_at": self.ended_at,
             "held": self.held,
+            **(
+                {"converged_at": self.converged_at, "converged_stage": self.converged_stage}
+                if self.converged_stage is not None
+                else {}
+            ),
         }
 
     @property
@@ -146,6 +153,8 @@ class Rollout:
             algorithm=int(data.get("algorithm", 1)),
             ended_at=data.get("ended_at"),
             held=data.get("held"),
+            converged_at=data.get("converged_at"),
+            converged_stage=data.get("converged_stage"),
         )
 
 

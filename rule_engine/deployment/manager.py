@@ -26,6 +26,7 @@ from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.commit import Committer
 from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.controller import Controller
+from rule_engine.deployment.fleet import Fleet
 from rule_engine.deployment.follower import Follower
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
@@ -47,10 +48,9 @@ __all__ = ["DeploymentManager"]
 class DeploymentManager:
     """Prepares versions, rolls them out by strategy, watches health, rolls back, keeps history.
 
-    A plain ``DeploymentManager()`` keeps its state in memory. :meth:`open` keeps it in a store
-    (SQLite) shared by processes and follows what they commit. The constructor does no I/O: a
-    manager built on a store that already holds state serves it after :meth:`refresh` (``open`` does it).
-    Settings are one immutable :class:`DeploymentConfig` (``config=``, or the keyword arguments).
+    A plain ``DeploymentManager()`` keeps its state in memory; :meth:`open` keeps it in a shared store and
+    follows what other processes commit. The constructor does no I/O (:meth:`refresh` loads; ``open`` does
+    it). Settings are one immutable :class:`DeploymentConfig` (``config=``, or the keyword arguments).
     """
 
     def __init__(
@@ -79,7 +79,9 @@ class DeploymentManager:
         self._committer = Committer(
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
         )
-        self._controller = Controller(self._committer, self._publisher, self._health, self._clock, lambda: self._config)
+        self._fleet = Fleet(self._store, self._publisher, self._clock, lambda: self._follower.stale_reason)
+        gate, current = self._fleet.gate, lambda: self._config
+        self._controller = Controller(self._committer, self._publisher, self._health, self._clock, current, gate)
         self._follower = Follower(self._lock, self._publisher, self._hooks)
 
     # --- construction, lifetime, settings -----------------------------------------------------------
@@ -90,9 +92,9 @@ class DeploymentManager:
     ) -> DeploymentManager:
         """A manager on the store at ``url`` (else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
 
-        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`, not a new one);
-        with ``follow`` (the default) a background thread picks up changes other processes commit within
-        ``poll_interval`` seconds (a keyword, default 0.02) and flushes this process's health counters.
+        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`). With ``follow``
+        (the default) a thread follows other processes' commits every ``poll_interval`` s (keyword, default
+        0.02), flushes health counters and registers this process in the fleet (``rule-engine fleet``).
         """
         poll_interval = kwargs.pop("poll_interval", 0.02)
         store = url if isinstance(url, StateStore) else open_store(store_url_from_env(url), create=create)
@@ -114,6 +116,7 @@ class DeploymentManager:
         with self._lock:
             with contextlib.suppress(StoreError):
                 self._health.flush(self._clock.now())
+            self._fleet.leave()
             self._store.close()
 
     def __enter__(self) -> DeploymentManager:
@@ -134,6 +137,11 @@ class DeploymentManager:
             self._health.thresholds = self._config.thresholds
             self._health.deadline_us = self._config.evaluation_deadline_us
             return self._config
+
+    @property
+    def fleet(self) -> Fleet:
+        """This process's fleet registration and the rollout's convergence gate (see ``deployment/fleet.py``)."""
+        return self._fleet
 
     @property
     def store(self) -> StateStore:
@@ -195,12 +203,10 @@ class DeploymentManager:
     ) -> VersionId:
         """Validate a bundle, run its tests, compile it, and stage it as a new version.
 
-        ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served changes.
-        Raises :class:`BundleValidationError` / :class:`BundleTestFailure` and leaves no trace when the
-        bundle is not fit to serve. With a ``trust`` policy, an untrusted ``signature`` (default: the
-        ``BUNDLE.sig`` beside a bundle file) is refused (:class:`BundleTrustError`) before anything runs.
-        ``analysis``, stored with the version, is what every controller judges it by (window, limits, bake).
-        """
+        ``bundle`` is a :class:`RuleBundle`, a mapping, JSON text, or a path. Nothing served changes. Raises
+        :class:`BundleValidationError` / :class:`BundleTestFailure` (no trace left) when it is not fit to serve.
+        With a ``trust`` policy an untrusted ``signature`` (default: ``BUNDLE.sig`` beside a bundle file) is
+        refused (:class:`BundleTrustError`) first. ``analysis`` (stored) is what controllers judge it by."""
         plan, base = stage(
             bundle, strategy, deployed_by or "unknown", signature, self._config, self._publisher, analysis
         )
@@ -219,10 +225,8 @@ class DeploymentManager:
     def advance_rollout(self, *, actor: str = "unknown") -> bool:
         """Move the canary to its next stage if the current one has lasted ``stage_duration_secs``.
 
-        Returns False (and changes nothing) when the stage is not yet due, or the candidate is
-        unhealthy. A candidate with no verdict yet may be advanced by this explicit call (``tick()``
-        waits for a healthy verdict). Reaching 100% completes the rollout.
-        """
+        False (nothing changes) when the stage is not due or the candidate is unhealthy; no verdict yet may
+        advance by this explicit call (``tick()`` waits for a healthy one). Reaching 100% completes it."""
         return bool(self._run("advance", actor, control.advance, healthy=self._controller.candidate_verdict().healthy))
 
     def promote(self, *, actor: str = "unknown") -> VersionId:
@@ -242,11 +246,9 @@ class DeploymentManager:
     def update_health_metrics(
         self, version_id: VersionId, evaluations: int, errors: int = 0, timeouts: int = 0, avg_latency_us: float = 0.0
     ) -> bool | None:
-        """Add figures an evaluator measured itself. The figures are **deltas** since its last report.
+        """Add figures an evaluator measured itself (**deltas** since its last report); returns the verdict.
 
-        Judges the version at once; with ``auto_rollback`` an unhealthy candidate (or newly active
-        version) is rolled back before this returns. Returns the verdict (True / False / None).
-        """
+        Judged at once: with ``auto_rollback`` an unhealthy candidate (or newly active version) is rolled back."""
         with self._lock:
             self._require_version(version_id)
             self._health.add_reported(version_id, self._clock.now(), evaluations, errors, timeouts, avg_latency_us)
@@ -272,9 +274,8 @@ class DeploymentManager:
     def tick(self) -> TickReport:
         """Do all time-driven work once: scheduled activations, A/B test ends, health, canary stages.
 
-        Safe to call from several processes at once: each step is planned from the stored state and
-        committed against its revision, so it happens exactly once.
-        """
+        Safe from several processes at once: each step is planned from the stored state and committed
+        against its revision, so it happens exactly once. A stage counts once the fleet serves it."""
         return self._controller.tick()
 
     def start_controller(self, interval: float = 1.0) -> BackgroundLoop:
@@ -283,7 +284,7 @@ class DeploymentManager:
 
     def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> BackgroundLoop:
         """Pick up changes other processes commit to the store, and flush health counters, in the background."""
-        step = self._follower.step_with_flush(self._health, self._clock, flush_interval)
+        step = self._fleet.beating(self._follower.step_with_flush(self._health, self._clock, flush_interval))
         return self._start(BackgroundLoop("rule-engine-follower", poll_interval, step))
 
     @property
