@@ -8,6 +8,7 @@ from rule_engine.cli._common import json_option, managed
 from rule_engine.cli.hints import cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
 from rule_engine.control.status import DeploymentInfo, RolloutStatus
+from rule_engine.observability.views import fleet_status
 
 # --- status ----------------------------------------------------------------------------------------
 
@@ -29,6 +30,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         rollout = manager.get_rollout_status()
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         serving = {active} | ({rollout.version_id} if rollout else set())
+        fleet = fleet_status(manager)
         data = {
             "store": state.url,
             "active_version": active,
@@ -44,13 +46,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 }
                 for i in infos
             ],
+            "fleet": fleet,
         }
-        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos))
+        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos, str(fleet["summary"])))
 
 
-def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, infos: list[DeploymentInfo]) -> None:
+def _print_status(
+    url: str, active: str | None, rollout: RolloutStatus | None, infos: list[DeploymentInfo], fleet: str
+) -> None:
     echo(f"store:   {url}")
     echo(f"active:  {active or '(none: nothing deployed yet)'}")
+    echo(f"fleet:   {fleet}")
     if rollout is None:
         echo("rollout: none in progress")
     else:
