@@ -143,5 +143,7 @@ def test_the_mirror_command_syncs_once_and_deploy_on_the_mirror_is_one_clear_err
     refused = runner.invoke(cli, ["--store", local_url, "deploy", str(bundle_file)])
     assert refused.exit_code == 1
     (line,) = refused.stderr.splitlines()
-    assert line.startswith("error: ") and "read-only mirror of" in line and "upstream.db" in line
+    assert line.startswith("error: ")
+    assert "read-only mirror of" in line
+    assert "upstream.db" in line
     assert open_store(local_url).revision() == upstream.state.revision  # nothing written
