@@ -68,7 +68,7 @@ def check_the_mirror_story(
         assert [e.action for e in local.audit_log(candidate)] == [e.action for e in upstream.audit_log(candidate)]
         assert local.store.verify_audit().ok
         # local writes are refused, naming the upstream
-        with pytest.raises(StoreError, match="read-only mirror of .*rule-engine --store"):
+        with pytest.raises(StoreError, match=r"read-only mirror of .*rule-engine --store"):
             local.rollback()
         # health flushed by the local process is forwarded upstream
         drive(RuleEngine(local), 50)
