@@ -57,6 +57,7 @@ class SQLiteFleet:
 
     if TYPE_CHECKING:
         path: Path
+        timeout: float
         _lock: threading.RLock
         _seen: StoreMark | None
 
@@ -76,14 +77,36 @@ class SQLiteFleet:
     # --- fleet rows -------------------------------------------------------------------------------
 
     def register_instance(self, info: InstanceInfo) -> None:
-        """Write (insert or replace) one instance's row."""
+        """Write (insert or replace) one instance's row, waiting for the write lock up to the store's timeout."""
+        self._put_instance(info, wait=True)
+
+    def heartbeat(self, info: InstanceInfo) -> None:
+        """Refresh one instance's row without waiting: if another process holds the write lock, raise at once.
+
+        SQLite's busy handler sleeps in growing steps (up to 100 ms) while it waits; with dozens of
+        processes beating at once that, not the write, would delay convergence. A heartbeat that
+        finds the file locked raises :class:`StoreError` and the caller retries at its next step.
+        """
+        self._put_instance(info, wait=False)
+
+    def _put_instance(self, info: InstanceInfo, *, wait: bool) -> None:
         doc = json.dumps(info.to_dict(), separators=(",", ":"))
-        with self._writing("registering an instance") as conn:
-            _ensure_tables(conn)
-            conn.execute(
-                "INSERT OR REPLACE INTO instances (instance_id, last_seen, doc) VALUES (?, ?, ?)",
-                (info.instance_id, info.last_seen, doc),
-            )
+        with self._lock, self._reading("registering an instance") as conn:
+            # A fleet row is rewritten every second: it needs no fsync (WAL with synchronous=NORMAL
+            # survives a process crash; a power cut loses at most the last heartbeats, not the state).
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not wait:
+                conn.execute("PRAGMA busy_timeout=0")
+            try:
+                with self._writing("registering an instance") as conn:
+                    _ensure_tables(conn)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO instances (instance_id, last_seen, doc) VALUES (?, ?, ?)",
+                        (info.instance_id, info.last_seen, doc),
+                    )
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
 
     def instances(self) -> list[InstanceInfo]:
         """Every registered instance (a row that does not decode raises :class:`StoreError`)."""
