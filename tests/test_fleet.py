@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from rule_engine import Canary, DeploymentManager, RuleEngine
+from rule_engine.cli import cli
 from rule_engine.control.instances import EXPIRE_AFTER, InstanceInfo, fleet_view
 from rule_engine.deployment.fleet import FleetPolicy, routing_self_check
 from rule_engine.stores.base import open_store
@@ -22,7 +26,7 @@ def url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def clock() -> ManualClock:
-    return ManualClock()
+    return ManualClock(time.time())  # near the real time, so CLI commands (on the system clock) see fresh rows
 
 
 @pytest.fixture
@@ -203,4 +207,47 @@ def test_instance_rows_round_trip_on_every_store(url: str, clock: ManualClock) -
         assert store.forget_instances(8.0) == 0
         store.forget_instance("i1")
         assert store.instances() == []
+        store.close()
+
+
+def test_fleet_and_status_commands_show_the_fleet(fleet: list[DeploymentManager], url: str) -> None:
+    """`rule-engine fleet --json` lists every instance; `status` prints the summary and `--json` has `fleet`."""
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--store", url, "fleet", "--json"])
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.output)
+    assert {i["instance_id"] for i in data["instances"]} == {m.fleet.instance_id for m in fleet}
+    row = data["instances"][0]
+    assert set(row) >= {"instance_id", "host", "pid", "revision", "serving", "stale", "last_seen"}
+    assert row["stale"] is None
+    assert row["serving"] == [fleet[0].get_active_version_id()]
+    revision = fleet[0].state.revision
+    status = runner.invoke(cli, ["--store", url, "status", "--json"])
+    assert json.loads(status.output)["fleet"] == {
+        "instances": 3,
+        "converged": True,
+        "serving_revision": revision,
+        "lagging": [],
+        "summary": f"3 of 3 instances serve revision {revision}",
+    }
+    text = runner.invoke(cli, ["--store", url, "status"]).output
+    assert f"fleet:   3 of 3 instances serve revision {revision}" in text
+    human = runner.invoke(cli, ["--store", url, "fleet"]).output
+    assert f"/pid {row['pid']}  revision {revision}" in human
+
+
+def test_instance_rows_round_trip_on_postgres(pg_database: str) -> None:
+    """The PostgreSQL store keeps fleet rows as the others do (upsert, list, forget)."""
+    from rule_engine.stores.postgres import PostgresStore
+
+    store = PostgresStore(pg_database)
+    try:
+        assert store.instances() == []
+        info = InstanceInfo("i1", "h", 1, 1.0, "0.1", 1, None, 3, "a", None, 0.0, ("d1",), 5.0)
+        store.register_instance(info)
+        store.heartbeat(InstanceInfo(**{**info.to_dict(), "digests": info.digests, "last_seen": 9.0}))
+        assert [i.last_seen for i in store.instances()] == [9.0]
+        assert store.forget_instances(10.0) == 1
+        assert store.instances() == []
+    finally:
         store.close()
