@@ -90,7 +90,11 @@ def test_an_instance_that_stops_beating_goes_stale_then_is_forgotten(
     (lag,) = view.lagging
     assert lag.instance.instance_id == silent.fleet.instance_id
     assert lag.reason == f"stale: last seen {EXPIRE_AFTER + 2:.0f} s ago"
-    assert view.summary().startswith(f"2 of 3 instances serve revision {first.state.revision} (1 lagging: ")
+    pid = silent.fleet.info(clock.now()).pid
+    assert view.summary() == (
+        f"2 of 3 instances serve revision {first.state.revision} "
+        f"(1 stale: {lag.instance.host}/pid {pid}, last seen {EXPIRE_AFTER + 2:.0f} s ago)"
+    )
     assert view.to_dict()["lagging"][0]["pid"] == silent.fleet.info(clock.now()).pid
     clock.advance(FleetPolicy().forget_after)
     beat(fleet[:2])

@@ -176,10 +176,14 @@ class FleetView:
         details = []
         if self.behind:
             details.append(f"{self.behind} serving the same versions at an older revision")
-        if self.lagging:
-            shown = ", ".join(f"{lag.name}, {lag.reason}" for lag in self.lagging[:3])
-            more = f", and {len(self.lagging) - 3} more" if len(self.lagging) > 3 else ""
-            details.append(f"{len(self.lagging)} lagging: {shown}{more}")
+        stale = [lag for lag in self.lagging if lag.reason.startswith("stale: ")]
+        others = [lag for lag in self.lagging if not lag.reason.startswith("stale: ")]
+        for kind, group in (("stale", stale), ("lagging", others)):
+            if group:
+                prefix = "stale: " if kind == "stale" else ""
+                shown = "; ".join(f"{lag.name}, {lag.reason.removeprefix(prefix)}" for lag in group[:3])
+                more = f"; and {len(group) - 3} more" if len(group) > 3 else ""
+                details.append(f"{len(group)} {kind}: {shown}{more}")
         return line + (f" ({'; '.join(details)})" if details else "")
 
 

@@ -125,6 +125,7 @@ class Fleet:
         self._written: tuple[object, ...] | None = None  # what the last row said (minus the time)
         self._written_at = 0.0
         self._laggards_logged: set[tuple[str, int]] = set()
+        self._identity: tuple[str, int, str] | None = None  # host, pid, library version (read once)
 
     # --- registration ---------------------------------------------------------------------------
 
@@ -137,12 +138,15 @@ class Fleet:
         """This instance's row as of ``now``."""
         state, (stable, candidate, percent) = self._publisher.state, self._publisher.serving()
         digests = tuple(state.versions[v].digest for v in (stable, candidate) if v is not None and v in state.versions)
+        if self._identity is None:
+            self._identity = (socket.gethostname(), os.getpid(), library_version())
+        host, pid, version = self._identity
         return InstanceInfo(
             instance_id=self.instance_id,
-            host=socket.gethostname(),
-            pid=os.getpid(),
+            host=host,
+            pid=pid,
             started_at=self._started_at if self._started_at is not None else now,
-            library_version=library_version(),
+            library_version=version,
             routing_algorithm=ALGORITHM_VERSION,
             routing_check=self._routing_check,
             revision=state.revision,
