@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from rule_engine import Canary, DeploymentManager, RuleEngine
 from rule_engine.cli import cli
 from rule_engine.control.instances import EXPIRE_AFTER, InstanceInfo, fleet_view
+from rule_engine.deployment import fleet as fleet_module
 from rule_engine.deployment.fleet import FleetPolicy, routing_self_check
 from rule_engine.stores.base import open_store
 from rule_engine.testing import ManualClock
@@ -255,3 +256,35 @@ def test_instance_rows_round_trip_on_postgres(pg_database: str) -> None:
         assert store.instances() == []
     finally:
         store.close()
+
+
+def test_a_process_failing_the_routing_check_refuses_the_candidate_and_holds_the_rollout(
+    url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It serves all traffic on stable, says why in its row, and the canary waits for it."""
+    first = DeploymentManager.open(url, follow=False, clock=clock, thresholds=THRESHOLDS, auto_rollback=True)
+    first.activate_deployment(first.prepare_deployment(bundle("1.0.0")))
+    monkeypatch.setattr(fleet_module, "routing_self_check", lambda: "bucket of 'user-1' is 1, expected 578")
+    odd = DeploymentManager.open(url, follow=False, clock=clock)
+    try:
+        candidate = first.prepare_deployment(bundle("2.0.0"), Canary((50, 100), 60))
+        first.activate_deployment(candidate)
+        beat([first, odd])
+        assert odd.state.rollout is not None  # it knows of the rollout ...
+        assert odd.snapshot.candidate is None  # ... and refuses to serve the candidate
+        assert all(odd.route(f"user-{i}") is odd.get_active_table() for i in range(50))
+        (row,) = [i for i in first.store.instances() if i.instance_id == odd.fleet.instance_id]
+        assert row.routing_check == "bucket of 'user-1' is 1, expected 578"
+        drive(RuleEngine(first), 4000)
+        clock.advance(61)
+        beat([first, odd])
+        report = first.tick()
+        assert report.actions == ()
+        (held,) = [h for h in report.holding if "waiting" in h]
+        assert "refuses the rollout: routing self-check failed (bucket of 'user-1' is 1, expected 578)" in held
+        shown = first.fleet.view().summary()
+        assert "1 lagging:" in shown
+        assert "refuses the rollout" in shown
+    finally:
+        odd.close()
+        first.close()

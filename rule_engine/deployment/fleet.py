@@ -8,10 +8,12 @@ process per second. ``close()`` removes the row; a process that died stops refre
 stale after ``expire_after`` seconds, and is dropped after ``forget_after``. Write failures are not
 raised into the loop (the follower reports the store's unavailability as its stale reason).
 
-**Routing self-check.** At registration the instance checks routing algorithm v1 against golden
-vectors (:func:`routing_self_check`, a copy of some of ``tests/cases/routing_v1.json``) and reports
-the result. An instance that would bucket differently counts as lagging during any rollout, so the
-rollout holds and says which process refuses it, rather than splitting traffic inconsistently.
+**Routing self-check.** When the manager is built, the instance checks routing algorithm v1 against
+golden vectors (:func:`routing_self_check`, a copy of some of ``tests/cases/routing_v1.json``) and
+reports the result in its row. An instance that would bucket differently refuses candidates (it
+serves all traffic on the stable version, ``Publisher.refuse_candidates``) and counts as lagging
+during any rollout, so the rollout holds and says which process refuses it, rather than splitting
+traffic inconsistently.
 
 **Convergence gate.** Before the controller advances a canary it asks :meth:`Fleet.gate`: while a
 registered instance does not serve the stage (or is stale), the stage holds with "waiting for 3 of
@@ -120,7 +122,9 @@ class Fleet:
         self._publisher = publisher
         self._clock = clock
         self._stale_reason = stale_reason
-        self._routing_check: str | None = None
+        self._routing_check = routing_self_check()  # pure computation, before anything is published
+        if self._routing_check is not None:
+            publisher.refuse_candidates = f"routing self-check failed: {self._routing_check}"
         self._started_at: float | None = None  # set when this instance joins (its first heartbeat)
         self._written: tuple[object, ...] | None = None  # what the last row said (minus the time)
         self._written_at = 0.0
@@ -162,10 +166,8 @@ class Fleet:
     def beat(self) -> bool:
         """Write this instance's row if it changed or the heartbeat is due; True when written."""
         now = self._clock.now()
-        if self._started_at is None:
-            self._routing_check = routing_self_check()
-            if self._routing_check is not None:
-                _log.error("fleet.routing_check_failed", instance_id=self.instance_id, reason=self._routing_check)
+        if self._started_at is None and self._routing_check is not None:
+            _log.error("fleet.routing_check_failed", instance_id=self.instance_id, reason=self._routing_check)
         info = self.info(now)
         said = (info.revision, info.stable, info.candidate, info.percent, info.stale)
         if said == self._written and now - self._written_at < self.policy.heartbeat_interval:
