@@ -288,3 +288,42 @@ def test_a_process_failing_the_routing_check_refuses_the_candidate_and_holds_the
     finally:
         odd.close()
         first.close()
+
+
+def test_a_heartbeat_does_not_wait_for_another_process_write_lock(tmp_path: Path) -> None:
+    """A heartbeat on a locked SQLite file fails at once (retried at the next step) instead of sleeping in the busy handler."""
+    import sqlite3
+    import threading
+
+    from rule_engine.errors import StoreError
+    from rule_engine.stores.sqlite import SQLiteStore
+
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, timeout=60.0)
+    info = InstanceInfo("i1", "h", 1, 1.0, "0.1", 1, None, 0, None, None, 0.0, (), 5.0)
+    store.register_instance(info)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    outcome: list[BaseException | None] = []
+
+    def beat() -> None:
+        try:
+            store.heartbeat(info)
+            outcome.append(None)
+        except StoreError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    thread.join(20.0)  # generous: waiting would take the store's 60 s timeout
+    lock_still_held = other.in_transaction
+    other.execute("ROLLBACK")
+    other.close()
+    thread.join(70.0)
+    assert lock_still_held
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], StoreError)
+    assert "locked" in str(outcome[0])
+    store.heartbeat(info)  # and the next one succeeds, with the busy timeout restored for other writes
+    assert store.instances() == [info]
+    store.close()
