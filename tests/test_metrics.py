@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,21 @@ def test_store_revision_and_follower_staleness(clock: ManualClock) -> None:
     assert value(text, "rule_engine_follower_stale") == 0
     manager._follower.stale_reason = "StoreError: unreachable"  # what the follower sets on a store failure
     assert value(scrape(manager), "rule_engine_follower_stale") == 1
+
+
+def test_the_fleet_instances_by_status_and_convergence(clock: ManualClock) -> None:
+    """Registered instances are counted by status; one serving an older share makes the fleet not converged."""
+    manager = canary_in_progress(clock)
+    manager.fleet.beat()
+    text = scrape(manager)
+    assert value(text, "rule_engine_fleet_instances", status="serving") == 1
+    assert value(text, "rule_engine_fleet_instances", status="lagging") == 0
+    assert value(text, "rule_engine_fleet_converged") == 1
+    own = manager.store.instances()[0]
+    manager.store.register_instance(replace(own, instance_id="other", percent=own.percent + 1))
+    text = scrape(manager)
+    assert value(text, "rule_engine_fleet_instances", status="lagging") == 1
+    assert value(text, "rule_engine_fleet_converged") == 0
 
 
 def test_scraping_changes_nothing(clock: ManualClock) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,9 +297,20 @@ def test_an_operation_that_cannot_happen_is_a_409_problem(client: TestClient) ->
     assert_problem(client.post("/api/v1/promote", headers=AUTH), 409)
 
 
-def test_the_fleet_view_is_501_until_the_manager_reports_a_fleet(client: TestClient) -> None:
-    """GET /api/v1/fleet exists and says the fleet view is not in this version."""
-    assert assert_problem(client.get("/api/v1/fleet"), 501, "fleet")["operation"] == "fleet"
+def test_the_fleet_view_lists_the_instances_and_their_convergence(
+    client: TestClient, manager: DeploymentManager
+) -> None:
+    """GET /api/v1/fleet answers the instances registered on the store and the fleet summary."""
+    manager.fleet.beat()  # what a following manager's background loop does
+    answer = client.get("/api/v1/fleet", headers=AUTH)
+    assert answer.status_code == 200
+    body = answer.json()
+    (instance,) = body["instances"]
+    assert instance["pid"] == os.getpid()
+    assert instance["instance_id"] == manager.fleet.instance_id
+    assert instance["stale"] is None
+    assert body["fleet"]["instances"] == 1
+    assert body["fleet"]["converged"] is True
 
 
 def test_every_lifecycle_operation_runs_through_the_api(clock: ManualClock) -> None:

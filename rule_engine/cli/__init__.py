@@ -19,6 +19,7 @@ from rule_engine.cli._common import cli
 from rule_engine.cli.analysis import check, lint, preview, replay
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
+from rule_engine.cli.fleet import fleet, mirror
 from rule_engine.cli.lifecycle import abort, activate, cancel, pause, resume, retry, undo
 from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
@@ -60,6 +61,8 @@ cli.add_command(replay)
 cli.add_command(check)
 cli.add_command(lint)
 cli.add_command(preview)
+cli.add_command(fleet)
+cli.add_command(mirror)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -115,12 +115,23 @@ def _demo_line(line: str) -> None:
 @click.option(
     "--store", "demo_store", default=None, metavar="URL", help="Store to use [default: a temporary SQLite file]."
 )
+@click.option(
+    "--processes", type=click.IntRange(min=1, max=64), default=None, metavar="N", help="Run it across N processes."
+)
 @json_option
-def demo(fast: bool, demo_store: str | None, as_json: bool) -> None:
-    """Run the whole story on a temporary store: blue-green v1, canary v2, broken v3 rolled back."""
-    from rule_engine.cli.demo import run_demo
+def demo(fast: bool, demo_store: str | None, processes: int | None, as_json: bool) -> None:
+    """Run the whole story on a temporary store: blue-green v1, canary v2, broken v3 rolled back.
 
-    summary = run_demo(fast=fast, store_url=demo_store, echo=None if as_json else _demo_line)
+    With --processes N, a canary across N evaluator processes, showing when the fleet serves each stage.
+    """
+    from rule_engine.cli.demo import run_demo
+    from rule_engine.cli.fleet_demo import run_fleet_demo
+
+    echo = None if as_json else _demo_line
+    if processes is not None:
+        summary = run_fleet_demo(processes, fast=fast, store_url=demo_store, echo=echo)
+    else:
+        summary = run_demo(fast=fast, store_url=demo_store, echo=echo)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     if not summary["ok"]:

@@ -54,7 +54,8 @@ def status(ctx: click.Context, live: bool, interval: float, count: int | None, a
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         scheduled = scheduled_versions(manager.state)
         data = status_view(manager, state.url, infos)  # the one JSON shape of `status --json` and the API
-        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos, scheduled))
+        fleet = str(data["fleet"]["summary"])
+        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos, scheduled, fleet))
 
 
 def _print_status(
@@ -63,9 +64,11 @@ def _print_status(
     rollout: RolloutStatus | None,
     infos: list[DeploymentInfo],
     scheduled: list[ScheduledVersion],
+    fleet: str,
 ) -> None:
     echo(f"store:   {url}")
     echo(f"active:  {active or '(none: nothing deployed yet)'}")
+    echo(f"fleet:   {fleet}")
     if rollout is None:
         echo("rollout: none in progress")
     else:

@@ -119,6 +119,8 @@ class Rollout:
     progress_deadline_secs: float | None = None  # a stage with no verdict for this long holds (or aborts)
     progress_deadline_abort: bool = False
     deadline_exceeded_at: float | None = None  # when the current stage passed its progress deadline
+    converged_at: float | None = None  # when the fleet was first seen serving stage `converged_stage`
+    converged_stage: int | None = None  # (the stage clock restarts then; see deployment/fleet.py)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -138,6 +140,11 @@ class Rollout:
             "progress_deadline_secs": self.progress_deadline_secs,
             "progress_deadline_abort": self.progress_deadline_abort,
             "deadline_exceeded_at": self.deadline_exceeded_at,
+            **(
+                {"converged_at": self.converged_at, "converged_stage": self.converged_stage}
+                if self.converged_stage is not None
+                else {}
+            ),
         }
 
     @property
@@ -167,6 +174,8 @@ class Rollout:
             progress_deadline_secs=_optional_float(data.get("progress_deadline_secs")),
             progress_deadline_abort=bool(data.get("progress_deadline_abort", False)),
             deadline_exceeded_at=_optional_float(data.get("deadline_exceeded_at")),
+            converged_at=data.get("converged_at"),
+            converged_stage=data.get("converged_stage"),
         )
 
 

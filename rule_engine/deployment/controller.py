@@ -32,6 +32,7 @@ from rule_engine.logs import get_logger
 __all__ = ["Controller", "require_thresholds", "with_analysis"]
 
 _log = get_logger()
+Gate = Callable[[ControlState, float], tuple[str | None, Plan | None]]
 
 
 class Controller:
@@ -44,12 +45,14 @@ class Controller:
         ledger: HealthLedger,
         clock: Clock,
         config: Callable[[], DeploymentConfig],
+        convergence: Gate | None = None,
     ) -> None:
         self._committer = committer
         self._publisher = publisher
         self._ledger = ledger
         self._clock = clock
         self._config = config
+        self._convergence = convergence  # the fleet gate (deployment/fleet.py), consulted before a stage advances
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
 
     # --- verdicts (call under the lock) -------------------------------------------------------------
@@ -130,7 +133,10 @@ class Controller:
             self._ledger.prune(self._clock.now(), state)
         rollout = state.rollout
         if rollout is not None and rollout.finishes_by_itself:
-            if self.candidate_verdict().healthy is True and rollout.held is None:
+            waiting = self._fleet_holds(state)
+            if waiting is not None:
+                holding.append(f"{rollout.candidate}: {waiting}")
+            elif self.candidate_verdict().healthy is True and rollout.held is None:
                 change = self._apply(self._plan_advance(rollout.candidate), "advance")
                 if change.result:
                     actions.append(f"advanced {rollout.candidate}")
@@ -217,6 +223,15 @@ class Controller:
             self.tick()
         except Exception as exc:
             _log.error("controller.tick_failed", error=f"{type(exc).__name__}: {exc}")
+
+    def _fleet_holds(self, state: ControlState) -> str | None:
+        """Why the fleet holds the rollout's stage (None: go on); records the stage's convergence once."""
+        if self._convergence is None:
+            return None
+        waiting, converged = self._convergence(state, self._clock.now())
+        if converged is not None:
+            self._apply(converged, "converge")
+        return waiting
 
     def _apply(self, plan: Plan, action: str, version_id: str | None = None) -> Change:
         return self._committer.apply(plan, action, "controller", version_id)

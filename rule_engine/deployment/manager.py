@@ -28,6 +28,7 @@ from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.commit import Committer
 from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.controller import Controller
+from rule_engine.deployment.fleet import Fleet
 from rule_engine.deployment.follower import Follower
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
@@ -81,7 +82,9 @@ class DeploymentManager:
         self._committer = Committer(
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
         )
-        self._controller = Controller(self._committer, self._publisher, self._health, self._clock, lambda: self._config)
+        self._fleet = Fleet(self._store, self._publisher, self._clock, lambda: self._follower.stale_reason)
+        gate, current = self._fleet.gate, lambda: self._config
+        self._controller = Controller(self._committer, self._publisher, self._health, self._clock, current, gate)
         self._follower = Follower(self._lock, self._publisher, self._hooks)
 
     # --- construction, lifetime, settings -----------------------------------------------------------
@@ -115,6 +118,7 @@ class DeploymentManager:
         with self._lock:
             with contextlib.suppress(StoreError):
                 self._health.flush(self._clock.now())
+            self._fleet.leave()
             self._store.close()
 
     def __enter__(self) -> DeploymentManager:
@@ -135,6 +139,11 @@ class DeploymentManager:
             self._health.thresholds = self._config.thresholds
             self._health.deadline_us = self._config.evaluation_deadline_us
             return self._config
+
+    @property
+    def fleet(self) -> Fleet:
+        """This process's fleet registration and the rollout's convergence gate (see ``deployment/fleet.py``)."""
+        return self._fleet
 
     @property
     def store(self) -> StateStore:
@@ -307,7 +316,7 @@ class DeploymentManager:
 
     def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> BackgroundLoop:
         """Pick up changes other processes commit to the store, and flush health counters, in the background."""
-        step = self._follower.step_with_flush(self._health, self._clock, flush_interval)
+        step = self._fleet.beating(self._follower.step_with_flush(self._health, self._clock, flush_interval))
         return self._start(BackgroundLoop("rule-engine-follower", poll_interval, step))
 
     @property

@@ -40,6 +40,7 @@ class Publisher:
         self._tables: dict[str, RuleTable] = {}
         self._compiled: dict[str, RuleTable] = {}  # digest -> table without version id
         self._salts: dict[str, Salt] = {}
+        self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
 
     def publish(self, state: ControlState) -> None:
         """Build the snapshot for ``state`` and swap it in with one assignment.
@@ -47,7 +48,7 @@ class Publisher:
         Raises :class:`BundleGone` (nothing published) when a serving version's bundle is missing.
         """
         stable = self._table_for(state, state.active) if state.active else None
-        rollout = state.rollout
+        rollout = state.rollout if self.refuse_candidates is None else None  # refusing: all traffic on stable
         candidate = self._table_for(state, rollout.candidate) if rollout is not None else None
         salt = self._salt(rollout.salt) if rollout is not None else None
         snapshot = ServingSnapshot.build(

@@ -7,6 +7,8 @@
   role (``stable`` or ``candidate``);
 - the rollout in progress: candidate weight, stage, state;
 - the versions in history by state; the store revision and whether the follower is stale;
+- the fleet registered on the store: instances by status (``serving`` what the state says, ``behind``
+  at an older revision with the same versions, ``lagging``) and whether it converged (one store query);
 - rollbacks by cause (``automatic`` or ``manual``), counted by an ``on_rollback`` hook;
 - webhook deliveries by outcome, when a :class:`DeliverySource` is given.
 
@@ -26,6 +28,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from rule_engine.control.states import DeploymentState
 from rule_engine.deployment.hooks import DeploymentEvent, HookPoint
+from rule_engine.errors import RuleEngineError
 
 if TYPE_CHECKING:
     from rule_engine.deployment.manager import DeploymentManager
@@ -78,6 +81,7 @@ class ManagerCollector(Collector):
         yield from self._evaluations()
         yield from self._rollout()
         yield from self._control()
+        yield from self._fleet()
         if self.notifier is not None:
             yield from self._webhooks(self.notifier)
 
@@ -172,6 +176,31 @@ class ManagerCollector(Collector):
             for cause, count in self._rollbacks.items():
                 rollbacks.add_metric([self.deployment, cause], count)
         yield from (versions, active, revision, stale, rollbacks)
+
+    def _fleet(self) -> Iterator[Metric]:
+        try:
+            view = self.manager.fleet.view()
+        except RuleEngineError:
+            return  # the store is unreachable: rule_engine_follower_stale says so
+        instances = GaugeMetricFamily(
+            "rule_engine_fleet_instances",
+            "Instances registered on the store, by status against the stored state.",
+            labels=["deployment", "status"],
+        )
+        lagging = len(view.lagging)
+        for status, count in (
+            ("serving", len(view.instances) - lagging - view.behind),
+            ("behind", view.behind),
+            ("lagging", lagging),
+        ):
+            instances.add_metric([self.deployment, status], count)
+        converged = GaugeMetricFamily(
+            "rule_engine_fleet_converged",
+            "1 when every registered instance serves what the stored state says.",
+            labels=["deployment"],
+        )
+        converged.add_metric([self.deployment], 1 if view.converged else 0)
+        yield from (instances, converged)
 
     def _webhooks(self, notifier: DeliverySource) -> Iterator[Metric]:
         deliveries = CounterMetricFamily(

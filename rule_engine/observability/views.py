@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rule_engine.clock import iso
 from rule_engine.control.status import scheduled_versions
 
 if TYPE_CHECKING:
+    from rule_engine.control.instances import FleetView
     from rule_engine.control.status import DeploymentInfo
     from rule_engine.control.strategies import Strategy
     from rule_engine.deployment.manager import DeploymentManager
@@ -20,6 +22,8 @@ __all__ = [
     "advance_view",
     "conclude_view",
     "deploy_view",
+    "fleet_status",
+    "fleet_view",
     "history_view",
     "infos",
     "promote_view",
@@ -74,6 +78,45 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
             for i in kept
         ],
         "scheduled": [s.to_dict() for s in scheduled_versions(manager.state)],
+        "fleet": fleet_status(manager),
+    }
+
+
+def fleet_status(manager: DeploymentManager, view: FleetView | None = None) -> dict[str, Any]:
+    """``status --json``'s ``fleet``: ``{"instances": N, "converged", "serving_revision", "lagging": [...]}``.
+
+    Reads the store's instance rows once (one query) and compares them with the manager's state.
+    """
+    view = manager.fleet.view() if view is None else view
+    return {**view.to_dict(), "summary": view.summary()}
+
+
+def fleet_view(manager: DeploymentManager) -> dict[str, Any]:
+    """``rule-engine fleet --json`` and ``GET /api/v1/fleet``: every registered instance, and the summary."""
+    view = manager.fleet.view()
+    lagging = {lag.instance.instance_id: lag.reason for lag in view.lagging}
+    return {
+        "instances": [
+            {
+                "instance_id": i.instance_id,
+                "host": i.host,
+                "pid": i.pid,
+                "revision": i.revision,
+                "serving": i.serving,
+                "percent": i.percent,
+                "stale": lagging[i.instance_id] if lagging.get(i.instance_id, "").startswith("stale") else None,
+                "lagging": lagging.get(i.instance_id),
+                "last_seen": iso(i.last_seen),
+                "started": iso(i.started_at),
+                "library_version": i.library_version,
+                "routing_algorithm": i.routing_algorithm,
+                "routing_check": i.routing_check or "ok",
+                "digests": list(i.digests),
+                "via": i.via,
+            }
+            for i in view.instances
+        ],
+        "fleet": fleet_status(manager, view),
     }
 
 

@@ -26,7 +26,7 @@ from rule_engine.clock import Clock, SystemClock
 from rule_engine.deployment.manager import DeploymentManager
 from rule_engine.observability.gates import GatedController
 from rule_engine.observability.metrics import DeliverySource, register
-from rule_engine.observability.views import deploy_view, history_view, status_view, versions_view
+from rule_engine.observability.views import deploy_view, fleet_view, history_view, status_view, versions_view
 from rule_engine.server import problems
 from rule_engine.server.auth import Tokens
 from rule_engine.server.feed import DashboardFeed, event_stream
@@ -213,16 +213,10 @@ def create_app(
         """The A/B test in progress: per-variant figures and the significance test (409 if none)."""
         return by_name[name].get_experiment_report().to_dict()
 
-    @app.get("/api/v1/fleet", tags=["reads"], responses={501: {"description": "no fleet view in this version"}})
+    @app.get("/api/v1/fleet", tags=["reads"])
     def fleet(name: Name, _: Reader) -> dict[str, Any]:
-        """Instances serving this deployment and their convergence (501 until the manager reports a fleet)."""
-        report = getattr(by_name[name], "fleet_status", None)
-        if not callable(report):
-            raise ApiProblem(
-                501, "operation-not-implemented", "the fleet view is not available in this version", operation="fleet"
-            )
-        shown = report()
-        return shown.to_dict() if hasattr(shown, "to_dict") else {"fleet": shown}
+        """Every instance serving from this deployment's store (what it serves, when last seen) and convergence."""
+        return fleet_view(by_name[name])
 
     @app.get("/api/v1/events", tags=["reads"], response_class=StreamingResponse)
     async def events(

@@ -20,6 +20,10 @@ in time buckets. Its contract:
   (see :func:`~rule_engine.stores.integrity.check_continuity`); reopen to adopt it.
 - Opening does not create a store unless asked (``open_store(url, create=True)``); reads of a
   store that does not exist raise :class:`StoreError`.
+- The fleet (:mod:`rule_engine.control.instances`): :meth:`register_instance` / :meth:`heartbeat`
+  upsert one row per serving process, :meth:`instances` lists them, :meth:`forget_instance` /
+  :meth:`forget_instances` drop them. These rows are not part of the state: writing them never moves
+  the revision nor the audit. A store that keeps no fleet (the defaults below) lists none.
 - Backend failures surface as :class:`StoreError` (raised ``from`` the backend's exception), and
   so does anything read back that does not decode (a corrupt state row, a mistyped revision).
 """
@@ -30,6 +34,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from rule_engine.control.instances import InstanceInfo
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import StoreURLError
 from rule_engine.serving.counts import HealthCounts
@@ -118,6 +123,26 @@ class StateStore(ABC):
 
     def prune_health(self, before: float) -> None:  # noqa: B027 - optional for backends
         """Drop health buckets that start before ``before`` (lifetime totals are kept)."""
+
+    # --- the fleet (optional for backends: a store that cannot be shared keeps none) -----------------
+
+    def register_instance(self, info: InstanceInfo) -> None:  # noqa: B027 - optional for backends
+        """Write (insert or replace) the row of one serving process."""
+
+    def heartbeat(self, info: InstanceInfo) -> None:
+        """Refresh the row of one serving process (the same upsert as :meth:`register_instance`)."""
+        self.register_instance(info)
+
+    def instances(self) -> list[InstanceInfo]:
+        """Every registered instance (expired ones included until forgotten), in no particular order."""
+        return []
+
+    def forget_instance(self, instance_id: str) -> None:  # noqa: B027 - optional for backends
+        """Drop one instance's row (a process that shut down cleanly); unknown ids are ignored."""
+
+    def forget_instances(self, last_seen_before: float) -> int:
+        """Drop instances not seen since ``last_seen_before``; how many were dropped."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional for backends
         """Release connections and files."""

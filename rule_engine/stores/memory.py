@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 
+from rule_engine.control.instances import InstanceInfo
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError
 from rule_engine.serving.counts import HealthCounts, sum_counts
@@ -28,6 +29,7 @@ class MemoryStore(StateStore):
         self._identity = str(uuid.uuid4())
         self._buckets: dict[tuple[str, float], HealthCounts] = {}
         self._lifetime: dict[str, HealthCounts] = {}
+        self._instances: dict[str, InstanceInfo] = {}
 
     def load(self) -> ControlState:
         """The current state."""
@@ -112,3 +114,26 @@ class MemoryStore(StateStore):
         with self._lock:
             for key in [k for k in self._buckets if k[1] < before]:
                 del self._buckets[key]
+
+    def register_instance(self, info: InstanceInfo) -> None:
+        """Write the row of one serving process."""
+        with self._lock:
+            self._instances[info.instance_id] = info
+
+    def instances(self) -> list[InstanceInfo]:
+        """Every registered instance."""
+        with self._lock:
+            return list(self._instances.values())
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Drop one instance's row."""
+        with self._lock:
+            self._instances.pop(instance_id, None)
+
+    def forget_instances(self, last_seen_before: float) -> int:
+        """Drop instances not seen since ``last_seen_before``."""
+        with self._lock:
+            old = [k for k, v in self._instances.items() if v.last_seen < last_seen_before]
+            for key in old:
+                del self._instances[key]
+            return len(old)

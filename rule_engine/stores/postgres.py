@@ -42,6 +42,7 @@ from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores._pg_conninfo import parse_target
+from rule_engine.stores._pg_fleet import PgFleet
 from rule_engine.stores._pg_listen import PostgresListener
 from rule_engine.stores._pg_schema import (
     ADVISORY_LOCK,
@@ -63,7 +64,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
 
 
-class PostgresStore(StateStore):
+class PostgresStore(PgFleet, StateStore):
     """State in a PostgreSQL database, shared by any number of processes and hosts.
 
     Constructing does no I/O: the pool connects on the first call, which also checks (and if needed

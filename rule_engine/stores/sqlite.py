@@ -38,6 +38,7 @@ from urllib.parse import parse_qs
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
+from rule_engine.stores._sqlite_fleet import SQLiteFleet
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import (
     GENESIS,
@@ -67,7 +68,7 @@ class _Meta:
     head: str | None
 
 
-class SQLiteStore(StateStore):
+class SQLiteStore(SQLiteFleet, StateStore):
     """State in one SQLite file (WAL mode), shared safely by threads and processes.
 
     One connection, guarded by a lock (the manager calls from its lock and from its follower
@@ -299,36 +300,49 @@ class SQLiteStore(StateStore):
                     raise ConflictError(
                         f"state changed concurrently: expected revision {expected_revision}, found {found}"
                     )
+                self._refuse_if_mirror(conn)
                 committed = replace(state, revision=expected_revision + 1)
-                conn.execute(
-                    "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-                    (json.dumps(committed.to_dict(), separators=(",", ":")),),
-                )
-                for version_id, text in (bundles or {}).items():
-                    record = committed.versions.get(version_id)
-                    digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
-                    conn.execute(
-                        "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
-                        (version_id, digest, text),
-                    )
-                conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
-                seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
-                head, rows = meta.head or GENESIS, []
-                for entry in audit:
-                    seq += 1
-                    numbered = replace(entry, seq=seq)
-                    head = audit_hash(head, numbered, committed.revision)
-                    rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
-                conn.executemany(
-                    f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 2))})",
-                    rows,
-                )
-                conn.execute(
-                    "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
-                    (committed.revision, head if rows else meta.head),
-                )
+                self._write_state(conn, meta, committed, bundles or {}, audit, evicted)
             self._seen = StoreMark(meta.mark.identity, committed.revision)
         return committed
+
+    def _write_state(
+        self,
+        conn: sqlite3.Connection,
+        meta: _Meta,
+        committed: ControlState,
+        bundles: dict[str, str],
+        audit: Sequence[AuditEntry],
+        evicted: Sequence[str],
+    ) -> None:
+        """Write the state at ``committed.revision``, its bundles, evictions and chained audit (in a transaction)."""
+        conn.execute(
+            "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
+            (json.dumps(committed.to_dict(), separators=(",", ":")),),
+        )
+        for version_id, text in bundles.items():
+            record = committed.versions.get(version_id)
+            digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
+            conn.execute(
+                "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
+                (version_id, digest, text),
+            )
+        conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
+        seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
+        head, rows = meta.head or GENESIS, []
+        for entry in audit:
+            seq += 1
+            numbered = replace(entry, seq=seq)
+            head = audit_hash(head, numbered, committed.revision)
+            rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
+        conn.executemany(
+            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 2))})",
+            rows,
+        )
+        conn.execute(
+            "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
+            (committed.revision, head if rows else meta.head),
+        )
 
     def bundle_json(self, version_id: str) -> str | None:
         """The canonical bundle JSON of a retained version (None if unknown)."""
@@ -369,6 +383,7 @@ class SQLiteStore(StateStore):
         if not deltas:
             return
         with self._writing("adding health counters") as conn:
+            self._queue_for_upstream(conn, deltas)
             for version_id, bucket_start, delta in deltas:
                 row = conn.execute(
                     "SELECT counts FROM health WHERE version_id = ? AND bucket_start = ?", (version_id, bucket_start)
