@@ -106,6 +106,9 @@ class Rollout:
     algorithm: int = 1
     ended_at: float | None = None  # an A/B test whose duration has passed, awaiting its winner
     held: str | None = None  # manual mode: found unhealthy; the controller will not advance it
+    # Pinned keys (key -> the stable's or the candidate's version id; control/targeting.py): they
+    # live and end with the rollout. Empty: none (and left out of the JSON form).
+    pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -121,6 +124,7 @@ class Rollout:
             "algorithm": self.algorithm,
             "ended_at": self.ended_at,
             "held": self.held,
+            **({"pins": dict(self.pins)} if self.pins else {}),
         }
 
     @property
@@ -146,6 +150,7 @@ class Rollout:
             algorithm=int(data.get("algorithm", 1)),
             ended_at=data.get("ended_at"),
             held=data.get("held"),
+            pins=MappingProxyType({str(k): str(v) for k, v in dict(data.get("pins") or {}).items()}),
         )
 
 

@@ -72,6 +72,11 @@ class RolloutStatus:
     ended_at: float | None
     verdict: Verdict
     holding: str | None
+    #: The agents and flows the rollout is limited to (empty = everyone); docs/routing.md "Targeting".
+    agents: tuple[str, ...] = ()
+    flows: tuple[str, ...] = ()
+    #: How many keys are pinned to the stable or the candidate version.
+    pins: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -89,6 +94,8 @@ class RolloutStatus:
             "healthy": self.verdict.healthy,
             "health_reason": self.verdict.reason,
             "holding": self.holding,
+            "scope": {"agents": list(self.agents), "flows": list(self.flows)},
+            "pins": self.pins,
         }
 
 
@@ -165,4 +172,7 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
         ended_at=rollout.ended_at,
         verdict=verdict,
         holding=holding,
+        agents=strategy.scope()[0],
+        flows=strategy.scope()[1],
+        pins=len(rollout.pins),
     )
