@@ -7,6 +7,7 @@ import click
 from rule_engine.cli._common import json_option, managed
 from rule_engine.cli.hints import cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.cli.targeting import scope_text
 from rule_engine.control.status import DeploymentInfo, RolloutStatus
 
 # --- status ----------------------------------------------------------------------------------------
@@ -58,6 +59,8 @@ def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, i
         echo(f"rollout: {rollout.strategy} of {rollout.version_id}")
         echo(f"         {stage}against {rollout.stable_version_id}")
         echo(f"         {bar(rollout.percentage)} {rollout.percentage:g}% of traffic")
+        if rollout.agents or rollout.flows or rollout.pins:  # targeting (docs/routing.md)
+            echo(f"         scope: {scope_text(rollout)}")
         if rollout.verdict.reason != rollout.holding:
             echo(f"         health: {rollout.verdict.reason}")
         if rollout.holding:

@@ -40,12 +40,12 @@ from rule_engine.errors import InvalidStrategyError
 from rule_engine.serving.routing import BASIS_POINTS, percent_to_bp
 
 __all__ = [
+    "MAX_SCOPE_NAME",
+    "MAX_SCOPE_NAMES",
     "ABTest",
     "BlueGreen",
     "Canary",
     "InvalidStrategyError",
-    "MAX_SCOPE_NAME",
-    "MAX_SCOPE_NAMES",
     "Scheduled",
     "Strategy",
     "register",
@@ -158,8 +158,10 @@ class Strategy(ABC):
         if not agents and not flows and self.scope() == ((), ()):
             return self
         if not self.splits_traffic:
-            raise InvalidStrategyError(f"a {self.kind} deployment cannot be limited to agents or flows (canary or A/B test only)")
-        return dataclasses.replace(self, agents=agents, flows=flows)  # type: ignore[misc]
+            raise InvalidStrategyError(
+                f"a {self.kind} deployment cannot be limited to agents or flows (canary or A/B test only)"
+            )
+        return dataclasses.replace(self, agents=agents, flows=flows)  # type: ignore[type-var]
 
     @abstractmethod
     def describe(self) -> str:

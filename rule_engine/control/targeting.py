@@ -112,7 +112,9 @@ def pin(
         return change
     role = "stable" if version_id == rollout.stable else "candidate"
     why = f"; {reason}" if reason else ""
-    change.note(state.versions[version_id], now, f"pinned {len(changed):,} key(s) to the {role}: {_listed(changed)}{why}")
+    change.note(
+        state.versions[version_id], now, f"pinned {len(changed):,} key(s) to the {role}: {_listed(changed)}{why}"
+    )
     change.put(rollout=replace(rollout, pins=MappingProxyType(pins)))
     change.event(
         "rollout.keys_pinned",
@@ -146,9 +148,7 @@ def unpin(
         change.note(state.versions[version_id], now, f"unpinned {len(theirs):,} key(s): {_listed(theirs)}{why}")
     pins = {k: v for k, v in rollout.pins.items() if k not in set(removed)}
     change.put(rollout=replace(rollout, pins=MappingProxyType(pins)))
-    change.event(
-        "rollout.keys_unpinned", keys=removed[:_LISTED], count=len(removed), pins=len(pins), reason=reason
-    )
+    change.event("rollout.keys_unpinned", keys=removed[:_LISTED], count=len(removed), pins=len(pins), reason=reason)
     return change
 
 
@@ -175,4 +175,3 @@ def scope_of(state: ControlState) -> dict[str, list[str]]:
 def pin_count(state: ControlState) -> int:
     """How many keys the rollout in progress has pinned (0 without a rollout)."""
     return len(state.rollout.pins) if state.rollout is not None else 0
-

@@ -38,8 +38,8 @@ from rule_engine.health.report import ExperimentReport
 from rule_engine.health.thresholds import HealthThresholds
 from rule_engine.health.verdict import Verdict
 from rule_engine.serving.routing import compute_request_hash
-from rule_engine.serving.targeting import route_hash, route_table
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
+from rule_engine.serving.targeting import route_hash, route_table
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
 
@@ -235,7 +235,9 @@ class DeploymentManager:
 
     def pin_keys(self, keys: Iterable[str], version_id: VersionId, *, actor: str = "unknown", reason: str = "") -> int:
         """Serve ``keys`` by the rollout's stable or candidate ``version_id`` until the rollout ends; how many changed."""
-        return int(self._run("pin", actor, targeting.pin, version_id, keys=targeting.keys_of(keys, "pin"), reason=reason))
+        return int(
+            self._run("pin", actor, targeting.pin, version_id, keys=targeting.keys_of(keys, "pin"), reason=reason)
+        )
 
     def unpin_keys(self, keys: Iterable[str], *, actor: str = "unknown", reason: str = "") -> int:
         """Give pinned ``keys`` back to the hash (docs/routing.md, "Targeting"); how many were pinned."""

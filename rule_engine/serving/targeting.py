@@ -55,10 +55,9 @@ class Targeting:
             return stable
         pins = self.pins
         if pins is not None:
-            kind = type(key)
-            if kind is str:
-                return pins.get(key)  # type: ignore[arg-type]
-            if kind is int:
+            if isinstance(key, str) and type(key) is str:
+                return pins.get(key)
+            if type(key) is int:
                 return pins.get(str(key))  # over the int-to-str limit: ValueError, caught: stable
         return None
 
