@@ -74,7 +74,15 @@ def _scoped_canary(manager: DeploymentManager, **scope: Any) -> str:
 
 @pytest.mark.parametrize(
     "names",
-    ["api_gateway", None, [""], ["  "], [1], ["x" * (MAX_SCOPE_NAME + 1)], [f"a{i}" for i in range(MAX_SCOPE_NAMES + 1)]],
+    [
+        "api_gateway",
+        None,
+        [""],
+        ["  "],
+        [1],
+        ["x" * (MAX_SCOPE_NAME + 1)],
+        [f"a{i}" for i in range(MAX_SCOPE_NAMES + 1)],
+    ],
 )
 def test_a_bad_scope_is_refused(names: Any) -> None:
     """A bare string, a blank or non-text name, a name too long or too many names: InvalidStrategyError."""
@@ -348,7 +356,7 @@ def test_pin_and_unpin_are_in_the_audit_trail() -> None:
 
 def test_pins_end_with_the_rollout() -> None:
     """A rollback ends the rollout and its pins; the next rollout starts with none."""
-    manager, stable = _manager()
+    manager, _stable = _manager()
     candidate = _scoped_canary(manager)
     manager.pin_keys(["qa-1"], candidate)
     manager.rollback()
@@ -378,7 +386,7 @@ def test_scope_wins_over_a_pin_and_integer_keys_match_their_text() -> None:
 def test_the_candidate_is_judged_on_its_scope_only() -> None:
     """The candidate counts only in-scope events (it sees no other); out-of-scope traffic is all stable's."""
     with freeze_time(START):
-        manager, stable = _manager()
+        manager, _stable = _manager()
         candidate = _scoped_canary(manager, flows=["checkout"])
         engine = RuleEngine(manager)
         for i in range(2000):

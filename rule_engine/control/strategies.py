@@ -51,6 +51,7 @@ __all__ = [
     "register",
     "require_strategy",
     "rollout_kinds",
+    "sorted_names",
     "strategy_class",
     "strategy_for_cli",
     "strategy_from_dict",
@@ -66,26 +67,36 @@ _SCOPE_FIELDS = ("agents", "flows")
 Scope = tuple[tuple[str, ...], tuple[str, ...]]
 
 
+def sorted_names(
+    names: object, *, what: str, kind: str, limit: int, longest: int, error: type[Exception]
+) -> tuple[str, ...]:
+    """``names`` as a sorted tuple without duplicates (reading at most ``limit + 1`` of them).
+
+    Raises ``error("{what}: ...")`` for a bare string, more than ``limit`` names, or a name that is
+    not non-blank text of at most ``longest`` characters. Used for scopes and pinned keys.
+    """
+    if isinstance(names, str | bytes) or names is None:
+        raise error(f"{what}: expected a list of {kind}s, not {names!r:.80}")
+    try:
+        values = list(itertools.islice(names, limit + 1))  # type: ignore[call-overload]
+    except TypeError:
+        raise error(f"{what}: expected a list of {kind}s, got {type(names).__name__}") from None
+    if len(values) > limit:
+        raise error(f"{what}: at most {limit:,} {kind}s")
+    for value in values:
+        if not isinstance(value, str) or not value.strip() or len(value) > longest:
+            raise error(f"{what}: {value!r:.80} is not a {kind} (non-blank text of at most {longest} characters)")
+    return tuple(sorted(set(values)))
+
+
 def validate_scope(what: str, names: object) -> tuple[str, ...]:
     """``names`` (agents or flows, per ``what``) as a sorted tuple without duplicates; empty = everyone.
 
     Raises :class:`InvalidStrategyError` for a bare string, a name that is not a non-blank string of
     at most :data:`MAX_SCOPE_NAME` characters, or more than :data:`MAX_SCOPE_NAMES` names.
     """
-    if isinstance(names, str | bytes) or names is None:
-        raise InvalidStrategyError(f"{what} must be a list of names, got {names!r}")
-    try:
-        values = list(itertools.islice(names, MAX_SCOPE_NAMES + 1))  # type: ignore[call-overload]
-    except TypeError:
-        raise InvalidStrategyError(f"{what} must be a list of names, got {type(names).__name__}") from None
-    if len(values) > MAX_SCOPE_NAMES:
-        raise InvalidStrategyError(f"{what}: at most {MAX_SCOPE_NAMES} names in a scope")
-    for value in values:
-        if not isinstance(value, str) or not value.strip() or len(value) > MAX_SCOPE_NAME:
-            raise InvalidStrategyError(
-                f"{what}: {value!r:.80} is not a name (non-blank text of at most {MAX_SCOPE_NAME} characters)"
-            )
-    return tuple(sorted(set(values)))
+    limits = {"limit": MAX_SCOPE_NAMES, "longest": MAX_SCOPE_NAME}
+    return sorted_names(names, what=what, kind="name", error=InvalidStrategyError, **limits)
 
 
 def _describe_scope(agents: tuple[str, ...], flows: tuple[str, ...]) -> str:

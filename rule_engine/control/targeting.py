@@ -17,13 +17,13 @@ Pure planners in the style of :mod:`rule_engine.control.transitions` (``(state, 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from rule_engine.control.records import ControlState, Rollout
+from rule_engine.control.strategies import sorted_names
 from rule_engine.control.transitions import Change
 from rule_engine.errors import DeploymentError, InvalidTransitionError, VersionNotFoundError
 from rule_engine.serving.targeting import Targeting
@@ -45,22 +45,11 @@ def keys_of(keys: Iterable[str], action: str) -> tuple[str, ...]:
 
     Raises :class:`DeploymentError` naming the first bad key; reads at most ``MAX_PINS + 1`` of them.
     """
-    if isinstance(keys, str | bytes):
-        raise DeploymentError(f"cannot {action} keys: keys must be a list of keys, not one string ({keys!r:.80})")
-    try:
-        given = list(itertools.islice(keys, MAX_PINS + 1))
-    except TypeError:
-        raise DeploymentError(f"cannot {action} keys: keys must be a list of keys, got {type(keys).__name__}") from None
+    what = f"cannot {action} keys"
+    given = sorted_names(keys, what=what, kind="key", limit=MAX_PINS, longest=MAX_PIN_KEY, error=DeploymentError)
     if not given:
-        raise DeploymentError(f"cannot {action} keys: no keys given")
-    if len(given) > MAX_PINS:
-        raise DeploymentError(f"cannot {action} more than {MAX_PINS:,} keys at once")
-    for key in given:
-        if not isinstance(key, str) or not key.strip() or len(key) > MAX_PIN_KEY:
-            raise DeploymentError(
-                f"cannot {action} keys: {key!r:.80} is not a key (non-blank text of at most {MAX_PIN_KEY} characters)"
-            )
-    return tuple(sorted(set(given)))
+        raise DeploymentError(f"{what}: no keys given")
+    return given
 
 
 def _listed(keys: tuple[str, ...]) -> str:
