@@ -25,6 +25,7 @@ from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
 from rule_engine.cli.status import experiment, history, status
+from rule_engine.cli.targeting import pin, unpin
 
 __all__ = ["cli", "main"]
 
@@ -55,6 +56,8 @@ for _command in (
     serve,
     token,
     watch,
+    pin,
+    unpin,
 ):
     cli.add_command(_command)
 cli.add_command(replay)

@@ -18,6 +18,7 @@ from rule_engine.cli._common import CommandFailed, by_option, default_actor, jso
 from rule_engine.cli.analysis_options import analysis_options, thresholds_from
 from rule_engine.cli.hints import cli_message, cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.cli.targeting import scope_options, scoped
 from rule_engine.clock import LAST_RENDERABLE_TIME
 from rule_engine.control.status import RolloutStatus, scheduled_versions
 from rule_engine.control.strategies import InvalidStrategyError, Strategy, strategy_for_cli, strategy_kinds
@@ -123,6 +124,7 @@ def _same(value: Any) -> Any:
 @_number_option("--split-ratio", "R", "A/B test: share kept by the stable version (A).")
 @_number_option("--test-duration", "SECONDS", "A/B test: how long it runs.")
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
+@scope_options
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
 @click.option(
     "--replay", "replay_events", default=None, metavar="EVENTS", help="Gate: replay these events first (JSONL, gz, -)."
@@ -165,6 +167,8 @@ def deploy(
     split_ratio: float | None,
     test_duration: float | None,
     at: str | None,
+    agents: str | None,
+    flows: str | None,
     supersede: bool,
     replay_events: str | None,
     max_changed_rate: float | None,
@@ -187,6 +191,7 @@ def deploy(
         test_duration=test_duration,
         at=at,
     )
+    chosen = scoped(chosen, agents, flows)  # --agents/--flows (cli/targeting.py)
     who = actor or default_actor()
     if progress_deadline_abort and progress_deadline is None:
         raise click.UsageError("--progress-deadline-abort needs --progress-deadline SECONDS")

@@ -8,6 +8,7 @@ from rule_engine.cli._common import json_option, managed
 from rule_engine.cli.hints import cli_text
 from rule_engine.cli.live import watch
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.cli.targeting import scope_text
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, ScheduledVersion, scheduled_versions
 from rule_engine.observability.views import history_view, status_view
 
@@ -78,6 +79,8 @@ def _print_status(
         echo(f"         {bar(rollout.percentage)} {rollout.percentage:g}% of traffic")
         if rollout.paused:
             echo(f"         PAUSED since {when(rollout.paused_at)} ('rule-engine resume' continues it)")
+        if rollout.agents or rollout.flows or rollout.pins:  # targeting (docs/routing.md)
+            echo(f"         scope: {scope_text(rollout)}")
         if rollout.verdict.reason != rollout.holding:
             echo(f"         health: {rollout.verdict.reason}")
         if rollout.holding:

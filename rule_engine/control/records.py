@@ -121,6 +121,9 @@ class Rollout:
     deadline_exceeded_at: float | None = None  # when the current stage passed its progress deadline
     converged_at: float | None = None  # when the fleet was first seen serving stage `converged_stage`
     converged_stage: int | None = None  # (the stage clock restarts then; see deployment/fleet.py)
+    # Pinned keys (key -> the stable's or the candidate's version id; control/targeting.py): they
+    # live and end with the rollout. Empty: none (and left out of the JSON form).
+    pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -145,6 +148,7 @@ class Rollout:
                 if self.converged_stage is not None
                 else {}
             ),
+            **({"pins": dict(self.pins)} if self.pins else {}),
         }
 
     @property
@@ -176,6 +180,7 @@ class Rollout:
             deadline_exceeded_at=_optional_float(data.get("deadline_exceeded_at")),
             converged_at=data.get("converged_at"),
             converged_stage=data.get("converged_stage"),
+            pins=MappingProxyType({str(k): str(v) for k, v in dict(data.get("pins") or {}).items()}),
         )
 
 

@@ -87,6 +87,11 @@ class RolloutStatus:
     progress_deadline_abort: bool = False
     deadline_exceeded_at: float | None = None
     salt: str = ""
+    #: The agents and flows the rollout is limited to (empty = everyone); docs/routing.md "Targeting".
+    agents: tuple[str, ...] = ()
+    flows: tuple[str, ...] = ()
+    #: How many keys are pinned to the stable or the candidate version.
+    pins: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -110,6 +115,8 @@ class RolloutStatus:
             "progress_deadline_abort": self.progress_deadline_abort,
             "deadline_exceeded_at": iso(self.deadline_exceeded_at),
             "salt": self.salt,
+            "scope": {"agents": list(self.agents), "flows": list(self.flows)},
+            "pins": self.pins,
         }
 
 
@@ -220,4 +227,7 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
         progress_deadline_abort=rollout.progress_deadline_abort,
         deadline_exceeded_at=rollout.deadline_exceeded_at,
         salt=rollout.salt,
+        agents=strategy.scope()[0],
+        flows=strategy.scope()[1],
+        pins=len(rollout.pins),
     )

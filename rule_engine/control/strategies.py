@@ -17,6 +17,10 @@ controller activates it by itself (:meth:`~Strategy.activates_at`), how the CLI 
 stored JSON form (:meth:`~Strategy.to_dict`, :func:`strategy_from_dict`, through a registry keyed by
 kind). The planners in ``control/transitions.py`` ask these questions instead of testing classes, so a
 fifth strategy is one class here (decorated with :func:`register`) plus the CLI's option parsers.
+
+The strategies that split traffic (canary, A/B test) may be *scoped* to some agents and/or flows
+(``agents=``, ``flows=``; empty = everyone; :meth:`Strategy.scope`, :meth:`Strategy.scoped`): events
+outside the scope are always served by the stable version (docs/routing.md, "Targeting").
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from rule_engine.errors import InvalidStrategyError
 from rule_engine.serving.routing import BASIS_POINTS, percent_to_bp
 
 __all__ = [
+    "MAX_SCOPE_NAME",
+    "MAX_SCOPE_NAMES",
     "ABTest",
     "BlueGreen",
     "Canary",
@@ -45,11 +51,57 @@ __all__ = [
     "register",
     "require_strategy",
     "rollout_kinds",
+    "sorted_names",
     "strategy_class",
     "strategy_for_cli",
     "strategy_from_dict",
     "strategy_kinds",
+    "validate_scope",
 ]
+
+#: At most this many agents (and this many flows) in one rollout's scope.
+MAX_SCOPE_NAMES = 100
+#: The longest agent or flow name in a scope, in characters.
+MAX_SCOPE_NAME = 128
+_SCOPE_FIELDS = ("agents", "flows")
+Scope = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def sorted_names(
+    names: object, *, what: str, kind: str, limit: int, longest: int, error: type[Exception]
+) -> tuple[str, ...]:
+    """``names`` as a sorted tuple without duplicates (reading at most ``limit + 1`` of them).
+
+    Raises ``error("{what}: ...")`` for a bare string, more than ``limit`` names, or a name that is
+    not non-blank text of at most ``longest`` characters. Used for scopes and pinned keys.
+    """
+    if isinstance(names, str | bytes) or names is None:
+        raise error(f"{what}: expected a list of {kind}s, not {names!r:.80}")
+    try:
+        values = list(itertools.islice(names, limit + 1))  # type: ignore[call-overload]
+    except TypeError:
+        raise error(f"{what}: expected a list of {kind}s, got {type(names).__name__}") from None
+    if len(values) > limit:
+        raise error(f"{what}: at most {limit:,} {kind}s")
+    for value in values:
+        if not isinstance(value, str) or not value.strip() or len(value) > longest:
+            raise error(f"{what}: {value!r:.80} is not a {kind} (non-blank text of at most {longest} characters)")
+    return tuple(sorted(set(values)))
+
+
+def validate_scope(what: str, names: object) -> tuple[str, ...]:
+    """``names`` (agents or flows, per ``what``) as a sorted tuple without duplicates; empty = everyone.
+
+    Raises :class:`InvalidStrategyError` for a bare string, a name that is not a non-blank string of
+    at most :data:`MAX_SCOPE_NAME` characters, or more than :data:`MAX_SCOPE_NAMES` names.
+    """
+    limits = {"limit": MAX_SCOPE_NAMES, "longest": MAX_SCOPE_NAME}
+    return sorted_names(names, what=what, kind="name", error=InvalidStrategyError, **limits)
+
+
+def _describe_scope(agents: tuple[str, ...], flows: tuple[str, ...]) -> str:
+    parts = [f"{label} {', '.join(names)}" for label, names in (("agents", agents), ("flows", flows)) if names]
+    return f" (only {'; '.join(parts)})" if parts else ""
 
 
 class Strategy(ABC):
@@ -104,22 +156,43 @@ class Strategy(ABC):
         """When the controller activates it by itself (unix seconds); None when a person activates it."""
         return None
 
+    def scope(self) -> Scope:
+        """The (agents, flows) a rollout of it is limited to; empty tuples = everyone."""
+        return (), ()
+
+    def scoped(self: _S, agents: Any = (), flows: Any = ()) -> _S:
+        """This strategy limited to ``agents`` and/or ``flows`` (empty = everyone; validated).
+
+        Only strategies that split traffic can be scoped: :class:`InvalidStrategyError` otherwise.
+        """
+        agents, flows = validate_scope("agents", agents), validate_scope("flows", flows)
+        if not agents and not flows and self.scope() == ((), ()):
+            return self
+        if not self.splits_traffic:
+            raise InvalidStrategyError(
+                f"a {self.kind} deployment cannot be limited to agents or flows (canary or A/B test only)"
+            )
+        return dataclasses.replace(self, agents=agents, flows=flows)  # type: ignore[type-var]
+
     @abstractmethod
     def describe(self) -> str:
         """One line for people."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored with the deployment: ``kind`` and the parameters."""
+        """The JSON form stored with the deployment: ``kind`` and the parameters (an empty scope is left out)."""
         data: dict[str, Any] = {"kind": self.kind}
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
+            if item.name in _SCOPE_FIELDS and not value:
+                continue  # unscoped: the stored form stays what it was before scopes existed
             data[item.name] = list(value) if isinstance(value, tuple) else value
         return data
 
     @classmethod
     def from_dict(cls: type[_S], data: Mapping[str, Any]) -> _S:
-        """Rebuild from :meth:`to_dict` (raises ``KeyError`` for a missing parameter)."""
-        return cls(**{item.name: data[item.name] for item in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        """Rebuild from :meth:`to_dict` (raises ``KeyError`` for a missing parameter; a missing scope is everyone)."""
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        return cls(**{f.name: data[f.name] for f in fields if f.name in data or f.name not in _SCOPE_FIELDS})
 
     @classmethod
     def from_options(cls: type[_S], **options: Any) -> _S:
@@ -159,6 +232,8 @@ class Canary(Strategy):
 
     stages: tuple[float, ...] = (10, 25, 50, 100)
     stage_duration_secs: float = 300.0
+    agents: tuple[str, ...] = ()
+    flows: tuple[str, ...] = ()
     kind: ClassVar[str] = "canary"
     splits_traffic: ClassVar[bool] = True
     cli_options: ClassVar[Mapping[str, str]] = MappingProxyType(
@@ -167,7 +242,13 @@ class Canary(Strategy):
     cli_precedence: ClassVar[int] = 2
     cli_note: ClassVar[str] = "the controller advances it stage by stage while it stays healthy"
 
-    def __init__(self, stages: Any = (10, 25, 50, 100), stage_duration_secs: float = 300.0) -> None:
+    def __init__(
+        self,
+        stages: Any = (10, 25, 50, 100),
+        stage_duration_secs: float = 300.0,
+        agents: Any = (),
+        flows: Any = (),
+    ) -> None:
         try:
             values = tuple(stages)
         except TypeError:
@@ -194,6 +275,12 @@ class Canary(Strategy):
             raise InvalidStrategyError(f"stage_duration_secs must be >= 0, got {stage_duration_secs!r}")
         object.__setattr__(self, "stages", tuple(float(v) if not float(v).is_integer() else int(v) for v in values))
         object.__setattr__(self, "stage_duration_secs", float(stage_duration_secs))
+        object.__setattr__(self, "agents", validate_scope("agents", agents))
+        object.__setattr__(self, "flows", validate_scope("flows", flows))
+
+    def scope(self) -> Scope:
+        """The agents and flows it is limited to (empty = everyone)."""
+        return self.agents, self.flows
 
     def first_share_bp(self) -> int:
         """The first stage, in basis points."""
@@ -223,7 +310,7 @@ class Canary(Strategy):
     def describe(self) -> str:
         """One line for people."""
         steps = " -> ".join(f"{s:g}%" for s in self.stages)
-        return f"canary {steps}, {self.stage_duration_secs:g}s per stage"
+        return f"canary {steps}, {self.stage_duration_secs:g}s per stage{_describe_scope(self.agents, self.flows)}"
 
 
 @register
@@ -233,6 +320,8 @@ class ABTest(Strategy):
 
     split_ratio: float = 0.5
     test_duration_secs: float = 3600.0
+    agents: tuple[str, ...] = ()
+    flows: tuple[str, ...] = ()
     kind: ClassVar[str] = "ab-test"
     splits_traffic: ClassVar[bool] = True
     finishes_by_itself: ClassVar[bool] = False
@@ -252,6 +341,12 @@ class ABTest(Strategy):
             raise InvalidStrategyError(f"test_duration_secs must be > 0, got {duration!r}")
         object.__setattr__(self, "split_ratio", float(ratio))
         object.__setattr__(self, "test_duration_secs", float(duration))
+        object.__setattr__(self, "agents", validate_scope("agents", self.agents))
+        object.__setattr__(self, "flows", validate_scope("flows", self.flows))
+
+    def scope(self) -> Scope:
+        """The agents and flows it is limited to (empty = everyone)."""
+        return self.agents, self.flows
 
     def first_share_bp(self) -> int:
         """B's share, in basis points: what A's ``split_ratio`` leaves."""
@@ -271,7 +366,8 @@ class ABTest(Strategy):
 
     def describe(self) -> str:
         """One line for people."""
-        return f"A/B test {self.split_ratio:.0%}/{1 - self.split_ratio:.0%} for {self.test_duration_secs:g}s"
+        split = f"{self.split_ratio:.0%}/{1 - self.split_ratio:.0%}"
+        return f"A/B test {split} for {self.test_duration_secs:g}s{_describe_scope(self.agents, self.flows)}"
 
 
 @register

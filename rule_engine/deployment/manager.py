@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Unpack
 
 from rule_engine.bundle.models import RuleBundle
 from rule_engine.bundle.signing import Signature, TrustPolicy
 from rule_engine.clock import Clock, SystemClock
-from rule_engine.control import lifecycle
+from rule_engine.control import lifecycle, targeting
 from rule_engine.control import transitions as control
 from rule_engine.control.lifecycle import Operation
 from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
@@ -39,8 +39,9 @@ from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport
 from rule_engine.health.thresholds import HealthThresholds
 from rule_engine.health.verdict import Verdict
-from rule_engine.serving.routing import compute_request_hash, goes_to_candidate, hash_key
+from rule_engine.serving.routing import compute_request_hash
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
+from rule_engine.serving.targeting import route_hash, route_table
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
 
@@ -172,20 +173,12 @@ class DeploymentManager:
         return self._cell.current.stable
 
     def route_and_get_table(self, request_hash: int) -> RuleTable | None:
-        """The table serving a request with this hash (see :func:`compute_request_hash`)."""
-        s = self._cell.current
-        if s.candidate is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, request_hash):
-            return s.candidate
-        return s.stable
+        """The table serving a request with this hash (see :func:`compute_request_hash`; no scope, no pins)."""
+        return route_hash(self._cell.current, request_hash)
 
-    def route(self, key: object) -> RuleTable | None:
-        """The table serving a request with routing key ``key`` (never raises; an unhashable key gets stable)."""
-        s = self._cell.current
-        if s.candidate is not None:
-            request_hash = hash_key(key)
-            if request_hash is not None and goes_to_candidate(s.multiplier, s.offset, s.limit, request_hash):
-                return s.candidate
-        return s.stable
+    def route(self, key: object, event: Mapping[str, Any] | None = None) -> RuleTable | None:
+        """The table serving ``key`` (and ``event``, whose agent and flow a scoped rollout reads); never raises."""
+        return route_table(self._cell.current, key, event)
 
     compute_request_hash = staticmethod(compute_request_hash)
 
@@ -276,6 +269,14 @@ class DeploymentManager:
     def cancel_deployment(self, version_id: VersionId, **op: Unpack[Operation]) -> None:
         """End a staged or scheduled version: it is CANCELLED and never serves."""
         self._op("cancel", lifecycle.cancel, op, version_id)
+
+    def pin_keys(self, keys: Iterable[str], version_id: VersionId, **op: Unpack[Operation]) -> int:
+        """Serve ``keys`` by the rollout's stable or candidate ``version_id`` until the rollout ends; how many changed."""
+        return int(self._op("pin", targeting.pin, op, version_id, keys=targeting.keys_of(keys, "pin")))
+
+    def unpin_keys(self, keys: Iterable[str], **op: Unpack[Operation]) -> int:
+        """Give pinned ``keys`` back to the hash (docs/routing.md, "Targeting"); how many were pinned."""
+        return int(self._op("unpin", targeting.unpin, op, keys=targeting.keys_of(keys, "unpin")))
 
     def update_health_metrics(
         self, version_id: VersionId, evaluations: int, errors: int = 0, timeouts: int = 0, avg_latency_us: float = 0.0

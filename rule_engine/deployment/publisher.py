@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from rule_engine.bundle.models import RuleBundle
 from rule_engine.control.records import ControlState
+from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.health.ledger import HealthLedger
@@ -59,6 +60,7 @@ class Publisher:
             stable_recorder=self._ledger.recorder(state.active) if state.active else None,
             candidate_recorder=self._ledger.recorder(rollout.candidate) if rollout is not None else None,
             revision=state.revision,
+            targeting=targeting_of(state, stable, candidate),  # scope and pins (control/targeting.py)
         )
         self.cell.current = snapshot
         self.state = state

@@ -74,6 +74,12 @@ class RuleEngine:
             try:
                 if key is None:
                     key = event.get(self.key_field)
+                if snapshot.targeting is not None:  # targeting: scope and pins (serving/targeting.py)
+                    chosen = snapshot.targeting.choose(event, key, table)
+                    if chosen is not None:  # decided by scope or pin: key None skips the hash below
+                        key = None
+                        if chosen is candidate:
+                            table, recorder = candidate, snapshot.candidate_recorder
                 if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
                     data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
                     request_hash: int | None = mmh3.hash(data, 0, False)

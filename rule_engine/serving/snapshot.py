@@ -3,7 +3,8 @@
 The control plane builds a new :class:`ServingSnapshot` for every change and publishes it with one
 attribute assignment; readers take it with one attribute read and never lock. A snapshot routes a
 request hash to the stable or the candidate table with the rollout's salt (see
-:mod:`rule_engine.serving.routing`).
+:mod:`rule_engine.serving.routing`); a scoped rollout or one with pinned keys also carries a
+:class:`~rule_engine.serving.targeting.Targeting` (None otherwise), consulted before the hash.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rule_engine.serving.routing import Salt
 if TYPE_CHECKING:
     from rule_engine.evaluation.table import RuleTable
     from rule_engine.serving.recorder import VersionRecorder
+    from rule_engine.serving.targeting import Targeting
 
 __all__ = ["EMPTY_SNAPSHOT", "ServingCell", "ServingSnapshot", "SnapshotSource"]
 
@@ -37,6 +39,7 @@ class ServingSnapshot:
     stable_recorder: VersionRecorder | None = None
     candidate_recorder: VersionRecorder | None = None
     revision: int = 0
+    targeting: Targeting | None = None  # scope and pins of the rollout (serving/targeting.py); None: none
 
     @classmethod
     def build(
@@ -49,8 +52,9 @@ class ServingSnapshot:
         stable_recorder: VersionRecorder | None = None,
         candidate_recorder: VersionRecorder | None = None,
         revision: int = 0,
+        targeting: Targeting | None = None,
     ) -> ServingSnapshot:
-        """A snapshot routing ``share_bp`` basis points of traffic to ``candidate``."""
+        """A snapshot routing ``share_bp`` basis points of traffic to ``candidate`` (``targeting`` first)."""
         if candidate is None or salt is None or share_bp <= 0:
             return cls(stable, None, stable_recorder=stable_recorder, revision=revision)
         return cls(
@@ -63,6 +67,7 @@ class ServingSnapshot:
             stable_recorder,
             candidate_recorder,
             revision,
+            targeting,
         )
 
 
