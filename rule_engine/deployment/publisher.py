@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rule_engine.bundle.models import RuleBundle
+from rule_engine.bundle.models import RuleBundle, gc_paused
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
 from rule_engine.errors import StoreError, VersionNotFoundError
@@ -126,11 +126,12 @@ class Publisher:
         table = self._tables.get(version_id)
         if table is None:
             record = state.versions.get(version_id)
-            bundle = load_checked_bundle(self.store, record) if record is not None else None
-            if bundle is None:
-                raise BundleGone(f"the store holds no bundle for {version_id!r}")
-            assert record is not None
-            table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
+            with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
+                bundle = load_checked_bundle(self.store, record) if record is not None else None
+                if bundle is None or record is None:
+                    raise BundleGone(f"the store holds no bundle for {version_id!r}")
+                table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
+                del bundle
             if version_id in kept_compiled(state):
                 self._tables[version_id] = table
         return table
