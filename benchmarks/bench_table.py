@@ -176,6 +176,46 @@ def prepare_figures(raw10k: bytes, main: str, *, quick: bool) -> tuple[Report, R
     return prepare_report, memory
 
 
+def prepare_scaling(sizes: tuple[tuple[str, int, int], ...], *, quick: bool) -> Report:
+    """Issue 14: prepare / json.loads at each size (gc enabled for both, best of interleaved rounds),
+    and the trusted load a follower does (``parse_bundle(canonical, trusted_digest=...)``, then compile)."""
+    report = Report(title="issue 14: prepare and trusted load vs json.loads at 1k / 10k / 100k rules, gc enabled")
+    for label, agents, flows in sizes:
+        raw = bundle_bytes(agents, flows)
+        bundle = parse_bundle(raw)
+        canonical, digest = bundle.canonical.encode(), bundle.digest
+        del bundle
+        gc.collect()
+        best = {
+            k: min(v)
+            for k, v in time_with_gc(
+                {
+                    "json.loads": (json.loads, raw),
+                    "prepare": (prepare, raw),
+                    "parse": (parse_bundle, raw),
+                    "trusted": (lambda text, d=digest: parse_bundle(text, trusted_digest=d), canonical),
+                    "trusted+compile": (
+                        lambda text, d=digest: RuleTable.from_bundle(parse_bundle(text, trusted_digest=d)),
+                        canonical,
+                    ),
+                },
+                3 if quick or label == "100k" else 7,
+            ).items()
+        }
+        report.baseline(f"json.loads@{label}", best["json.loads"])
+        base = f"json.loads@{label}"
+        report.add(
+            f"{label}: prepare (validate + compile)",
+            best["prepare"],
+            baseline=base,
+            goal=6.0 if label == "10k" else None,
+        )
+        report.add(f"{label}:   of which parse_bundle", best["parse"], baseline=base)
+        report.add(f"{label}: trusted parse (follower)", best["trusted"], baseline=base)
+        report.add(f"{label}: trusted parse + compile (follower)", best["trusted+compile"], baseline=base)
+    return report
+
+
 def _digest(bundle: Any) -> str:
     """The bundle's digest, computed afresh (``RuleBundle.digest`` caches it)."""
     return hashlib.sha256(canonical_json(bundle).encode()).hexdigest()
@@ -234,7 +274,9 @@ def run(*, quick: bool = False, repeat: int = 25) -> tuple[list[Report], dict[st
                 note="flat: same 10 rules per pair, more pairs",
             )
 
-    return [evaluate, prepare_report, memory], {"raw10k": raw10k, "main": main}
+    del tables
+    scaling = prepare_scaling(sizes, quick=quick)
+    return [evaluate, prepare_report, memory, scaling], {"raw10k": raw10k, "main": main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -124,6 +124,8 @@ class MVersion:
     strategy: Any
     activated_at: float | None = None
     finished_at: float | None = None  # when it was rolled back (ROLLED_BACK only, in this model)
+    created_at: float = 0.0
+    schedule_held: bool = False  # D16: a due schedule held because a person activated a version after it
 
 
 @dataclass
@@ -242,7 +244,7 @@ class Model:
 
     def prepare(self, vid: str, strategy: Any, now: float) -> None:
         self.action = "prepare"
-        self.versions[vid] = MVersion(vid, S.STAGED, strategy)
+        self.versions[vid] = MVersion(vid, S.STAGED, strategy, created_at=now)
         self.audit.append(("prepare", vid, "preparing", "staged"))
         self.evict(keep=vid)
 
@@ -348,6 +350,14 @@ class Model:
                 self.audit.append(("hold", suspect, "rolling_out", "rolling_out"))
                 self.rollout.held = True
 
+    def overridden(self, record: MVersion) -> bool:
+        """Whether the active version was activated after ``record`` was scheduled, not by an earlier schedule."""
+        active = self.versions.get(self.active) if self.active else None
+        if active is None or active.activated_at is None or active.activated_at <= record.created_at:
+            return False
+        own = active.strategy.activation_time if isinstance(active.strategy, Scheduled) else None
+        return not (own is not None and own <= record.strategy.activation_time)
+
     def tick(self, now: float, auto_rollback: bool) -> None:
         due = sorted(
             (v for v in self.versions.values() if v.state is S.STAGED and isinstance(v.strategy, Scheduled)),
@@ -355,6 +365,11 @@ class Model:
         )
         for record in [v for v in due if v.strategy.activation_time <= now]:
             if self.rollout is None:
+                if self.overridden(record):  # D16: never silently over a newer manual deploy
+                    if not record.schedule_held:
+                        self.audit.append(("hold", record.vid, "staged", "staged"))
+                        record.schedule_held = True
+                    continue
                 self.activate(record.vid, now, supersede=False)
         rollout = self.rollout
         due = rollout is not None and rollout.kind == "ab-test" and not rollout.ended

@@ -331,8 +331,20 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def parse_bundle(data: str | bytes | bytearray, *, limits: BundleLimits = DEFAULT_LIMITS) -> RuleBundle:
-    """Validate bundle JSON text or bytes into a :class:`RuleBundle`."""
+def parse_bundle(
+    data: str | bytes | bytearray, *, limits: BundleLimits = DEFAULT_LIMITS, trusted_digest: str | None = None
+) -> RuleBundle:
+    """Validate bundle JSON text or bytes into a :class:`RuleBundle`.
+
+    With ``trusted_digest`` (the recorded digest of a version validated when it was prepared), the
+    text must be that version's canonical text: when ``sha256(data) == trusted_digest`` the models
+    are built without validating again (see :mod:`rule_engine.bundle.trusted`); any other text is
+    refused with a :class:`BundleValidationError`.
+    """
+    if trusted_digest is not None:
+        from rule_engine.bundle.trusted import parse_trusted  # it builds these models: imported late
+
+        return parse_trusted(data, trusted_digest)
     with gc_paused():
         return _parse_bundle(data, limits)
 

@@ -227,8 +227,9 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, explain: bool
             (t for t in (snapshot.candidate, snapshot.stable) if t is not None and t.version_id == decision.version_id),
             None,
         )
+        # while the store is open: a manager's table reads its bundle back from the store on demand
+        trace = explanation(table, event) if explain and table is not None else []
     data = decision.as_dict()
-    trace = explanation(table, event) if explain and table is not None else []
     if explain:
         data["explain"] = trace
 

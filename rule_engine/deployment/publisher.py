@@ -1,16 +1,21 @@
 """Publisher: turns a stored :class:`ControlState` into the :class:`ServingSnapshot` readers see.
 
-It owns the compiled tables (per version, and per bundle digest so a version prepared twice is
-compiled once), the rollout salts, and the :class:`ServingCell` it publishes into with one
-assignment. It is called under the manager's lock; readers never see it, only the cell.
+It owns the compiled tables, the rollout salts, and the :class:`ServingCell` it publishes into with
+one assignment. It is called under the manager's lock; readers never see it, only the cell.
+
+Only the versions that can serve without a recompile stay compiled (:func:`kept_compiled`: what
+serves, the rollback target, the newest staged version); any other retained version is compiled
+again from the store when it is needed. A table keeps no bundle model: its ``bundle`` is re-read
+from the store (digest-checked) on demand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from rule_engine.bundle.models import RuleBundle
-from rule_engine.control.records import ControlState
+from rule_engine.bundle.models import RuleBundle, gc_paused
+from rule_engine.control.records import ControlState, VersionRecord
+from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
 from rule_engine.evaluation.table import RuleTable
@@ -20,7 +25,7 @@ from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import load_checked_bundle
 
-__all__ = ["BundleGone", "Publisher", "Serving", "serving_of_snapshot", "serving_of_state"]
+__all__ = ["BundleGone", "Publisher", "Serving", "kept_compiled", "serving_of_snapshot", "serving_of_state"]
 
 Serving = tuple[str | None, str | None, float]  # (stable, candidate, candidate percent)
 
@@ -38,8 +43,7 @@ class Publisher:
         self.state = ControlState()
         self._ledger = ledger
         self._cache_size = cache_size
-        self._tables: dict[str, RuleTable] = {}
-        self._compiled: dict[str, RuleTable] = {}  # digest -> table without version id
+        self._tables: dict[str, RuleTable] = {}  # at most kept_compiled(state) (plus one being adopted)
         self._salts: dict[str, Salt] = {}
         self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
 
@@ -64,8 +68,9 @@ class Publisher:
         )
         self.cell.current = snapshot
         self.state = state
-        for version_id in [v for v in self._tables if v not in state.versions]:
-            del self._tables[version_id]  # evicted from history: free the table
+        keep = kept_compiled(state)
+        for version_id in [v for v in self._tables if v not in keep]:
+            del self._tables[version_id]  # evicted, or neither serving nor next: compiled again if needed
         self._ledger.forget_all_but(state.versions)
         self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
 
@@ -89,29 +94,32 @@ class Publisher:
         return state
 
     def adopt_table(self, version_id: str, base: RuleTable) -> None:
-        """Keep the table compiled at prepare time for ``version_id`` (no recompile on publish)."""
-        self._tables.setdefault(version_id, base.restamped(version_id))
+        """Keep the table compiled at prepare time for ``version_id`` (no recompile on publish).
+
+        The kept copy holds no bundle: its ``bundle`` is re-read from the store on demand.
+        """
+        record = self.state.versions.get(version_id)
+        if record is not None and version_id in kept_compiled(self.state):
+            self._tables.setdefault(version_id, base.restamped(version_id, load=self._loader(record)))
 
     def base_table(self, bundle: RuleBundle) -> RuleTable:
-        """The compiled table of ``bundle`` (cached by digest; without a version id)."""
-        table = self._compiled.get(bundle.digest)
-        if table is None:
-            table = RuleTable.from_bundle(bundle)
-            if len(self._compiled) >= max(self._cache_size(), 4) * 2:
-                self._compiled.pop(next(iter(self._compiled)))
-            self._compiled[bundle.digest] = table
-        return table
+        """The compiled table of ``bundle`` without a version id (a kept table of the same digest is reused)."""
+        for table in self._tables.values():
+            if table.digest == bundle.digest:
+                return table.restamped(None, bundle=bundle)
+        return RuleTable.from_bundle(bundle)
 
     def bundle_of(self, version_id: str) -> RuleBundle:
-        """The bundle a retained version was prepared from (compiled copy, else the store's, digest-checked)."""
-        table = self._tables.get(version_id)
-        if table is not None:
-            return table.bundle
+        """The bundle a retained version was prepared from (re-read from the store, digest-checked)."""
         record = self.state.versions.get(version_id)
         bundle = load_checked_bundle(self.store, record) if record is not None else None
         if bundle is None:
             raise VersionNotFoundError(version_id)
         return bundle
+
+    def compiled_versions(self) -> tuple[str, ...]:
+        """The versions whose tables are compiled now (the others compile on demand)."""
+        return tuple(self._tables)
 
     def serving(self) -> Serving:
         """What serves now, as hooks are told it."""
@@ -121,18 +129,47 @@ class Publisher:
         table = self._tables.get(version_id)
         if table is None:
             record = state.versions.get(version_id)
-            bundle = load_checked_bundle(self.store, record) if record is not None else None
-            if bundle is None:
-                raise BundleGone(f"the store holds no bundle for {version_id!r}")
-            table = self.base_table(bundle).restamped(version_id)
-            self._tables[version_id] = table
+            with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
+                bundle = load_checked_bundle(self.store, record) if record is not None else None
+                if bundle is None or record is None:
+                    raise BundleGone(f"the store holds no bundle for {version_id!r}")
+                table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
+                del bundle
+            if version_id in kept_compiled(state):
+                self._tables[version_id] = table
         return table
+
+    def _loader(self, record: VersionRecord) -> Callable[[], RuleBundle]:
+        store = self.store
+
+        def load() -> RuleBundle:
+            bundle = load_checked_bundle(store, record)
+            if bundle is None:
+                raise VersionNotFoundError(record.version_id)
+            return bundle
+
+        return load
 
     def _salt(self, text: str) -> Salt:
         salt = self._salts.get(text)
         if salt is None:
             salt = self._salts[text] = Salt.from_text(text)
         return salt
+
+
+def kept_compiled(state: ControlState) -> frozenset[str]:
+    """The versions whose tables stay compiled: what serves, the rollback target, the newest staged one.
+
+    At most four, whatever ``max_history`` is; the others are compiled again from the store when
+    activated or rolled back to (see docs/performance.md for what that costs).
+    """
+    keep = {state.active, state.rollback_target}
+    if state.rollout is not None:
+        keep.update((state.rollout.candidate, state.rollout.stable))
+    staged = [v for v, r in state.versions.items() if r.state is DeploymentState.STAGED]
+    if staged:
+        keep.add(max(staged, key=lambda v: state.versions[v].seq))
+    return frozenset(v for v in keep if v is not None)
 
 
 def serving_of_snapshot(snapshot: ServingSnapshot) -> Serving:

@@ -11,8 +11,9 @@ A table never changes after it is built and holds no locks, so any number of thr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.compiler import Matcher, compile_condition
 from rule_engine.evaluation.index import Row, Scopes, build_rows
 
-__all__ = ["CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
+__all__ = ["BundleSource", "CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
 
 _T = TypeVar("_T")
 _ANY = None  # index key of "every agent" / "every flow"
@@ -75,16 +76,64 @@ class RuleQuery:
     flow: str | None = None
 
 
+class BundleSource:
+    """Where a table's bundle comes from when a caller asks for it (the table itself never needs it).
+
+    Built with a bundle, it holds it (a table compiled outside a manager). Built with ``load``, it
+    holds only that callable (a manager's: it re-reads the bundle from the store, digest-checked)
+    and a weak reference to the last bundle it loaded, so the bundle lives only while a caller uses it.
+    """
+
+    __slots__ = ("_held", "_last", "_load")
+
+    def __init__(self, bundle: RuleBundle | None = None, load: Callable[[], RuleBundle] | None = None) -> None:
+        """Hold ``bundle``, or load it with ``load`` on demand (one of them is required)."""
+        if bundle is None and load is None:
+            raise ValueError("a BundleSource needs a bundle or a loader")
+        self._held = bundle
+        self._load = load
+        self._last: Callable[[], RuleBundle | None] = _nothing
+
+    def get(self) -> RuleBundle:
+        """The bundle (loaded again when no caller holds the last one loaded)."""
+        if self._held is not None:
+            return self._held
+        bundle = self._last()
+        if bundle is None:
+            assert self._load is not None
+            bundle = self._load()
+            self._last = weakref.ref(bundle)
+        return bundle
+
+    @property
+    def holds(self) -> bool:
+        """Whether the bundle is kept alive by this source (False: re-read on demand)."""
+        return self._held is not None
+
+
+def _nothing() -> None:
+    return None
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledRule:
-    """A rule ready to run: its source, its matcher and the decision it gives."""
+    """A rule ready to run: its id, order, matcher and the decision it gives.
+
+    ``rule`` (the source model) is not kept: it comes from the table's :class:`BundleSource`
+    (for a manager's table that re-reads the bundle: take ``table.bundle`` once to walk many rules).
+    """
 
     id: str
     priority: int
     position: int
-    rule: Rule
     match: Matcher
     decision: Decision
+    source: BundleSource = field(repr=False)
+
+    @property
+    def rule(self) -> Rule:
+        """The rule this was compiled from (from the table's bundle source)."""
+        return self.source.get().rules[self.position]
 
 
 class RuleTable:
@@ -93,18 +142,22 @@ class RuleTable:
     __slots__ = (
         "__weakref__",  # lets tests (and caches) check that an evicted version's table is freed
         "_default",
-        "_error_outcome",
+        "_error",
         "_index",
         "_rules",
         "_rules_by_id",
         "_scopes",
         "_steps",
-        "bundle",
+        "bundle_id",
+        "bundle_version",
         "digest",
+        "source",
         "version_id",
     )
 
-    bundle: RuleBundle
+    source: BundleSource
+    bundle_id: str
+    bundle_version: str
     digest: str
     version_id: str | None
     _rules: tuple[CompiledRule, ...]
@@ -113,31 +166,41 @@ class RuleTable:
     _index: dict[str | None, Row]  # agent -> flow -> applicable CompiledRules (see index.py)
     _steps: dict[str | None, Row]  # the same cells as (matcher, decision) pairs: the hot loop's view
     _default: Decision
-    _error_outcome: Outcome
+    _error: Decision  # the on_error decision with error="" (error_decision fills it in)
 
-    def __init__(self, bundle: RuleBundle, *, version_id: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: RuleBundle,
+        *,
+        version_id: str | None = None,
+        load: Callable[[], RuleBundle] | None = None,
+    ) -> None:
         """Compile ``bundle``; prefer :meth:`from_bundle`."""
         with gc_paused():
-            self._build(bundle, version_id)
+            self._build(bundle, version_id, BundleSource(load=load) if load is not None else BundleSource(bundle))
 
-    def _build(self, bundle: RuleBundle, version_id: str | None) -> None:
+    def _build(self, bundle: RuleBundle, version_id: str | None, source: BundleSource) -> None:
         set_ = object.__setattr__
-        set_(self, "bundle", bundle)
+        set_(self, "source", source)
+        set_(self, "bundle_id", bundle.bundle_id)
+        set_(self, "bundle_version", bundle.version)
         set_(self, "digest", bundle.digest)
         set_(self, "version_id", version_id)
+        strings: dict[Any, Any] = {}
         compiled = tuple(
             CompiledRule(
                 id=rule.id,
                 priority=rule.priority,
                 position=position,
-                rule=rule,
                 match=compile_condition(rule.when, rule.id),
-                decision=_decision(rule.then, rule.id, version_id),
+                decision=_decision(rule.then, rule.id, version_id, strings),
+                source=source,
             )
             for position, rule in enumerate(bundle.rules)
         )
         ordered = tuple(sorted(compiled, key=_order))
-        scopes = Scopes([(r.rule.agents, r.rule.flows) for r in ordered])
+        rules = bundle.rules
+        scopes = Scopes([(rules[r.position].agents, rules[r.position].flows) for r in ordered])
         index, steps = _rows_of(scopes, ordered)
         set_(self, "_scopes", scopes)
         set_(self, "_rules", ordered)
@@ -145,40 +208,62 @@ class RuleTable:
         set_(self, "_index", index)
         set_(self, "_steps", steps)
         set_(self, "_default", _decision(bundle.default_outcome, None, version_id))
-        set_(self, "_error_outcome", bundle.error_outcome)
+        error = bundle.error_outcome
+        set_(self, "_error", Decision(error.decision, None, error.reason, freeze_json(error.params or {}), error=""))
 
     @classmethod
-    def from_bundle(cls, bundle: RuleBundle, *, version_id: str | None = None) -> RuleTable:
-        """Compile a validated bundle into a table (tagging every decision with ``version_id``)."""
-        return cls(bundle, version_id=version_id)
+    def from_bundle(
+        cls,
+        bundle: RuleBundle,
+        *,
+        version_id: str | None = None,
+        load: Callable[[], RuleBundle] | None = None,
+    ) -> RuleTable:
+        """Compile a validated bundle into a table (tagging every decision with ``version_id``).
 
-    def restamped(self, version_id: str | None) -> RuleTable:
-        """The same table with decisions tagged ``version_id``, reusing the compiled matchers."""
+        Without ``load`` the table holds ``bundle`` (its :attr:`bundle`). With ``load`` (a callable
+        returning the same bundle again, e.g. re-read from a store) the table keeps no part of the
+        bundle's models and :attr:`bundle` calls ``load`` when asked.
+        """
+        return cls(bundle, version_id=version_id, load=load)
+
+    @property
+    def bundle(self) -> RuleBundle:
+        """The bundle this table was compiled from (re-read through :attr:`source` when not held)."""
+        return self.source.get()
+
+    def restamped(
+        self,
+        version_id: str | None,
+        *,
+        load: Callable[[], RuleBundle] | None = None,
+        bundle: RuleBundle | None = None,
+    ) -> RuleTable:
+        """The same table with decisions tagged ``version_id``, reusing the compiled matchers.
+
+        ``load`` or ``bundle`` (the same bundle) give the copy its own :class:`BundleSource`;
+        without either it shares this table's.
+        """
         table = object.__new__(RuleTable)
         set_ = object.__setattr__
+        source = BundleSource(bundle, load) if load is not None or bundle is not None else self.source
         by_id = {
             r.id: CompiledRule(
-                r.id,
-                r.priority,
-                r.position,
-                r.rule,
-                r.match,
-                _decision(r.rule.then, r.id, version_id),
+                r.id, r.priority, r.position, r.match, replace(r.decision, version_id=version_id), source
             )
             for r in self._rules
         }
         ordered = tuple(by_id[r.id] for r in self._rules)
         index, steps = _rows_of(self._scopes, ordered)
-        set_(table, "_scopes", self._scopes)
-        set_(table, "bundle", self.bundle)
-        set_(table, "digest", self.digest)
+        for name in ("_scopes", "bundle_id", "bundle_version", "digest", "_error"):
+            set_(table, name, getattr(self, name))
+        set_(table, "source", source)
         set_(table, "version_id", version_id)
         set_(table, "_rules", ordered)
         set_(table, "_rules_by_id", MappingProxyType(by_id))
         set_(table, "_index", index)
         set_(table, "_steps", steps)
-        set_(table, "_default", _decision(self.bundle.default_outcome, None, version_id))
-        set_(table, "_error_outcome", self._error_outcome)
+        set_(table, "_default", replace(self._default, version_id=version_id))
         return table
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -189,7 +274,7 @@ class RuleTable:
 
     def __repr__(self) -> str:
         return (
-            f"<RuleTable {self.bundle.bundle_id}@{self.bundle.version} rules={len(self._rules)} "
+            f"<RuleTable {self.bundle_id}@{self.bundle_version} rules={len(self._rules)} "
             f"version_id={self.version_id!r}>"
         )
 
@@ -246,15 +331,7 @@ class RuleTable:
 
     def error_decision(self, error: str) -> Decision:
         """The bundle's ``on_error`` decision, marked with ``error``."""
-        outcome = self._error_outcome
-        return Decision(
-            decision=outcome.decision,
-            rule_id=None,
-            reason=outcome.reason,
-            params=freeze_json(outcome.params or {}),
-            version_id=self.version_id,
-            error=error,
-        )
+        return replace(self._error, version_id=self.version_id, error=error)
 
     def explain(self, event: Mapping[str, Any]) -> list[tuple[str, str]]:
         """Each applicable rule in order with what it did on ``event``: matched, no match or error."""
@@ -287,11 +364,18 @@ def _cell(index: Mapping[Any, Mapping[Any, _T]], agent: Any, flow: Any) -> _T:
         return by_flow[_ANY]
 
 
-def _decision(outcome: Outcome, rule_id: str | None, version_id: str | None) -> Decision:
+def _decision(
+    outcome: Outcome, rule_id: str | None, version_id: str | None, shared: dict[Any, Any] | None = None
+) -> Decision:
+    """The decision of ``outcome``; equal decision and reason strings are one object per table (``shared``)."""
+    decision, reason = outcome.decision, outcome.reason
+    if shared is not None:
+        decision = shared.setdefault(decision, decision)
+        reason = shared.setdefault(reason, reason)
     return Decision(
-        decision=outcome.decision,
+        decision=decision,
         rule_id=rule_id,
-        reason=outcome.reason,
+        reason=reason,
         params=freeze_json(outcome.params) if outcome.params else _EMPTY,
         version_id=version_id,
     )

@@ -10,7 +10,9 @@ Every backend and every reader of a store share these rules:
   consistent :class:`ControlState` is a :class:`StoreError`, never an ``AttributeError`` or
   ``ValueError`` from deep inside.
 - **Bundles match their digests** (:func:`checked_bundle`, :func:`load_checked_bundle`): a bundle read
-  back is parsed and its digest compared with the one recorded for its version.
+  back whose text hashes to the digest recorded for its version is the canonical text validated at
+  prepare, built on the trusted path (no second validation); any other text is validated in full and
+  its canonical digest compared with the recorded one (a mismatch is a :class:`StoreError`).
 - **The audit is a hash chain** (:func:`audit_hash`, :func:`verify_chain`): each entry's hash covers
   the entry and the hash of its predecessor, so changing, removing or inserting an entry breaks the
   chain from that entry on (see ``docs/stores.md``, "The audit hash chain").
@@ -25,6 +27,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rule_engine.bundle.models import RuleBundle, parse_bundle
+from rule_engine.bundle.trusted import text_digest
 from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
 from rule_engine.errors import BundleValidationError, StoreError
 
@@ -145,7 +148,9 @@ def checked_bundle(record: VersionRecord, text: object) -> RuleBundle:
     if not isinstance(text, str):
         raise StoreError(f"the stored bundle of {record.version_id!r} is {type(text).__name__}, not text")
     try:
-        bundle = parse_bundle(text)
+        if text_digest(text) == record.digest:  # the canonical text validated at prepare: the trusted path
+            return parse_bundle(text, trusted_digest=record.digest)
+        bundle = parse_bundle(text)  # not canonical (or changed): validate in full, then compare digests
     except BundleValidationError as exc:
         raise StoreError(f"the stored bundle of {record.version_id!r} is not a valid bundle: {exc}") from exc
     if bundle.digest != record.digest:

@@ -1,0 +1,178 @@
+"""Issue 14, pickup: how long after a 10k-rule version is activated N follower processes serve it.
+
+    .venv/bin/python benchmarks/bench_pickup.py [--quick] [--followers 8,32] [--rounds 3]
+        [--before TREE] [--json PATH]
+
+One process stages and activates a new 10k-rule version (synthetic bundle, a new seed per round)
+on a SQLite store; N follower processes (``DeploymentManager.open(url)``, default 20 ms poll) each
+report the wall time at which ``get_active_version_id()`` first names it (checked every 1 ms). The
+figure is p50 / p99 / max over followers and rounds of (served - activation returned), as a ratio
+against the same run's single-process **prepare** (``RuleTable.from_bundle(parse_bundle(raw))`` of
+the same bundle, CPU time, best of 3) and, for reference, the single-process trusted pickup
+(``load_checked_bundle`` + compile, what each follower does). Goal: 8 followers p99 <= 1 s.
+
+``--before TREE`` runs the same followers a second time on the library found in ``TREE`` (e.g. the
+base commit exported with ``git archive c9f2010 | tar -x -C /tmp/base``): the before/after of one run.
+Every wait is bounded (``WAIT`` seconds); followers are killed at the end of each round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+for _p in (str(HERE), str(ROOT / "bundles"), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import structlog  # noqa: E402
+from _timing import Report, add_report_args  # noqa: E402
+from bench_follower import _line  # noqa: E402 - reads one JSON line a follower printed
+from generate_synthetic import synthetic_bundle  # noqa: E402
+
+from rule_engine import DeploymentManager, RuleTable, parse_bundle  # noqa: E402
+from rule_engine.stores.integrity import load_checked_bundle  # noqa: E402
+
+WAIT = 900.0  # bound on any wait for a follower (s): 32 followers starting on a loaded 2-core host take minutes
+
+FOLLOWER = """
+import json, logging, sys, time
+import structlog
+structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+from rule_engine import DeploymentManager
+url, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+with DeploymentManager.open(url) as manager:
+    seen = manager.get_active_version_id()
+    print(json.dumps({"ready": seen}), flush=True)
+    while time.time() < deadline:
+        now = manager.get_active_version_id()
+        if now != seen:
+            print(json.dumps({"active": now, "at": time.time()}), flush=True)
+            seen = now
+        time.sleep(0.001)
+"""
+
+
+def bundle_text(seed: int) -> str:
+    """The 10k-rule synthetic bundle of ``seed`` as JSON text (a distinct version per seed)."""
+    document = synthetic_bundle(50, 20, 10, seed=seed)
+    document["version"] = f"1.0.{seed}"
+    return json.dumps(document)
+
+
+def _cpu(fn: Any, rounds: int = 3) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        fn()
+        best = min(best, time.process_time() - started)
+    return best
+
+
+def pickup(url: str, manager: DeploymentManager, followers: int, seed: int, tree: str | None) -> list[float]:
+    """Seconds from the activation returning to each of ``followers`` processes serving the new version."""
+    env = dict(os.environ)
+    if tree is not None:
+        env["PYTHONPATH"] = tree
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FOLLOWER, url, str(WAIT)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tree or ROOT,
+            env=env,
+        )
+        for _ in range(followers)
+    ]
+    try:
+        for proc in procs:
+            _line(proc)  # each has loaded what serves now
+        version_id = manager.prepare_deployment(bundle_text(seed), deployed_by="bench")
+        manager.activate_deployment(version_id)
+        committed = time.time()
+        delays = []
+        for proc in procs:
+            seen = _line(proc)
+            if seen.get("active") != version_id:
+                raise RuntimeError(f"a follower saw {seen}, expected {version_id}")
+            delays.append(max(0.0, seen["at"] - committed))
+        return delays
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate(timeout=WAIT)
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def run(*, counts: list[int], rounds: int, tree: str | None) -> Report:
+    """The pickup figures, as ratios against the single-process prepare of the same bundle."""
+    raw = bundle_text(0).encode()
+    bundle = parse_bundle(raw)
+    report = Report(title="issue 14: 10k-rule version served by N follower processes (SQLite, 2 cores)")
+    report.baseline("prepare", _cpu(lambda: RuleTable.from_bundle(parse_bundle(raw))) * 1e9)
+    seed = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'state.db'}"
+        with DeploymentManager.open(url, follow=False) as manager:
+            manager.activate_deployment(manager.prepare_deployment(bundle_text(0), deployed_by="bench"))
+            active = manager.get_active_version_id()
+            assert active is not None
+            stored = manager._publisher.state.versions[active]
+            trusted = _cpu(lambda: RuleTable.from_bundle(load_checked_bundle(manager._store, stored)))  # type: ignore[arg-type]
+            report.add("single process: trusted pickup (CPU)", trusted * 1e9, baseline="prepare")
+            del bundle
+            for label, where in (("after", None), ("before", tree)) if tree else (("after", None),):
+                for count in counts:
+                    delays: list[float] = []
+                    for _ in range(rounds if count <= 8 else 1):
+                        delays += pickup(url, manager, count, seed, where)
+                        seed += 1
+                    ordered = sorted(delays)
+                    print(f"{label}: {count} followers: {[round(d, 3) for d in ordered]}", file=sys.stderr, flush=True)
+                    for stat, value in (
+                        ("p50", statistics.median(ordered)),
+                        ("p99", _pct(ordered, 0.99)),
+                        ("max", ordered[-1]),
+                    ):
+                        goal = 1e9 / report.baselines["prepare"] if (count == 8 and stat == "p99") else None
+                        report.add(
+                            f"{label}: {count} followers {stat}",
+                            value * 1e9,
+                            baseline="prepare",
+                            goal=goal if label == "after" else None,
+                            note=f"{value * 1000:.0f} ms ({len(ordered)} pickups)",
+                        )
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print; ``--json PATH`` also writes the figures."""
+    parser = add_report_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument("--quick", action="store_true", help="2 and 4 followers, one round")
+    parser.add_argument("--followers", default="8,32", help="comma-separated follower counts (default 8,32)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per count up to 8 followers (default 3)")
+    parser.add_argument("--before", metavar="TREE", help="also run the followers on the library in TREE")
+    args = parser.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    counts = [2, 4] if args.quick else [int(n) for n in args.followers.split(",")]
+    rounds = 1 if args.quick else max(1, args.rounds)
+    return run(counts=counts, rounds=rounds, tree=args.before).finish(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
