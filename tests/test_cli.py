@@ -244,8 +244,8 @@ def test_every_error_is_one_line(run: Any, args: list[str], fragment: str, code:
 
 def test_unknown_store_url_is_one_line() -> None:
     """An unsupported store URL is refused in one line."""
-    result = CliRunner().invoke(cli, ["--store", "postgres://db/x", "status"])
-    assert_one_line_error(result, "unsupported store URL 'postgres://db/x'")
+    result = CliRunner().invoke(cli, ["--store", "mongodb://db/x", "status"])
+    assert_one_line_error(result, "unsupported store URL 'mongodb://db/x'")
 
 
 def test_deploy_during_a_rollout_says_the_version_is_left_staged(run: Any) -> None:

@@ -341,15 +341,23 @@ def test_the_cli_deploys_and_reports_on_a_postgresql_store(pg_database: str) -> 
     assert history["versions"][0]["deployed_by"] == "alice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI prints its raw --store URL: cli/status.py, deploy.py, run.py and _common.py must print "
-    "rule_engine.stores._pg_conninfo.redact_url(state.url) (wiring for the CLI owner)",
-)
 def test_status_output_never_shows_the_password(pg_database: str) -> None:
-    """``status`` (text and JSON) on a URL holding a password shows the store with the password masked."""
+    """deploy, status (text and JSON), controller and a failing status show the store with the password masked."""
+    bundles = Path(__file__).resolve().parent.parent / "bundles"
     url = _url(pg_database).replace("postgresql:///", f"postgresql://postgres:{PASSWORD}@/")
-    for args in (("status",), ("status", "--json")):
+    missing = _cli(url, "status")  # nothing deployed yet: an error line naming the store
+    assert missing.exit_code == 1  # type: ignore[attr-defined]
+    assert "postgres:***@" in missing.output  # type: ignore[attr-defined]
+    assert PASSWORD not in missing.output  # type: ignore[attr-defined]
+    for args in (
+        ("deploy", str(bundles / "gateway-v1.json")),
+        ("deploy", str(bundles / "gateway-v2.json"), "--json"),
+        ("status",),
+        ("status", "--json"),
+        ("controller", "--once"),
+    ):
         result = _cli(url, *args)
         assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
         assert PASSWORD not in result.output  # type: ignore[attr-defined]
+    shown = json.loads(_cli(url, "status", "--json").output)["store"]  # type: ignore[attr-defined]
+    assert shown.startswith("postgresql://postgres:***@/")

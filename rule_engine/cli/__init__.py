@@ -23,6 +23,7 @@ from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
 from rule_engine.cli.status import history, status
+from rule_engine.cli.store import audit, store
 
 __all__ = ["cli", "main"]
 
@@ -51,6 +52,8 @@ cli.add_command(replay)
 cli.add_command(check)
 cli.add_command(lint)
 cli.add_command(preview)
+cli.add_command(store)
+cli.add_command(audit)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -30,7 +30,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         serving = {active} | ({rollout.version_id} if rollout else set())
         data = {
-            "store": state.url,
+            "store": state.shown_url,
             "active_version": active,
             "rollout": view_dict(rollout) if rollout else None,
             "health": {i.version_id: view_dict(i.health_metrics) for i in infos if i.version_id in serving},
@@ -45,7 +45,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 for i in infos
             ],
         }
-        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos))
+        emit(as_json, data, lambda: _print_status(state.shown_url, active, rollout, infos))
 
 
 def _print_status(url: str, active: str | None, rollout: RolloutStatus | None, infos: list[DeploymentInfo]) -> None:

@@ -154,5 +154,6 @@ def open_store(url: str, *, create: bool = False) -> StateStore:
         return PostgresStore.from_url(url, create=create)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(
-        f"unsupported store URL {url!r} (scheme {scheme!r}); use sqlite:///path/to/state.db or memory://"
+        f"unsupported store URL {url!r} (scheme {scheme!r}); "
+        "use sqlite:///path/to/state.db, postgresql://user@host/db or memory://"
     )
