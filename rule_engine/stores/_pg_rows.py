@@ -15,7 +15,7 @@ from typing import Any
 
 from rule_engine.errors import StoreError
 from rule_engine.serving.counts import HealthCounts
-from rule_engine.stores.integrity import AuditRow, StoreMark
+from rule_engine.stores.integrity import AuditRow, StoreMark, meta_problem
 
 __all__ = [
     "AUDIT_COLUMNS",
@@ -52,22 +52,12 @@ class Meta:
     head: str | None
 
 
-def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
 def meta_of(row: Sequence[Any] | None, where: str) -> Meta:
     """The meta row ``(revision, store_id, audit_chain_from, audit_head)``, checked."""
     if row is None:
         raise StoreError(f"the meta row of {where} is missing: the store is corrupt (was it emptied by hand?)")
     revision, store_id, chain_from, head = row
-    problem = (
-        "revision is not a non-negative integer" if not _is_count(revision, 0)
-        else "store_id is not text" if not isinstance(store_id, str) or not store_id
-        else "audit_chain_from is not a positive integer" if not _is_count(chain_from, 1)
-        else "audit_head is not text" if not isinstance(head, str | None)
-        else None
-    )  # fmt: skip
+    problem = meta_problem(revision, store_id, chain_from, head)
     if problem is not None:
         raise StoreError(f"the meta row of {where} is corrupt: {problem}")
     return Meta(StoreMark(str(store_id), int(revision)), int(chain_from), head if isinstance(head, str) else None)
@@ -88,7 +78,7 @@ def health_of(row: Sequence[Any], where: str) -> tuple[str, HealthCounts]:
     try:
         version_id, evaluations, errors, timeouts, latency, histogram, decisions, rules, fallbacks, fb_errors = row
         for name, value in (("evaluations", evaluations), ("errors", errors), ("timeouts", timeouts)):
-            if not _is_count(value, 0):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise TypeError(f"{name} is not a non-negative integer")
         if not isinstance(decisions, Mapping) or not isinstance(rules, Mapping):
             raise TypeError("decisions and rules must be JSON objects")

@@ -64,10 +64,9 @@ from rule_engine.stores._pg_schema import (
 from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import (
-    GENESIS,
     AuditCheck,
     StoreMark,
-    audit_hash,
+    chain_entries,
     check_continuity,
     decode_state,
     verify_chain,
@@ -350,13 +349,8 @@ class PostgresStore(StateStore):
                 (doc,),
             )
             seq_row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
-            seq = int(seq_row[0]) if seq_row is not None else 0
-            head, entries = meta.head or GENESIS, []
-            for entry in audit:
-                seq += 1
-                numbered = replace(entry, seq=seq)
-                head = audit_hash(head, numbered, committed.revision)
-                entries.append((*(getattr(numbered, c) for c in AUDIT_COLUMNS), committed.revision, head))
+            chained, head = chain_entries(audit, int(seq_row[0]) if seq_row else 0, meta.head, committed.revision)
+            entries = [(*(getattr(e, c) for c in AUDIT_COLUMNS), committed.revision, h) for e, h in chained]
             with conn.cursor() as many:
                 if rows:
                     many.executemany(
