@@ -36,7 +36,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 BUNDLES = (ROOT / "bundles" / "gateway-v1.json", ROOT / "bundles" / "gateway-v2.json")
+sys.path.insert(0, str(ROOT / "benchmarks"))
 WORKER_LIFETIME = 300.0  # an evaluator process gives up after this long whatever happens
+
+
+from bench_postgres import percentile, start_server  # noqa: E402
 
 
 def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
@@ -82,13 +86,10 @@ def _spawn_ready(args: list[str], count: int) -> list[subprocess.Popen[str]]:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()  # bounded: a worker gives up after WORKER_LIFETIME
         if line != "ready":
+            for other in procs:
+                other.kill()
             raise RuntimeError(f"an evaluator did not start: {line!r}")
     return procs
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
 def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dict[str, Any]:
@@ -120,8 +121,8 @@ def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dic
         "rounds": rounds,
         "samples": len(latencies),
         "missing": missing,
-        "p50_ms": _percentile(latencies, 0.50),
-        "p99_ms": _percentile(latencies, 0.99),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
         "max_ms": max(latencies),
     }
 
@@ -149,17 +150,10 @@ def main() -> int:
     sizes = [int(n) for n in args.processes.split(",")]
     if not all(1 <= n <= 64 for n in sizes) or not 1 <= args.rounds <= 1000:
         parser.error("--processes must each be 1..64 and --rounds 1..1000")
-    cluster = None
-    conninfo = args.conninfo
-    if conninfo is None:
-        from _support_postgres import PgCluster, postgres_bindir
-
-        bindir = postgres_bindir()
-        if bindir is None:
-            print("UNAVAILABLE: no PostgreSQL binaries (initdb, pg_ctl); pass --conninfo", file=sys.stderr)
-            return 2
-        cluster = PgCluster(bindir, prefix="rule-engine-bench-prop-")
-        conninfo = cluster.conninfo()
+    server = start_server(args.conninfo, "rule-engine-bench-prop-")
+    if server is None:
+        return 2
+    cluster, conninfo = server
     url = _url(conninfo)
     results = []
     load = os.getloadavg()
