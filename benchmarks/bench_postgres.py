@@ -99,7 +99,7 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     from rule_engine.stores.postgres import PostgresStore
 
     conninfo = cluster.conninfo()
-    procs = _spawn_ready(["--as-fault-listener", conninfo, "60"], listeners)
+    procs = spawn_ready(["--as-fault-listener", conninfo, "60"], listeners)
     writer = PostgresStore(conninfo, timeout=1.0)
     state = writer.commit(writer.revision(), writer.load())
     time.sleep(0.3)
@@ -154,17 +154,22 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     }
 
 
-def _spawn_ready(args: list[str], count: int) -> list[subprocess.Popen[str]]:
-    """Start ``count`` listener processes running this script with ``args``; return once each is ready."""
+def spawn_ready(args: list[str], count: int, script: str = __file__) -> list[subprocess.Popen[str]]:
+    """Start ``count`` worker processes running ``script`` with ``args``; return once each printed ``ready``.
+
+    If one does not start, all are killed and RuntimeError says what it printed.
+    """
     procs = [
-        subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         for _ in range(count)
     ]
     for proc in procs:
         assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # bounded: a listener gives up after its duration
+        line = proc.stdout.readline().strip()  # bounded: a worker gives up after its duration
         if line != "ready":
-            raise RuntimeError(f"a listener did not start: {line!r}")
+            for other in procs:
+                other.kill()
+            raise RuntimeError(f"a worker did not start: {line!r}")
     return procs
 
 
@@ -197,7 +202,7 @@ def _run_mode(conninfo: str, mode: str, listeners: int, commits: int, poll_s: fl
     state = store.load()
     first = state.revision
     last = first + commits
-    procs = _spawn_ready(["--as-listener", conninfo, mode, str(last), str(poll_s)], listeners)
+    procs = spawn_ready(["--as-listener", conninfo, mode, str(last), str(poll_s)], listeners)
     time.sleep(0.2)
     started: dict[int, int] = {}
     commit_ms: list[float] = []

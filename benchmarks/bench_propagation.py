@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WORKER_LIFETIME = 300.0  # an evaluator process gives up after this long whatever happens
 
 
-from bench_postgres import percentile, start_server  # noqa: E402
+from bench_postgres import percentile, spawn_ready, start_server  # noqa: E402
 
 
 def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
@@ -77,25 +76,10 @@ def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
         print(f"{version_id} {at}")
 
 
-def _spawn_ready(args: list[str], count: int) -> list[subprocess.Popen[str]]:
-    procs = [
-        subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        for _ in range(count)
-    ]
-    for proc in procs:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # bounded: a worker gives up after WORKER_LIFETIME
-        if line != "ready":
-            for other in procs:
-                other.kill()
-            raise RuntimeError(f"an evaluator did not start: {line!r}")
-    return procs
-
-
 def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dict[str, Any]:
     from rule_engine import DeploymentManager
 
-    procs = _spawn_ready(["--as-evaluator", url, mode, str(poll_s), str(rounds)], processes)
+    procs = spawn_ready(["--as-evaluator", url, mode, str(poll_s), str(rounds)], processes, __file__)
     time.sleep(0.5)
     started: dict[str, int] = {}
     rng = random.Random(12)
