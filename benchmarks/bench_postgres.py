@@ -99,7 +99,7 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     from rule_engine.stores.postgres import PostgresStore
 
     conninfo = cluster.conninfo()
-    procs = _spawn_ready(["--as-fault-listener", conninfo, "60"], listeners)
+    procs = spawn_ready(["--as-fault-listener", conninfo, "60"], listeners)
     writer = PostgresStore(conninfo, timeout=1.0)
     state = writer.commit(writer.revision(), writer.load())
     time.sleep(0.3)
@@ -144,9 +144,9 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
         "detected": len(detect_ms),
         "caught_up": len(back_ms),
         "detect_max_ms": max(detect_ms) if detect_ms else None,
-        "detect_p50_ms": _percentile(detect_ms, 0.5) if detect_ms else None,
+        "detect_p50_ms": percentile(detect_ms, 0.5) if detect_ms else None,
         "catch_up_max_ms": max(back_ms) if back_ms else None,
-        "catch_up_p50_ms": _percentile(back_ms, 0.5) if back_ms else None,
+        "catch_up_p50_ms": percentile(back_ms, 0.5) if back_ms else None,
         "pg_ctl_start_ms": (t_started - t_start_begin) / 1e6,
         "writer_stopped_fail_s": stopped_fail_s,
         "writer_first_commit_after_restart_s": first_commit_s,
@@ -154,21 +154,43 @@ def _run_faults(cluster: Any, listeners: int) -> dict[str, Any]:
     }
 
 
-def _spawn_ready(args: list[str], count: int) -> list[subprocess.Popen[str]]:
-    """Start ``count`` listener processes running this script with ``args``; return once each is ready."""
+def spawn_ready(args: list[str], count: int, script: str = __file__) -> list[subprocess.Popen[str]]:
+    """Start ``count`` worker processes running ``script`` with ``args``; return once each printed ``ready``.
+
+    If one does not start, all are killed and RuntimeError says what it printed.
+    """
     procs = [
-        subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         for _ in range(count)
     ]
     for proc in procs:
         assert proc.stdout is not None
-        line = proc.stdout.readline().strip()  # bounded: a listener gives up after its duration
+        line = proc.stdout.readline().strip()  # bounded: a worker gives up after its duration
         if line != "ready":
-            raise RuntimeError(f"a listener did not start: {line!r}")
+            for other in procs:
+                other.kill()
+            raise RuntimeError(f"a worker did not start: {line!r}")
     return procs
 
 
-def _percentile(values: list[float], q: float) -> float:
+def start_server(conninfo: str | None, prefix: str) -> tuple[Any, str] | None:
+    """``(None, conninfo)`` for a given server, else ``(cluster, its conninfo)`` of a throwaway one.
+
+    None (after saying why on stderr) when there are no PostgreSQL binaries to start one.
+    """
+    if conninfo is not None:
+        return None, conninfo
+    from _support_postgres import PgCluster, postgres_bindir
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        print("UNAVAILABLE: no PostgreSQL binaries (initdb, pg_ctl); pass --conninfo", file=sys.stderr)
+        return None
+    cluster = PgCluster(bindir, prefix=prefix)
+    return cluster, cluster.conninfo()
+
+
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
@@ -180,7 +202,7 @@ def _run_mode(conninfo: str, mode: str, listeners: int, commits: int, poll_s: fl
     state = store.load()
     first = state.revision
     last = first + commits
-    procs = _spawn_ready(["--as-listener", conninfo, mode, str(last), str(poll_s)], listeners)
+    procs = spawn_ready(["--as-listener", conninfo, mode, str(last), str(poll_s)], listeners)
     time.sleep(0.2)
     started: dict[int, int] = {}
     commit_ms: list[float] = []
@@ -208,12 +230,12 @@ def _run_mode(conninfo: str, mode: str, listeners: int, commits: int, poll_s: fl
         "commits": commits,
         "samples": len(latencies),
         "coalesced": missing,
-        "p50_ms": _percentile(latencies, 0.50),
-        "p99_ms": _percentile(latencies, 0.99),
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
         "max_ms": max(latencies),
         "mean_ms": statistics.fmean(latencies),
-        "commit_p50_ms": _percentile(commit_ms, 0.50),
-        "commit_p99_ms": _percentile(commit_ms, 0.99),
+        "commit_p50_ms": percentile(commit_ms, 0.50),
+        "commit_p99_ms": percentile(commit_ms, 0.99),
     }
 
 
@@ -238,17 +260,10 @@ def main() -> int:
     args = parser.parse_args()
     if not 1 <= args.listeners <= 64 or not 1 <= args.commits <= 10_000:
         parser.error("--listeners must be 1..64 and --commits 1..10000")
-    cluster = None
-    conninfo = args.conninfo
-    if conninfo is None:
-        from _support_postgres import PgCluster, postgres_bindir
-
-        bindir = postgres_bindir()
-        if bindir is None:
-            print("UNAVAILABLE: no PostgreSQL binaries (initdb, pg_ctl); pass --conninfo", file=sys.stderr)
-            return 2
-        cluster = PgCluster(bindir, prefix="rule-engine-bench-pg-")
-        conninfo = cluster.conninfo()
+    server = start_server(args.conninfo, "rule-engine-bench-pg-")
+    if server is None:
+        return 2
+    cluster, conninfo = server
     try:
         from rule_engine.stores.postgres import PostgresStore
 

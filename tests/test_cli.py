@@ -324,7 +324,7 @@ def test_the_script_reports_errors_in_one_line_and_exit_status() -> None:
     result = _script("--store", "nosuch://x", "history")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "error: unsupported store URL 'nosuch://x' (scheme 'nosuch'); use sqlite:///path/to/state.db or memory://"
+        "error: unsupported store URL 'nosuch://x' (scheme 'nosuch'); use sqlite:///path/to/state.db, postgresql://user@host/db or memory://"
     ]
     assert result.stdout == ""
 

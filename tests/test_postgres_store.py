@@ -52,7 +52,7 @@ def test_open_store_takes_postgresql_and_postgres_urls_with_our_options(pg_datab
     from rule_engine.stores.postgres import PostgresStore
 
     for url in (_url(pg_database, timeout="2.5", pool_size="2"), _url(pg_database).replace("postgresql", "postgres")):
-        store = open_store(url)
+        store = open_store(url, create=True)
         assert isinstance(store, PostgresStore)
         assert store.revision() == 0
         store.close()
@@ -162,7 +162,7 @@ def test_an_application_role_with_the_documented_grants_commits_but_cannot_rewri
 
     assert APP_GRANTS.format(role="rule_engine_app").strip() in (DOCS / "fleet.md").read_text()
     owner = PostgresStore(pg_database)
-    assert owner.migrate() == (0, 1)
+    assert owner.migrate() == (0, 2)
     owner.close()
     role = f"re_app_{abs(hash(pg_database)) % 10**8}"
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
@@ -209,7 +209,7 @@ def test_a_role_that_may_not_migrate_is_told_to_run_store_migrate(pg_database: s
 
 
 def test_migrate_is_recorded_idempotent_and_refuses_a_newer_schema(pg_database: str) -> None:
-    """``migrate`` applies schema 1 once and records it; a newer schema is refused naming both versions."""
+    """``migrate`` applies every migration once and records it; a newer schema is refused naming both versions."""
     from rule_engine.stores.postgres import SCHEMA_VERSION, PostgresStore
 
     store = PostgresStore(pg_database)
@@ -218,17 +218,17 @@ def test_migrate_is_recorded_idempotent_and_refuses_a_newer_schema(pg_database: 
     assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
     store.close()
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
         conn.execute("INSERT INTO schema_migrations (version, description) VALUES (7, 'from the future')")
     newer = PostgresStore(pg_database)
     for call in (newer.revision, newer.migrate):
-        with pytest.raises(StoreError, match=r"schema 7, newer than schema 1"):
+        with pytest.raises(StoreError, match=rf"schema 7, newer than schema {SCHEMA_VERSION}"):
             call()
     newer.close()
 
 
 def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_database: str) -> None:
-    """Eight stores opened at once on an empty database all work; schema 1 is applied once."""
+    """Eight stores opened at once on an empty database all work; each migration is applied once."""
     from rule_engine.stores.postgres import PostgresStore
 
     stores = [PostgresStore(pg_database) for _ in range(8)]
@@ -239,7 +239,8 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_database: s
     assert errors == []
     assert revisions == [0] * 8
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+        assert conn.execute("SELECT count(DISTINCT store_id) FROM meta").fetchone() == (1,)
 
 
 def test_health_upserts_merge_histograms_and_maps_in_sql(store: object) -> None:
@@ -340,15 +341,23 @@ def test_the_cli_deploys_and_reports_on_a_postgresql_store(pg_database: str) -> 
     assert history["versions"][0]["deployed_by"] == "alice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CLI prints its raw --store URL: cli/status.py, deploy.py, run.py and _common.py must print "
-    "rule_engine.stores._pg_conninfo.redact_url(state.url) (wiring for the CLI owner)",
-)
 def test_status_output_never_shows_the_password(pg_database: str) -> None:
-    """``status`` (text and JSON) on a URL holding a password shows the store with the password masked."""
+    """deploy, status (text and JSON), controller and a failing status show the store with the password masked."""
+    bundles = Path(__file__).resolve().parent.parent / "bundles"
     url = _url(pg_database).replace("postgresql:///", f"postgresql://postgres:{PASSWORD}@/")
-    for args in (("status",), ("status", "--json")):
+    missing = _cli(url, "status")  # nothing deployed yet: an error line naming the store
+    assert missing.exit_code == 1  # type: ignore[attr-defined]
+    assert "postgres:***@" in missing.output  # type: ignore[attr-defined]
+    assert PASSWORD not in missing.output  # type: ignore[attr-defined]
+    for args in (
+        ("deploy", str(bundles / "gateway-v1.json")),
+        ("deploy", str(bundles / "gateway-v2.json"), "--json"),
+        ("status",),
+        ("status", "--json"),
+        ("controller", "--once"),
+    ):
         result = _cli(url, *args)
         assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
         assert PASSWORD not in result.output  # type: ignore[attr-defined]
+    shown = json.loads(_cli(url, "status", "--json").output)["store"]  # type: ignore[attr-defined]
+    assert shown.startswith("postgresql://postgres:***@/")

@@ -23,19 +23,52 @@ from tests import _support_stores as kit
 Reopen = Callable[[], StateStore] | None
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _postgres(request: pytest.FixtureRequest) -> Callable[[bool], StateStore]:
+    """A new PostgreSQL database per call; ``make(create)`` opens a store on the last one."""
+    from rule_engine.stores.postgres import PostgresStore
+
+    server = request.getfixturevalue("pg_server")
+    databases: list[str] = []
+
+    def make(create: bool, new: bool = False) -> StateStore:
+        if new or not databases:
+            databases.append(server.create_database())
+            request.addfinalizer(lambda name=databases[-1]: server.drop_database(name))
+        return PostgresStore(databases[-1], create=create)
+
+    return make
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[StateStore, Reopen]]:
     opened: list[StateStore] = []
+    kind = request.param
+    pg = _postgres(request) if kind == "postgres" else None
 
     def reopen() -> StateStore:
-        opened.append(SQLiteStore(tmp_path / "state.db", create=False))
+        opened.append(pg(False) if pg is not None else SQLiteStore(tmp_path / "state.db", create=False))
         return opened[-1]
 
-    store: StateStore = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "state.db")
+    store: StateStore = (
+        MemoryStore() if kind == "memory" else pg(True) if pg is not None else SQLiteStore(tmp_path / "state.db")
+    )
     opened.append(store)
-    yield store, (reopen if request.param == "sqlite" else None)
+    yield store, (reopen if kind != "memory" else None)
     for each in opened:
         each.close()
+
+
+def _is_postgres(store: StateStore) -> bool:
+    return type(store).__name__ == "PostgresStore"
+
+
+def _another(store: StateStore, tmp_path: Path, request: pytest.FixtureRequest) -> StateStore:
+    """A second store of the same backend, created apart."""
+    if isinstance(store, MemoryStore):
+        return MemoryStore()
+    if isinstance(store, SQLiteStore):
+        return SQLiteStore(tmp_path / "other.db")
+    return _postgres(request)(True, True)
 
 
 def test_a_store_has_a_stable_identity(backend: tuple[StateStore, Reopen]) -> None:
@@ -51,10 +84,12 @@ def test_a_store_has_a_stable_identity(backend: tuple[StateStore, Reopen]) -> No
         assert reopen().identity() == first
 
 
-def test_two_stores_have_different_identities(backend: tuple[StateStore, Reopen], tmp_path: Path) -> None:
+def test_two_stores_have_different_identities(
+    backend: tuple[StateStore, Reopen], tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Two stores created apart never share an identity."""
     store, _ = backend
-    other: StateStore = MemoryStore() if isinstance(store, MemoryStore) else SQLiteStore(tmp_path / "other.db")
+    other = _another(store, tmp_path, request)
     assert other.identity() != store.identity()
     other.close()
 
@@ -96,7 +131,9 @@ def test_a_refused_commit_leaves_the_chain_unchanged(backend: tuple[StateStore, 
 def test_the_chain_hashes_entries_whatever_their_text(backend: tuple[StateStore, Reopen]) -> None:
     """Actors with quotes, newlines, escapes and non-ASCII text are chained and verify."""
     store, _ = backend
-    odd = ['"', "a\nb", "é 漢字 🙂", "\\u0000", "\x00"]
+    odd = ['"', "a\nb", "é 漢字 🙂", "\\u0000"]
+    if not _is_postgres(store):  # PostgreSQL text cannot hold NUL (a StoreError there: see test_postgres_store)
+        odd.append("\x00")
     store.commit(0, kit.state("v1"), audit=[kit.entry("v1", actor) for actor in odd])
     check = store.verify_audit()
     assert (check.ok, check.checked) == (True, len(odd))

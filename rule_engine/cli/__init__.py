@@ -25,6 +25,7 @@ from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
 from rule_engine.cli.signing import keygen, sign
 from rule_engine.cli.status import experiment, history, status
+from rule_engine.cli.store import audit, store
 from rule_engine.cli.targeting import pin, unpin
 
 __all__ = ["cli", "main"]
@@ -66,6 +67,8 @@ cli.add_command(lint)
 cli.add_command(preview)
 cli.add_command(fleet)
 cli.add_command(mirror)
+cli.add_command(store)
+cli.add_command(audit)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -30,6 +30,7 @@ from rule_engine.errors import (
     RuleEngineError,
     StoreError,
 )
+from rule_engine.stores._pg_conninfo import redact_url
 from rule_engine.stores.base import store_url_from_env
 
 __all__ = [
@@ -71,6 +72,11 @@ class CliContext:
         """The store URL in effect."""
         return store_url_from_env(self.store_url)
 
+    @property
+    def shown_url(self) -> str:
+        """The store URL as printed: any password masked (``postgresql://user:***@host/db``)."""
+        return redact_url(self.url)
+
     def trust(self, *, refuse_downgrade: bool = False) -> TrustPolicy | None:
         """The trust policy from ``--trust`` / ``$RULE_ENGINE_TRUST``, or None; a bad file fails the command.
 
@@ -107,7 +113,7 @@ class CliContext:
         try:
             manager = DeploymentManager.open(self.url, follow=follow, create=create, **kwargs)
         except ImportError as exc:
-            raise StoreError(f"cannot open store {self.url!r}: its backend is not available ({exc})") from exc
+            raise StoreError(f"cannot open store {self.shown_url!r}: its backend is not available ({exc})") from exc
         self.manager = manager
         self.owns_manager = True
         return manager

@@ -78,7 +78,7 @@ def _baseline(state: CliContext, against: str | None) -> tuple[str, RuleTable]:
         return _table(state, against)
     active = state.open().get_active_version_id()
     if active is None:
-        raise click.UsageError(f"no version is active in {state.url}; pass --against VERSION|BUNDLE")
+        raise click.UsageError(f"no version is active in {state.shown_url}; pass --against VERSION|BUNDLE")
     return _table(state, active)
 
 

@@ -218,7 +218,7 @@ def evaluate(ctx: click.Context, event_json: str, key: str | None, explain: bool
         manager = state.open(create=False)
         if manager.get_active_version_id() is None:
             raise CommandFailed(
-                f"nothing is deployed on {state.url}, so there is no version to decide the event; "
+                f"nothing is deployed on {state.shown_url}, so there is no version to decide the event; "
                 "deploy a bundle first: 'rule-engine deploy BUNDLE'"
             )
         decision = RuleEngine(manager).evaluate(event, key=key)

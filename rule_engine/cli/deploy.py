@@ -244,7 +244,7 @@ def deploy(
             "state": info.state.value,
             "strategy": chosen.to_dict(),
             "percentage": info.current_percentage,
-            "store": state.url,
+            "store": state.shown_url,
             "signed_by": signer,
             "by": who,
             "os_account": os_account(),

@@ -69,7 +69,7 @@ def controller(
         try:
             if not as_json:
                 pace = "one tick" if once else f"ticking every {interval:g}s (Ctrl-C to stop)"
-                echo(f"controller on {state.url}, {pace}")
+                echo(f"controller on {state.shown_url}, {pace}")
             last_holding: tuple[str, ...] = ()
             ticks = 0
             while True:

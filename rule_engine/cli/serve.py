@@ -254,7 +254,7 @@ def watch(
         previous = _on_stop_signals(stop)
         try:
             if not as_json:
-                click.echo(f"watching {directory or url} on {state.url} (Ctrl-C to stop)")
+                click.echo(f"watching {directory or url} on {state.shown_url} (Ctrl-C to stop)")
             if isinstance(source, DirectorySource):
                 try:
                     import watchfiles  # noqa: F401

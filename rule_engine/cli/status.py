@@ -54,9 +54,9 @@ def status(ctx: click.Context, live: bool, interval: float, count: int | None, a
         rollout = manager.get_rollout_status()
         infos = [i for i in (manager.get_deployment_info(v) for v in manager.get_deployment_history()) if i]
         scheduled = scheduled_versions(manager.state)
-        data = status_view(manager, state.url, infos)  # the one JSON shape of `status --json` and the API
+        data = status_view(manager, state.shown_url, infos)  # the one JSON shape of `status --json` and the API
         fleet = str(data["fleet"]["summary"])
-        emit(as_json, data, lambda: _print_status(state.url, active, rollout, infos, scheduled, fleet))
+        emit(as_json, data, lambda: _print_status(state.shown_url, active, rollout, infos, scheduled, fleet))
 
 
 def _print_status(

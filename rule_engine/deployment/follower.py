@@ -4,6 +4,15 @@ It compares the store's revision with the last published one and republishes whe
 the store cannot be read it keeps serving the last good snapshot and reports itself *stale* with the
 reason, logging ``follower.stale`` once and ``follower.recovered`` once, not per retry.
 
+A store that pushes changes (one with ``listen()``, e.g. PostgreSQL's LISTEN/NOTIFY) is followed by
+:class:`PushLoop`: its thread waits on the listener instead of sleeping, so a commit is picked up as
+soon as the notification arrives; the listener's poll of the revision every :data:`PUSH_POLL` seconds
+is the safety net for a lost notification, and the state is re-read after every reconnect. Staleness
+then also comes from the *age* of the last successful round trip (a hung server raises nothing): past
+:data:`STALE_AFTER` seconds without an answer the follower reports stale, whatever its thread is
+blocked on. Reconnects back off exponentially from :data:`BACKOFF_START` to :data:`BACKOFF_CAP`
+seconds, with jitter (each wait drawn in ``[d/2, d]``), so a fleet does not reconnect in step.
+
 When what this process serves changes because of what another process committed, the swap hooks
 run here too (after the lock is released): ``after_swap`` with a :class:`DeploymentEvent` whose
 action is ``"follow"``, and ``on_rollback`` when a version that served here was rolled back. So an
@@ -12,12 +21,15 @@ evaluator following the store hears of a deploy made by the CLI.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from rule_engine.clock import Clock
 from rule_engine.control.records import ControlState
 from rule_engine.control.states import DeploymentState
+from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.hooks import DeploymentEvent, HookPoint, Hooks
 from rule_engine.deployment.publisher import Publisher, Serving
 from rule_engine.errors import RuleEngineError, StoreError
@@ -26,9 +38,35 @@ from rule_engine.logs import get_logger
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import StoreMark, check_continuity
 
-__all__ = ["Follower", "run_follow_hooks"]
+__all__ = [
+    "BACKOFF_CAP",
+    "BACKOFF_START",
+    "PUSH_POLL",
+    "STALE_AFTER",
+    "Follower",
+    "Listener",
+    "PushLoop",
+    "follow_loop",
+    "run_follow_hooks",
+]
 
 _log = get_logger()
+
+PUSH_POLL = 1.0  # a pushing store's revision is still polled this often (the safety net)
+STALE_AFTER = 3.0  # no answer from a pushing store for this long: stale
+BACKOFF_START = 0.05  # first reconnect wait (seconds), doubled per failure ...
+BACKOFF_CAP = 2.0  # ... up to this
+
+
+class Listener(Protocol):
+    """What :class:`PushLoop` needs of a store's ``listen()`` (see ``PostgresListener``)."""
+
+    last_via: str
+
+    def wait_for_change(self, timeout: float) -> int | None: ...
+    def last_round_trip_age(self) -> float | None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Follower:
@@ -38,8 +76,46 @@ class Follower:
         self._lock = lock
         self._publisher = publisher
         self._hooks = hooks
-        self.stale_reason: str | None = None
+        self._reason: str | None = None
+        self._age: Callable[[], float | None] | None = None  # a pushing store's round-trip age
+        self._stale_after = STALE_AFTER
+        self._logged = threading.Lock()
+        self._stale_logged = False
         self.identity: str | None = None  # the store this manager serves from, once seen
+
+    @property
+    def stale_reason(self) -> str | None:
+        """Why what serves may be old (the store failed, or a pushing store stopped answering), or None."""
+        if self._reason is not None:
+            return self._reason
+        age = self._age() if self._age is not None else None
+        if age is None or age <= self._stale_after:
+            return None
+        reason = (
+            f"the store has not answered for {age:.1f} s (more than {self._stale_after:g} s: hung or unreachable); "
+            f"serving revision {self._publisher.state.revision}"
+        )
+        self._note_stale(reason)
+        return reason
+
+    @stale_reason.setter
+    def stale_reason(self, reason: str | None) -> None:
+        self._reason = reason
+
+    def watch_round_trips(self, age: Callable[[], float | None] | None, stale_after: float = STALE_AFTER) -> None:
+        """Report stale when ``age()`` (seconds since the store last answered) exceeds ``stale_after``."""
+        self._age, self._stale_after = age, stale_after
+
+    def mark_stale(self, reason: str) -> None:
+        """Serve on, stale, because of ``reason`` (logged once until recovered)."""
+        self._reason = reason
+        self._note_stale(reason)
+
+    def _note_stale(self, reason: str) -> None:
+        with self._logged:
+            first, self._stale_logged = not self._stale_logged, True
+        if first:
+            _log.warning("follower.stale", error=reason, revision=self._publisher.state.revision)
 
     def load(self) -> None:
         """Publish the stored state and note which store it came from (continuity is checked against it)."""
@@ -71,10 +147,7 @@ class Follower:
                 self._publisher.publish_latest()
                 new_state, after = self._publisher.state, self._publisher.serving()
         except (RuleEngineError, OSError, ValueError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.stale_reason is None:
-                _log.warning("follower.stale", error=reason, revision=self._publisher.state.revision)
-            self.stale_reason = reason
+            self.mark_stale(f"{type(exc).__name__}: {exc}")
             return False
         self._recovered(new_state.revision)
         _log.debug("follower.updated", revision=new_state.revision, active_version_id=new_state.active)
@@ -97,9 +170,90 @@ class Follower:
         return step
 
     def _recovered(self, revision: int) -> None:
-        if self.stale_reason is not None:
+        self._reason = None
+        if self._age is not None and (self._age() or 0.0) > self._stale_after:
+            return  # the store answered this call, but the pushing session is still silent
+        with self._logged:
+            logged, self._stale_logged = self._stale_logged, False
+        if logged:
             _log.info("follower.recovered", revision=revision)
-            self.stale_reason = None
+
+
+class PushLoop(BackgroundLoop):
+    """The follower's thread on a store that pushes changes: it waits on the listener instead of sleeping.
+
+    Each return of ``wait_for_change`` (a notification, the :data:`PUSH_POLL` poll, a reconnect) runs
+    ``step`` (follow once, flush health). A listener failure marks the follower stale and backs off
+    (capped, jittered). Stopping aborts the listener's wait, so it is prompt; the thread closes the
+    listener when it ends. ``pushed`` / ``polled`` / ``reconnected`` count how new revisions came.
+    """
+
+    def __init__(
+        self,
+        follower: Follower,
+        listener: Listener,
+        step: Callable[[], None],
+        *,
+        poll: float = PUSH_POLL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
+        super().__init__("rule-engine-follower", poll, step)
+        self.listener = listener
+        self.pushed = self.polled = self.reconnected = 0
+        self._follower = follower
+        self._stale_after = stale_after
+        self._random = random.Random()
+
+    def start(self) -> None:
+        """Start the thread; from now on staleness also comes from the listener's round-trip age."""
+        self._follower.watch_round_trips(self.listener.last_round_trip_age, self._stale_after)
+        super().start()
+
+    def _run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    revision = self.listener.wait_for_change(self.interval)
+                except (RuleEngineError, OSError) as exc:
+                    if self._stop.is_set():
+                        break
+                    self._follower.mark_stale(f"{type(exc).__name__}: {exc}")
+                    backoff = min(BACKOFF_CAP, max(BACKOFF_START, backoff * 2))
+                    self._stop.wait(backoff * (0.5 + self._random.random() / 2))
+                    continue
+                backoff = 0.0
+                if revision is not None:
+                    via = self.listener.last_via
+                    self.pushed += via == "notify"
+                    self.polled += via == "poll"
+                    self.reconnected += via == "connect"
+                self._step_once()
+        finally:
+            self._follower.watch_round_trips(None)
+            self.listener.close()
+
+    def _step_once(self) -> None:
+        try:
+            self._step()
+        except Exception as exc:
+            _log.error("background.step_failed", thread=self._thread.name, error=f"{type(exc).__name__}: {exc}")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (interrupting the listener's wait) and wait for it, at most ``timeout`` seconds."""
+        self._stop.set()
+        self.listener.abort()
+        super().stop(timeout)
+
+
+def follow_loop(
+    follower: Follower, store: StateStore, step: Callable[[], None], poll_interval: float
+) -> BackgroundLoop:
+    """The follower's background loop: pushed by ``store.listen()`` when the store has it, else polling."""
+    listen = getattr(store, "listen", None)
+    if callable(listen):
+        return PushLoop(follower, listen(), step)
+    return BackgroundLoop("rule-engine-follower", poll_interval, step)
 
 
 def run_follow_hooks(

@@ -29,7 +29,7 @@ from rule_engine.deployment.commit import Committer
 from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.controller import Controller
 from rule_engine.deployment.fleet import Fleet
-from rule_engine.deployment.follower import Follower
+from rule_engine.deployment.follower import Follower, follow_loop
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
 from rule_engine.deployment.publisher import Publisher
@@ -316,9 +316,9 @@ class DeploymentManager:
         return self._start(BackgroundLoop("rule-engine-controller", interval, self._controller.step))
 
     def start_following(self, poll_interval: float = 0.02, flush_interval: float = 1.0) -> BackgroundLoop:
-        """Pick up changes other processes commit to the store, and flush health counters, in the background."""
+        """Follow what other processes commit (pushed if the store can, else polled), flush health counters."""
         step = self._fleet.beating(self._follower.step_with_flush(self._health, self._clock, flush_interval))
-        return self._start(BackgroundLoop("rule-engine-follower", poll_interval, step))
+        return self._start(follow_loop(self._follower, self._store, step, poll_interval))
 
     @property
     def stale(self) -> str | None:

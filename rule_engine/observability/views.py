@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rule_engine.clock import iso
 from rule_engine.control.status import scheduled_versions
+from rule_engine.stores._pg_conninfo import redact_url  # re-exported: the one masking rule for every store URL
 
 if TYPE_CHECKING:
     from rule_engine.control.instances import FleetView
@@ -34,19 +35,6 @@ __all__ = [
 ]
 
 
-def redact_url(url: str) -> str:
-    """A store URL fit to show: any password in it replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, path = rest.partition("/")
-    credentials, at, host = authority.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
-
-
 def infos(manager: DeploymentManager) -> list[DeploymentInfo]:
     """The info of every version kept in history, oldest first."""
     found = (manager.get_deployment_info(v) for v in manager.get_deployment_history())
@@ -63,7 +51,7 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
     kept = infos(manager) if kept is None else kept
     serving = {active} | ({rollout.version_id} if rollout else set())
     return {
-        "store": store_url,
+        "store": redact_url(store_url),
         "active_version": active,
         "rollout": rollout.to_dict() if rollout else None,
         "health": {i.version_id: i.health_metrics.to_dict() for i in kept if i.version_id in serving},
@@ -141,7 +129,7 @@ def deploy_view(manager: DeploymentManager, version_id: str, strategy: Strategy,
         "state": info.state.value if info else None,
         "strategy": strategy.to_dict(),
         "percentage": info.current_percentage if info else 0.0,
-        "store": store_url,
+        "store": redact_url(store_url),
     }
 
 

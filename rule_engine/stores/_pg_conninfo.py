@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlencode
 
 from rule_engine.errors import StoreURLError
 
-__all__ = ["DEFAULT_POOL_SIZE", "DEFAULT_TIMEOUT", "PgTarget", "parse_target", "redact_url", "scrub"]
+__all__ = ["DEFAULT_POOL_SIZE", "DEFAULT_TIMEOUT", "PgTarget", "libpq_conninfo", "parse_target", "redact_url", "scrub"]
 
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_POOL_SIZE = 4
@@ -74,6 +74,25 @@ def parse_target(address: str, *, timeout: float | None = None, pool_size: int |
     if not 1 <= chosen_pool <= MAX_POOL_SIZE:
         raise StoreURLError(f"pool_size must be 1..{MAX_POOL_SIZE} in {display!r}, not {chosen_pool!r}")
     return PgTarget(conninfo, display, secrets, float(chosen_timeout), chosen_pool)
+
+
+def libpq_conninfo(target: PgTarget) -> str:
+    """The conninfo libpq gets: the target's, with ``connect_timeout`` and ``application_name`` defaulted."""
+    import math
+
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        given = conninfo_to_dict(target.conninfo)
+    except psycopg.Error as exc:
+        raise StoreURLError(f"invalid PostgreSQL address {target.display!r}: {target.scrub(str(exc))}") from exc
+    extra: dict[str, str | int] = {}
+    if "connect_timeout" not in given:
+        extra["connect_timeout"] = max(2, math.ceil(target.timeout))
+    if "application_name" not in given:
+        extra["application_name"] = "rule_engine"
+    return make_conninfo(target.conninfo, **extra)
 
 
 def redact_url(address: str) -> str:

@@ -34,7 +34,7 @@ from psycopg import sql
 
 from rule_engine.errors import StoreError
 from rule_engine.stores._pg_conninfo import PgTarget
-from rule_engine.stores._pg_session import Guard, Watchdog, describe
+from rule_engine.stores._pg_session import Guard, Watchdog, describe, shutdown_socket
 
 __all__ = ["PostgresListener"]
 
@@ -57,6 +57,7 @@ class PostgresListener:
         self._last_ok: float | None = None
         self._fresh = False
         self.reconnects = 0  # connections made after the first
+        self.last_via = ""  # how the last new revision came: "notify", "poll" or "connect"
         self._connections = 0
         self._closed = False
 
@@ -89,7 +90,7 @@ class PostgresListener:
                 self._connect()
                 if self._fresh:
                     self._fresh = False
-                    return self._report(self._current)
+                    return self._report(self._current, "connect")
             conn = self._conn
             assert conn is not None
             with self._watchdog.guard(conn, timeout + self._target.timeout) as guard:
@@ -99,9 +100,10 @@ class PostgresListener:
                 if seen:
                     for note in conn.notifies(timeout=0.0):  # drain what already arrived
                         seen.append(_revision_of(note.payload))
-                revision = max(seen) if seen and min(seen) >= 0 else self._read_revision(conn)
+                pushed = bool(seen) and min(seen) >= 0
+                revision = max(seen) if pushed else self._read_revision(conn)
             self._last_ok = time.monotonic()
-            return self._report(revision)
+            return self._report(revision, "notify" if pushed else "poll")
         except psycopg.Error as exc:
             self._drop()
             raise StoreError(f"listening for changes failed: {describe(exc, self._target, guard)}") from exc
@@ -131,11 +133,22 @@ class PostgresListener:
         row = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
         return int(row[0]) if row is not None else 0
 
-    def _report(self, revision: int) -> int | None:
+    def _report(self, revision: int, via: str) -> int | None:
         if revision == self._revision:
             return None
-        self._revision = revision
+        self._revision, self.last_via = revision, via
         return revision
+
+    def abort(self) -> None:
+        """Make a :meth:`wait_for_change` blocked in another thread fail now (safe from any thread).
+
+        Shuts the session's socket down (the descriptor stays libpq's); the blocked call raises
+        :class:`StoreError` and the next one reconnects. Used to stop a follower thread promptly.
+        """
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error, OSError):
+                shutdown_socket(conn.fileno())
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -14,7 +14,14 @@ add up without any read-modify-write in the client.
 
 from __future__ import annotations
 
-__all__ = ["ADVISORY_LOCK", "APP_GRANTS", "MIGRATIONS", "SCHEMA_VERSION"]
+from typing import Any
+
+import psycopg
+
+from rule_engine.errors import StoreError
+from rule_engine.stores._pg_fleet import FLEET_GRANTS, FLEET_SQL
+
+__all__ = ["ADVISORY_LOCK", "APP_GRANTS", "MIGRATIONS", "SCHEMA_VERSION", "apply_migrations", "schema_version"]
 
 ADVISORY_LOCK = 0x72756C65  # "rule": serialises migrations of one database
 
@@ -101,8 +108,47 @@ CREATE TABLE health_lifetime (
 );
 """
 
+# Schema 2: the store's identity and the audit hash chain (as in the SQLite store's schema 2), and
+# fallbacks counted apart in health. ``store_id`` is drawn in the transaction that applies this
+# migration, which for a new database is the one that creates the tables. An upgraded store's chain
+# starts after the entries it already holds (``audit_chain_from``); they stay unhashed.
+_V2 = """
+ALTER TABLE meta ADD COLUMN store_id text;
+ALTER TABLE meta ADD COLUMN audit_chain_from bigint;
+ALTER TABLE meta ADD COLUMN audit_head text;
+UPDATE meta SET store_id = gen_random_uuid()::text,
+    audit_chain_from = (SELECT coalesce(max(seq), 0) + 1 FROM audit);
+ALTER TABLE meta ALTER COLUMN store_id SET NOT NULL;
+ALTER TABLE meta ALTER COLUMN audit_chain_from SET NOT NULL;
+ALTER TABLE meta ADD CONSTRAINT meta_chain_from_positive CHECK (audit_chain_from >= 1);
+
+CREATE FUNCTION rule_engine_identity_is_fixed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.store_id IS DISTINCT FROM OLD.store_id THEN
+        RAISE EXCEPTION 'a store''s identity never changes';
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER meta_identity_is_fixed BEFORE UPDATE ON meta
+    FOR EACH ROW EXECUTE FUNCTION rule_engine_identity_is_fixed();
+
+ALTER TABLE audit ADD COLUMN hash text;
+
+ALTER TABLE health ADD COLUMN fallbacks bigint NOT NULL DEFAULT 0;
+ALTER TABLE health ADD COLUMN fallback_errors bigint NOT NULL DEFAULT 0;
+ALTER TABLE health_lifetime ADD COLUMN fallbacks bigint NOT NULL DEFAULT 0;
+ALTER TABLE health_lifetime ADD COLUMN fallback_errors bigint NOT NULL DEFAULT 0;
+"""
+
 # (version, description, SQL). Append only.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = ((1, "initial schema: meta, state, bundles, audit, health", _V1),)
+_V3 = "ALTER TABLE audit ADD COLUMN origin text;\n" + FLEET_SQL + ";"
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "initial schema: meta, state, bundles, audit, health", _V1),
+    (2, "store identity, audit hash chain, fallbacks in health", _V2),
+    (3, "audit origin (OS account and host), fleet instances", _V3),
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 MIGRATIONS_TABLE = """
@@ -113,7 +159,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 
-HEALTH_COLUMNS = "evaluations, errors, timeouts, latency_sum_us, histogram, decisions, rules"
+HEALTH_COLUMNS = (
+    "evaluations, errors, timeouts, latency_sum_us, histogram, decisions, rules, fallbacks, fallback_errors"
+)
 HEALTH_ADD = """
     evaluations = t.evaluations + excluded.evaluations,
     errors = t.errors + excluded.errors,
@@ -121,20 +169,22 @@ HEALTH_ADD = """
     latency_sum_us = t.latency_sum_us + excluded.latency_sum_us,
     histogram = rule_engine_add_arrays(t.histogram, excluded.histogram),
     decisions = rule_engine_add_counts(t.decisions, excluded.decisions),
-    rules = rule_engine_add_counts(t.rules, excluded.rules)
+    rules = rule_engine_add_counts(t.rules, excluded.rules),
+    fallbacks = t.fallbacks + excluded.fallbacks,
+    fallback_errors = t.fallback_errors + excluded.fallback_errors
 """
 UPSERT_BUCKET = f"""
 INSERT INTO health AS t (version_id, bucket_start, {HEALTH_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb)
+VALUES (%s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
 ON CONFLICT (version_id, bucket_start) DO UPDATE SET {HEALTH_ADD}
 """
 UPSERT_LIFETIME = f"""
 INSERT INTO health_lifetime AS t (version_id, {HEALTH_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb)
+VALUES (%s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
 ON CONFLICT (version_id) DO UPDATE SET {HEALTH_ADD}
 """
 
-# What the application role needs on schema 1 (docs/fleet.md; tests/test_postgres_store.py runs it).
+# What the application role needs (schemas 1 and 2) (docs/fleet.md; tests/test_postgres_store.py runs it).
 # The audit table gets INSERT and SELECT only: even with the trigger dropped, this role cannot
 # rewrite history. Run as the schema owner after `rule-engine store migrate`.
 APP_GRANTS = """
@@ -147,3 +197,44 @@ GRANT SELECT, INSERT ON audit TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON health TO {role};
 GRANT SELECT, INSERT, UPDATE ON health_lifetime TO {role};
 """
+APP_GRANTS += FLEET_GRANTS + "\n"
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version a database holds (0 when it holds no rule_engine tables)."""
+    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
+    if row is None or not row[0]:
+        return 0
+    found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+    return int(found[0]) if found is not None else 0
+
+
+def apply_migrations(conn: psycopg.Connection[Any], url: str) -> tuple[int, int]:
+    """Apply the missing migrations in one transaction; ``(version before, version after)``.
+
+    Each is recorded in ``schema_migrations`` in the same transaction, under an advisory lock (processes
+    racing to migrate one database do it once). A newer schema than :data:`SCHEMA_VERSION`, or a role
+    that may not create tables, is a :class:`StoreError` naming ``url`` (already redacted).
+    """
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+            conn.execute(MIGRATIONS_TABLE)
+            found = schema_version(conn)
+            if found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database at {url!r} holds rule_engine schema {found}, newer than schema {SCHEMA_VERSION} "
+                    "that this version of rule_engine knows; upgrade rule_engine"
+                )
+            for version, description, sql in MIGRATIONS:
+                if version > found:
+                    conn.execute(sql.encode())
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description)
+                    )
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise StoreError(
+            f"the database at {url!r} needs schema {SCHEMA_VERSION} but this role may not create it "
+            f"({exc}); run `rule-engine store migrate --store URL` as the schema owner"
+        ) from exc
+    return found, SCHEMA_VERSION

@@ -25,7 +25,7 @@ from psycopg import errors as pg_errors
 
 from rule_engine.stores._pg_conninfo import PgTarget
 
-__all__ = ["LAST_FAILURE", "Guard", "RecordingConnection", "Watchdog", "describe"]
+__all__ = ["LAST_FAILURE", "Guard", "RecordingConnection", "Watchdog", "describe", "shutdown_socket"]
 
 LAST_FAILURE: dict[str, tuple[float, str]] = {}  # conninfo -> (when, why) its last connection attempt failed
 
@@ -109,12 +109,12 @@ class Watchdog:
                 for token in due:
                     _, fd, guard = self._armed.pop(token)
                     guard.fired = True
-                    _shutdown(fd)
+                    shutdown_socket(fd)
                 if not due:
                     self._cond.wait(min(deadline for deadline, _, _ in self._armed.values()) - now)
 
 
-def _shutdown(fd: int) -> None:
+def shutdown_socket(fd: int) -> None:
     """Shut the socket down (both ways) without closing the descriptor libpq still owns."""
     try:
         dup = os.dup(fd)

@@ -176,8 +176,9 @@ def open_store(url: str, *, create: bool = False) -> StateStore:
             from rule_engine.stores.postgres import PostgresStore
         except ImportError as exc:
             raise ImportError(f"{exc}; install it with: pip install 'rule_engine[postgres]'") from exc
-        return PostgresStore.from_url(url)
+        return PostgresStore.from_url(url, create=create)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(
-        f"unsupported store URL {url!r} (scheme {scheme!r}); use sqlite:///path/to/state.db or memory://"
+        f"unsupported store URL {url!r} (scheme {scheme!r}); "
+        "use sqlite:///path/to/state.db, postgresql://user@host/db or memory://"
     )

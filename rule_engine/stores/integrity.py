@@ -40,10 +40,12 @@ __all__ = [
     "AuditRow",
     "StoreMark",
     "audit_hash",
+    "chain_entries",
     "check_continuity",
     "checked_bundle",
     "decode_state",
     "load_checked_bundle",
+    "meta_problem",
     "verify_chain",
 ]
 
@@ -84,6 +86,21 @@ def check_continuity(previous: StoreMark | None, current: StoreMark) -> str | No
             "(restored from an older backup?); refusing to adopt it (restart the process to use it)"
         )
     return None
+
+
+def meta_problem(revision: object, store_id: object, chain_from: object, head: object) -> str | None:
+    """What is wrong with a stored meta row's values (None when they are well typed)."""
+    return (
+        "revision is not a non-negative integer" if not _is_count(revision, 0)
+        else "store_id is not text" if not isinstance(store_id, str) or not store_id
+        else "audit_chain_from is not a positive integer" if not _is_count(chain_from, 1)
+        else "audit_head is not text" if not isinstance(head, str | None)
+        else None
+    )  # fmt: skip
+
+
+def _is_count(value: object, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 # --- state documents ------------------------------------------------------------------------------
@@ -188,6 +205,23 @@ def audit_hash(previous: str, entry: AuditEntry, revision: int) -> str:
         body["origin"] = entry.origin
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(f"{previous}\n{text}".encode("ascii")).hexdigest()
+
+
+def chain_entries(
+    entries: Iterable[AuditEntry], last_seq: int, head: str | None, revision: int
+) -> tuple[list[tuple[AuditEntry, str]], str | None]:
+    """Number ``entries`` after ``last_seq`` and chain them after ``head``, as committed in ``revision``.
+
+    Returns each numbered entry with its hash, and the chain's new head (``head`` if there are none).
+    """
+    chained: list[tuple[AuditEntry, str]] = []
+    previous = head or GENESIS
+    for entry in entries:
+        last_seq += 1
+        numbered = replace(entry, seq=last_seq)
+        previous = audit_hash(previous, numbered, revision)
+        chained.append((numbered, previous))
+    return chained, (previous if chained else head)
 
 
 @dataclass(frozen=True, slots=True)

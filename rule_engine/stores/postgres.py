@@ -25,9 +25,7 @@ variables and ``~/.pgpass``, as with ``psql``. Two options of ours may be added 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,30 +33,49 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from rule_engine.control.records import AuditEntry, ControlState
-from rule_engine.errors import ConflictError, StoreError, StoreURLError
+from rule_engine.errors import ConflictError, StoreError
 from rule_engine.serving.counts import HealthCounts
-from rule_engine.stores._pg_conninfo import parse_target
+from rule_engine.stores._pg_conninfo import libpq_conninfo, parse_target
 from rule_engine.stores._pg_fleet import PgFleet
 from rule_engine.stores._pg_listen import PostgresListener
+from rule_engine.stores._pg_rows import (
+    AUDIT_COLUMNS,
+    AUDIT_SELECT,
+    HEALTH_SELECT,
+    META_COLUMNS,
+    META_SELECT,
+    Meta,
+    audit_rows,
+    health_columns,
+    health_of,
+    meta_of,
+    notify_payload,
+    sha256,
+)
 from rule_engine.stores._pg_schema import (
-    ADVISORY_LOCK,
-    MIGRATIONS,
-    MIGRATIONS_TABLE,
     SCHEMA_VERSION,
     UPSERT_BUCKET,
     UPSERT_LIFETIME,
+    apply_migrations,
+    schema_version,
 )
 from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.integrity import (
+    AuditCheck,
+    StoreMark,
+    chain_entries,
+    check_continuity,
+    decode_state,
+    verify_chain,
+)
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresListener", "PostgresStore"]
 
 CHANNEL = "rule_engine"
-MAX_NOTIFY_BYTES = 4000  # PostgreSQL's limit is 8000; the ids are a hint, the revision is what counts
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -68,39 +85,40 @@ class PostgresStore(PgFleet, StateStore):
     """State in a PostgreSQL database, shared by any number of processes and hosts.
 
     Constructing does no I/O: the pool connects on the first call, which also checks (and if needed
-    applies) the schema migrations. Thread-safe: each call takes a pooled connection.
+    applies) the schema migrations. With ``create`` (the default when constructing from an address)
+    the first call creates the tables of a database that holds none; without it (the default of
+    :meth:`from_url` and ``open_store``) such a database is "no store": reads raise
+    :class:`StoreError` and only a :meth:`commit` creates it. Once this object has read a store it
+    never adopts another (see :func:`~rule_engine.stores.integrity.check_continuity`).
+    Thread-safe: each call takes a pooled connection.
     """
 
     def __init__(
-        self, address: str = "", *, timeout: float | None = None, pool_size: int | None = None, channel: str = CHANNEL
+        self,
+        address: str = "",
+        *,
+        timeout: float | None = None,
+        pool_size: int | None = None,
+        channel: str = CHANNEL,
+        create: bool = True,
     ) -> None:
         self._target = parse_target(address, timeout=timeout, pool_size=pool_size)
         self.url = self._target.display
         self.timeout = self._target.timeout
         self.channel = channel
-        self._conninfo = self._libpq_conninfo()
+        self._conninfo = libpq_conninfo(self._target)
         self._lock = threading.Lock()
         self._pool: ConnectionPool[RecordingConnection] | None = None
         self._schema_ok = False
+        self._create = create
+        self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
         self._closed = False
         self._watchdog = Watchdog("rule-engine-pg")
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresStore:
+    def from_url(cls, url: str, *, create: bool = False) -> PostgresStore:
         """``postgresql://user@host/db?timeout=5&pool_size=4`` (or ``postgres://``), or a conninfo string."""
-        return cls(url)
-
-    def _libpq_conninfo(self) -> str:
-        try:
-            given = conninfo_to_dict(self._target.conninfo)
-        except psycopg.Error as exc:
-            raise StoreURLError(f"invalid PostgreSQL address {self.url!r}: {self._target.scrub(str(exc))}") from exc
-        extra: dict[str, Any] = {}
-        if "connect_timeout" not in given:
-            extra["connect_timeout"] = max(2, math.ceil(self.timeout))
-        if "application_name" not in given:
-            extra["application_name"] = "rule_engine"
-        return make_conninfo(self._target.conninfo, **extra)
+        return cls(url, create=create)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -151,7 +169,15 @@ class PostgresStore(PgFleet, StateStore):
         except PoolClosed as exc:
             raise StoreError(f"the PostgreSQL store {self.url!r} is closed") from exc
 
-    def _run(self, what: str, work: Callable[[Conn], T], *, write: bool = False, check_schema: bool = True) -> T:
+    def _run(
+        self,
+        what: str,
+        work: Callable[[Conn], T],
+        *,
+        write: bool = False,
+        check_schema: bool = True,
+        create: bool = False,
+    ) -> T:
         """Run ``work`` on a pooled connection (in one transaction if ``write``), bounded by the timeout.
 
         A connection found broken before anything was committed (the server restarted since it was
@@ -167,7 +193,7 @@ class PostgresStore(PgFleet, StateStore):
             try:
                 with self._watchdog.guard(conn, deadline - time.monotonic()) as guard:
                     if check_schema and not self._schema_ok:
-                        self._check_schema(conn)
+                        self._check_schema(conn, create=create or self._create)
                     if not write:
                         return work(conn)
                     with conn.transaction():
@@ -190,42 +216,17 @@ class PostgresStore(PgFleet, StateStore):
 
     # --- schema ---------------------------------------------------------------------------------
 
-    def _check_schema(self, conn: Conn) -> None:
-        found = _schema_version(conn)
-        if found > SCHEMA_VERSION:
-            raise StoreError(self._newer(found))
-        if found < SCHEMA_VERSION:
-            self._migrate(conn)
-        self._schema_ok = True
-
-    def _newer(self, found: int) -> str:
-        return (
-            f"the database at {self.url!r} holds rule_engine schema {found}, newer than schema {SCHEMA_VERSION} "
-            "that this version of rule_engine knows; upgrade rule_engine"
-        )
-
-    def _migrate(self, conn: Conn) -> tuple[int, int]:
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
-                conn.execute(MIGRATIONS_TABLE)
-                found = _schema_version(conn)
-                if found > SCHEMA_VERSION:
-                    raise StoreError(self._newer(found))
-                for version, description, sql in MIGRATIONS:
-                    if version > found:
-                        conn.execute(sql.encode())
-                        conn.execute(
-                            "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)",
-                            (version, description),
-                        )
-        except psycopg.errors.InsufficientPrivilege as exc:
+    def _check_schema(self, conn: Conn, *, create: bool) -> None:
+        found = schema_version(conn)
+        if found == 0 and (not create or self._seen is not None):
+            gone = "is gone: the database holds no rule_engine tables any more"
             raise StoreError(
-                f"the database at {self.url!r} needs schema {SCHEMA_VERSION} but this role may not create it "
-                f"({exc}); run `rule-engine store migrate --store URL` as the schema owner"
-            ) from exc
+                f"the store at {self.url!r} {gone}" if self._seen is not None
+                else f"no store at {self.url!r} (the database holds no rule_engine tables); `rule-engine deploy` creates one"
+            )  # fmt: skip
+        if found != SCHEMA_VERSION:
+            apply_migrations(conn, self.url)
         self._schema_ok = True
-        return found, SCHEMA_VERSION
 
     def migrate(self) -> tuple[int, int]:
         """Apply the missing schema migrations; return ``(version before, version after)``.
@@ -233,42 +234,77 @@ class PostgresStore(PgFleet, StateStore):
         Idempotent and safe to run from several processes at once (an advisory lock serialises them).
         Raises :class:`StoreError` if the database holds a newer schema than this library knows.
         """
-        return self._run("migrating the schema", self._migrate, check_schema=False)
+        found = self._run("migrating the schema", lambda conn: apply_migrations(conn, self.url), check_schema=False)
+        self._schema_ok = True
+        return found
 
     def schema_version(self) -> int:
         """The schema version the database holds (0 for an empty database)."""
-        return self._run("reading the schema version", _schema_version, check_schema=False)
+        return self._run("reading the schema version", schema_version, check_schema=False)
 
     # --- the contract ---------------------------------------------------------------------------
 
+    def _adopt(self, meta: Meta, before: StoreMark | None) -> Meta:
+        """Refuse another store, or an older copy (``before``: the mark when the call started, so a
+        concurrent call that read a newer revision meanwhile does not make this one look old)."""
+        reason = check_continuity(before, meta.mark)
+        if reason is not None:
+            raise StoreError(f"{self.url!r}: {reason}")
+        with self._lock:
+            if self._seen is None or meta.mark.revision >= self._seen.revision:
+                self._seen = meta.mark
+        return meta
+
+    def _meta(self, what: str) -> Meta:
+        before = self._seen
+        row = self._run(what, lambda conn: conn.execute(META_SELECT).fetchone())
+        return self._adopt(meta_of(row, repr(self.url)), before)
+
     def load(self) -> ControlState:
-        """The current state: revision and document read in one statement (one snapshot)."""
+        """The current state: the meta row and the document read in one statement (one snapshot)."""
+        before = self._seen
 
         def work(conn: Conn) -> tuple[Any, ...] | None:
             return conn.execute(
-                "SELECT m.revision, s.doc::text FROM meta m LEFT JOIN state s ON s.id = 1 WHERE m.id = 1"
+                f"SELECT {', '.join('m.' + c for c in META_COLUMNS.split(', '))}, s.doc::text"
+                " FROM meta m LEFT JOIN state s ON s.id = 1 WHERE m.id = 1"
             ).fetchone()
 
         row = self._run("loading the state", work)
-        if row is None:
-            raise StoreError(f"the database at {self.url!r} has no meta row (was it emptied by hand?)")
-        revision, doc = row
+        meta = self._adopt(meta_of(row[:4] if row is not None else None, repr(self.url)), before)
+        assert row is not None
+        revision, doc = meta.mark.revision, row[4]
         if doc is None:
-            return ControlState(revision=int(revision))
-        try:
-            state = ControlState.from_dict(json.loads(doc))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StoreError(f"the state stored in {self.url!r} is unreadable: {exc}") from exc
-        return replace(state, revision=int(revision))
+            if revision:  # every commit writes the state row: without it the store is corrupt
+                raise StoreError(f"the state row of {self.url!r} is missing at revision {revision}")
+            return ControlState(revision=0)
+        return decode_state(doc, revision, repr(self.url))
 
     def revision(self) -> int:
-        """The current revision: one single-row ``SELECT``."""
+        """The current revision: one single-row ``SELECT`` (identity checked too)."""
+        return self._meta("reading the revision").mark.revision
 
-        def work(conn: Conn) -> int:
-            row = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
-            return int(row[0]) if row is not None else 0
+    def identity(self) -> str:
+        """The store's id (``meta.store_id``), drawn in the transaction that created the tables."""
+        return self._meta("reading the identity").mark.identity
 
-        return self._run("reading the revision", work)
+    def mark(self) -> StoreMark:
+        """Identity and revision, read together."""
+        return self._meta("reading the revision").mark
+
+    def verify_audit(self) -> AuditCheck:
+        """Check the audit hash chain in one snapshot, streaming rows through a server-side cursor."""
+        before = self._seen
+
+        def work(conn: Conn) -> AuditCheck:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            meta = self._adopt(meta_of(conn.execute(META_SELECT).fetchone(), repr(self.url)), before)
+            with conn.cursor(name="rule_engine_verify_audit") as cur:
+                cur.itersize = 1000
+                cur.execute(f"{AUDIT_SELECT} ORDER BY seq")
+                return verify_chain(audit_rows(cur), meta.chain_from, meta.head)
+
+        return self._run("verifying the audit log", work, write=True)
 
     def commit(
         self,
@@ -279,38 +315,43 @@ class PostgresStore(PgFleet, StateStore):
         audit: Sequence[AuditEntry] = (),
         evicted: Sequence[str] = (),
     ) -> ControlState:
-        """Write everything, and notify followers, in one transaction if the revision is still expected."""
+        """Write everything, and notify followers, in one transaction if the revision is still expected.
+
+        The ``UPDATE`` of the revision locks the meta row first, so the audit seqs, their hashes and the
+        chain's new head are computed under the same lock. The first commit to an empty database creates
+        the tables (whatever ``create`` was).
+        """
         committed = replace(state, revision=expected_revision + 1)
         doc = json.dumps(committed.to_dict(), separators=(",", ":"))
         rows = [
-            (
-                version_id,
-                record.digest if (record := committed.versions.get(version_id)) else _sha256(text),
-                text,
-            )
+            (version_id, record.digest if (record := committed.versions.get(version_id)) else sha256(text), text)
             for version_id, text in (bundles or {}).items()
         ]
-        entries = [
-            (e.at, e.action, e.version_id, e.from_state, e.to_state, e.actor, e.reason, e.strategy, committed.revision)
-            for e in audit
-        ]
-        touched = [*(bundles or {}), *evicted, *(e.version_id for e in audit)]
-        payload = _payload(committed.revision, touched)
+        payload = notify_payload(committed.revision, [*(bundles or {}), *evicted, *(e.version_id for e in audit)])
+        before = self._seen
+        where = repr(self.url)
 
-        def work(conn: Conn) -> None:
-            cur = conn.execute(
-                "UPDATE meta SET revision = revision + 1 WHERE id = 1 AND revision = %s", (expected_revision,)
-            )
-            if cur.rowcount != 1:
-                found = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
+        def work(conn: Conn) -> Meta:
+            found = conn.execute(
+                f"UPDATE meta SET revision = revision + 1 WHERE id = 1 AND revision = %s RETURNING {META_COLUMNS}",
+                (expected_revision,),
+            ).fetchone()
+            if found is None:
+                current = self._adopt(meta_of(conn.execute(META_SELECT).fetchone(), where), before)
                 raise ConflictError(
-                    f"state changed concurrently: expected revision {expected_revision}, "
-                    f"found {found[0] if found else None}"
+                    f"state changed concurrently: expected revision {expected_revision}, found {current.mark.revision}"
                 )
+            meta = meta_of(found, where)
+            reason = check_continuity(before, meta.mark)
+            if reason is not None:
+                raise StoreError(f"{self.url!r}: {reason}")
             conn.execute(
                 "INSERT INTO state (id, doc) VALUES (1, %s::jsonb) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
                 (doc,),
             )
+            seq_row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
+            chained, head = chain_entries(audit, int(seq_row[0]) if seq_row else 0, meta.head, committed.revision)
+            entries = [(*(getattr(e, c) for c in AUDIT_COLUMNS), committed.revision, h) for e, h in chained]
             with conn.cursor() as many:
                 if rows:
                     many.executemany(
@@ -322,13 +363,16 @@ class PostgresStore(PgFleet, StateStore):
                     many.execute("DELETE FROM bundles WHERE version_id = ANY(%s)", (list(evicted),))
                 if entries:
                     many.executemany(
-                        "INSERT INTO audit (at, action, version_id, from_state, to_state, actor, reason, strategy,"
-                        " revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                        f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}, revision, hash) OVERRIDING SYSTEM VALUE"
+                        f" VALUES ({', '.join(['%s'] * (len(AUDIT_COLUMNS) + 2))})",
                         entries,
                     )
+                    many.execute("UPDATE meta SET audit_head = %s WHERE id = 1", (head,))
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
+            return meta
 
-        self._run("committing the state", work, write=True)
+        meta = self._run("committing the state", work, write=True, create=True)
+        self._adopt(Meta(StoreMark(meta.mark.identity, committed.revision), meta.chain_from, None), before)
         return committed
 
     def bundle_json(self, version_id: str) -> str | None:
@@ -338,11 +382,15 @@ class PostgresStore(PgFleet, StateStore):
             return conn.execute("SELECT doc FROM bundles WHERE version_id = %s", (version_id,)).fetchone()
 
         row = self._run("reading a bundle", work)
-        return str(row[0]) if row is not None else None
+        if row is None:
+            return None
+        if not isinstance(row[0], str):
+            raise StoreError(f"the stored bundle of {version_id!r} in {self.url!r} is not text")
+        return row[0]
 
     def audit_log(self, version_id: str | None = None, limit: int | None = None) -> list[AuditEntry]:
         """Audit entries in the order they were written, optionally of one version, the last ``limit``."""
-        sql = "SELECT seq, at, action, version_id, from_state, to_state, actor, reason, strategy FROM audit"
+        sql = AUDIT_SELECT
         params: list[object] = []
         if version_id is not None:
             sql += " WHERE version_id = %s"
@@ -355,14 +403,12 @@ class PostgresStore(PgFleet, StateStore):
         def work(conn: Conn) -> list[tuple[Any, ...]]:
             return conn.execute(sql.encode(), params).fetchall()
 
-        rows = self._run("reading the audit log", work)
-        return [
-            AuditEntry(
-                at=at, action=action, version_id=vid, from_state=from_state, to_state=to_state,
-                actor=actor, reason=reason, strategy=strategy, seq=int(seq),
-            )
-            for seq, at, action, vid, from_state, to_state, actor, reason, strategy in reversed(rows)
-        ]  # fmt: skip
+        entries = []
+        for decoded in audit_rows(reversed(self._run("reading the audit log", work))):
+            if isinstance(decoded, BaseException):
+                raise StoreError(f"an audit entry in {self.url!r} is corrupt: {decoded}") from decoded
+            entries.append(decoded.entry)
+        return entries
 
     def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
         """Add ``delta`` to the bucket and to the lifetime totals (one transaction)."""
@@ -382,8 +428,8 @@ class PostgresStore(PgFleet, StateStore):
             lifetime[version_id] = lifetime.get(version_id, HealthCounts()) + delta
         if not buckets:
             return
-        bucket_rows = [(v, b, *_columns(c)) for (v, b), c in sorted(buckets.items())]
-        lifetime_rows = [(v, *_columns(c)) for v, c in sorted(lifetime.items())]
+        bucket_rows = [(v, b, *health_columns(c)) for (v, b), c in sorted(buckets.items())]
+        lifetime_rows = [(v, *health_columns(c)) for v, c in sorted(lifetime.items())]
 
         def work(conn: Conn) -> None:
             with conn.cursor() as many:
@@ -399,29 +445,23 @@ class PostgresStore(PgFleet, StateStore):
         totals = {v: HealthCounts() for v in version_ids}
         if not totals:
             return totals
-        columns = "version_id, evaluations, errors, timeouts, latency_sum_us, histogram, decisions, rules"
         if since is None and until is None:
-            sql = f"SELECT {columns} FROM health_lifetime WHERE version_id = ANY(%s)"
+            sql = f"SELECT {HEALTH_SELECT} FROM health_lifetime WHERE version_id = ANY(%s)"
             params: tuple[object, ...] = (list(totals),)
         else:
             low = float("-inf") if since is None else since
             high = float("inf") if until is None else until
             sql = (
-                f"SELECT {columns} FROM health WHERE version_id = ANY(%s) AND bucket_start >= %s AND bucket_start <= %s"
+                f"SELECT {HEALTH_SELECT} FROM health"
+                " WHERE version_id = ANY(%s) AND bucket_start >= %s AND bucket_start <= %s"
             )
             params = (list(totals), low, high)
 
         def work(conn: Conn) -> list[tuple[Any, ...]]:
             return conn.execute(sql.encode(), params).fetchall()
 
-        for version_id, evaluations, errors, timeouts, latency, histogram, decisions, rules in self._run(
-            "reading health counters", work
-        ):
-            counts = HealthCounts(
-                int(evaluations), int(errors), int(timeouts), float(latency),
-                tuple(int(x) for x in histogram), {str(k): int(n) for k, n in decisions.items()},
-                {str(k): int(n) for k, n in rules.items()},
-            )  # fmt: skip
+        for row in self._run("reading health counters", work):
+            version_id, counts = health_of(row, repr(self.url))
             totals[version_id] = totals[version_id] + counts
         return totals
 
@@ -451,38 +491,3 @@ class PostgresStore(PgFleet, StateStore):
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r})"
-
-
-def _schema_version(conn: Conn) -> int:
-    row = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL").fetchone()
-    if row is None or not row[0]:
-        return 0
-    found = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
-    return int(found[0]) if found is not None else 0
-
-
-def _columns(c: HealthCounts) -> tuple[object, ...]:
-    return (
-        c.evaluations,
-        c.errors,
-        c.timeouts,
-        c.latency_sum_us,
-        list(c.histogram),
-        json.dumps(dict(c.decisions), separators=(",", ":")),
-        json.dumps(dict(c.rules), separators=(",", ":")),
-    )
-
-
-def _payload(revision: int, touched: Sequence[str]) -> str:
-    ids: list[str] = []
-    size = 0
-    for version_id in dict.fromkeys(touched):
-        size += len(version_id.encode()) + 4
-        if size > MAX_NOTIFY_BYTES:
-            return json.dumps({"revision": revision, "ids": ids, "truncated": True}, separators=(",", ":"))
-        ids.append(version_id)
-    return json.dumps({"revision": revision, "ids": ids}, separators=(",", ":"))
-
-
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -41,13 +41,13 @@ from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores._sqlite_fleet import SQLiteFleet
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import (
-    GENESIS,
     AuditCheck,
     AuditRow,
     StoreMark,
-    audit_hash,
+    chain_entries,
     check_continuity,
     decode_state,
+    meta_problem,
     verify_chain,
 )
 from rule_engine.stores.sqlite_schema import SCHEMA_VERSION, create_schema, open_file, upgrade
@@ -194,13 +194,7 @@ class SQLiteStore(SQLiteFleet, StateStore):
         if row is None:
             raise StoreError(f"the meta row of {str(self.path)!r} is missing: the store is corrupt")
         revision, store_id, chain_from, head = row
-        problem = (
-            "revision is not a non-negative integer" if not _is_count(revision, 0)
-            else "store_id is not text" if not isinstance(store_id, str) or not store_id
-            else "audit_chain_from is not a positive integer" if not _is_count(chain_from, 1)
-            else "audit_head is not text" if not isinstance(head, str | None)
-            else None
-        )  # fmt: skip
+        problem = meta_problem(revision, store_id, chain_from, head)
         if problem is not None:
             raise StoreError(f"the meta row of {str(self.path)!r} is corrupt: {problem} ({row!r})")
         mark = StoreMark(store_id, revision)
@@ -329,12 +323,8 @@ class SQLiteStore(SQLiteFleet, StateStore):
             )
         conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
         seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
-        head, rows = meta.head or GENESIS, []
-        for entry in audit:
-            seq += 1
-            numbered = replace(entry, seq=seq)
-            head = audit_hash(head, numbered, committed.revision)
-            rows.append((*(getattr(numbered, c) for c in _AUDIT_COLUMNS), committed.revision, head))
+        chained, head = chain_entries(audit, seq, meta.head, committed.revision)
+        rows = [(*(getattr(e, c) for c in _AUDIT_COLUMNS), committed.revision, h) for e, h in chained]
         conn.executemany(
             f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 2))})",
             rows,
@@ -458,10 +448,6 @@ def _counts(row: Sequence[object] | None) -> HealthCounts:
 def _file_id(path: Path) -> tuple[int, int]:
     found = os.lstat(path)  # lstat: a symbolic link put in place of the file is another file
     return found.st_dev, found.st_ino
-
-
-def _is_count(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _audit_row(row: Sequence[object]) -> AuditRow | BaseException:

@@ -1,0 +1,172 @@
+"""Issue 12: from a commit to N evaluator processes SERVING the new version, push follower vs polling follower.
+
+Starts a throwaway PostgreSQL cluster (as the test suite does; ``--conninfo`` uses an existing server
+instead). For each fleet size (``--processes 8,32``) and each mode it starts that many evaluator
+processes, each a ``DeploymentManager`` following the store:
+
+- ``push``: ``DeploymentManager.open(url)``'s own follower, a ``PushLoop`` waiting on LISTEN/NOTIFY
+  (polling the revision every second as the safety net);
+- ``poll``: the polling follower (``BackgroundLoop``) every ``--poll-ms`` (20 ms, the default).
+
+One writer then deploys ``--rounds`` versions (alternately the example gateway bundles v1 and v2):
+``prepare`` (staged), a pause of 100-200 ms, then ``activate``. Propagation runs from just before
+``activate_deployment`` is called (its commit included) to the moment an evaluator process has
+published the new serving snapshot, its table compiled (measured in the process's ``after_swap``
+hook, which runs right after the snapshot is swapped in), on the system-wide monotonic clock
+(comparable across processes on Linux), over every (version, process) pair. Printed: p50 / p99 / max
+per fleet size and mode, and the ratio push/poll measured in the same run.
+
+    .venv/bin/python benchmarks/bench_propagation.py [--processes 8,32] [--rounds 30] [--poll-ms 20] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+BUNDLES = (ROOT / "bundles" / "gateway-v1.json", ROOT / "bundles" / "gateway-v2.json")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+WORKER_LIFETIME = 300.0  # an evaluator process gives up after this long whatever happens
+
+
+from bench_postgres import percentile, spawn_ready, start_server  # noqa: E402
+
+
+def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
+    """One evaluator process: follow, note when each new stable version starts serving, print them."""
+    import logging
+
+    import structlog
+
+    from rule_engine import DeploymentManager
+    from rule_engine.deployment.background import BackgroundLoop
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    served: list[tuple[str, int]] = []
+    done = threading.Event()
+    manager = DeploymentManager.open(url, follow=False)
+
+    def swapped(event: Any) -> None:
+        stable = event.serving_after[0]
+        if stable is not None and stable != event.serving_before[0]:
+            served.append((stable, time.monotonic_ns()))
+            if len(served) >= expected:
+                done.set()
+
+    manager.subscribe("after_swap", swapped)
+    if mode == "push":
+        manager.start_following()
+    else:
+        step = manager._follower.step_with_flush(manager._health, manager._clock, 1.0)
+        manager._start(BackgroundLoop("rule-engine-follower", poll_s, step))
+    print("ready", flush=True)
+    done.wait(WORKER_LIFETIME)
+    manager.close()
+    for version_id, at in served:
+        print(f"{version_id} {at}")
+
+
+def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dict[str, Any]:
+    from rule_engine import DeploymentManager
+
+    procs = spawn_ready(["--as-evaluator", url, mode, str(poll_s), str(rounds)], processes, __file__)
+    time.sleep(0.5)
+    started: dict[str, int] = {}
+    rng = random.Random(12)
+    with DeploymentManager.open(url, follow=False) as writer:
+        for i in range(rounds):
+            version_id = writer.prepare_deployment(BUNDLES[i % 2])
+            time.sleep(rng.uniform(0.1, 0.2))
+            started[version_id] = time.monotonic_ns()
+            writer.activate_deployment(version_id)
+    latencies: list[float] = []
+    missing = 0
+    for proc in procs:
+        out, _ = proc.communicate(timeout=WORKER_LIFETIME + 30)
+        got = dict(line.split() for line in out.splitlines() if line.strip())
+        for version_id, t0 in started.items():
+            if version_id in got:
+                latencies.append((int(got[version_id]) - t0) / 1e6)
+            else:
+                missing += 1
+    return {
+        "mode": mode,
+        "processes": processes,
+        "rounds": rounds,
+        "samples": len(latencies),
+        "missing": missing,
+        "p50_ms": percentile(latencies, 0.50),
+        "p99_ms": percentile(latencies, 0.99),
+        "max_ms": max(latencies),
+    }
+
+
+def _url(conninfo: str) -> str:
+    from urllib.parse import urlencode
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    parts = {k: str(v) for k, v in conninfo_to_dict(conninfo).items()}
+    return f"postgresql:///{parts.pop('dbname')}?{urlencode(parts)}"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--as-evaluator":
+        _evaluator(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", default="8,32", help="fleet sizes, comma-separated (each 1..64)")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--poll-ms", type=float, default=20.0)
+    parser.add_argument("--conninfo", help="an existing server (a database this may write to)")
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    sizes = [int(n) for n in args.processes.split(",")]
+    if not all(1 <= n <= 64 for n in sizes) or not 1 <= args.rounds <= 1000:
+        parser.error("--processes must each be 1..64 and --rounds 1..1000")
+    server = start_server(args.conninfo, "rule-engine-bench-prop-")
+    if server is None:
+        return 2
+    cluster, conninfo = server
+    url = _url(conninfo)
+    results = []
+    load = os.getloadavg()
+    try:
+        for size in sizes:
+            for mode in ("push", "poll"):
+                results.append(_run(url, mode, size, args.rounds, args.poll_ms / 1000))
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+    print(f"commit (activate) -> N evaluator processes serving the new version, {args.rounds} versions each")
+    print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'processes':>9} {'follower':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>8} {'missing':>8}")
+    for r in results:
+        name = "push (LISTEN/NOTIFY)" if r["mode"] == "push" else f"poll every {args.poll_ms:g} ms"
+        print(
+            f"{r['processes']:>9} {name:<22} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}"
+            f" {r['samples']:8d} {r['missing']:8d}"
+        )
+    for size in sizes:
+        push, poll = (next(r for r in results if r["processes"] == size and r["mode"] == m) for m in ("push", "poll"))
+        print(
+            f"{size} processes: push/poll p50 {push['p50_ms'] / poll['p50_ms']:.2f}x, "
+            f"p99 {push['p99_ms'] / poll['p99_ms']:.2f}x"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"load": load, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
