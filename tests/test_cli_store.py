@@ -65,12 +65,12 @@ def test_audit_verify_says_ok_and_names_a_broken_entry(tmp_path: Path) -> None:
 
 
 def test_store_migrate_and_audit_verify_on_postgresql(pg_database: str) -> None:
-    """An empty database is migrated 0 -> 2 (then nothing to do); audit verify checks what deploy wrote."""
+    """An empty database is migrated 0 -> 3 (then nothing to do); audit verify checks what deploy wrote."""
     url = _pg_url(pg_database)
     first = _run("--store", url, "store", "migrate")
     assert first.exit_code == 0, first.output
-    assert first.output.strip().endswith("schema 0 -> 2")
-    assert _run("--store", url, "store", "migrate").output.strip().endswith("schema 2 -> 2 (nothing to do)")
+    assert first.output.strip().endswith("schema 0 -> 3")
+    assert _run("--store", url, "store", "migrate").output.strip().endswith("schema 3 -> 3 (nothing to do)")
     assert _run("--store", url, "audit", "verify").output.startswith("audit chain ok: 0 entries checked")
     assert _run("--store", url, "deploy", str(BUNDLES / "gateway-v1.json")).exit_code == 0
     verdict = json.loads(_run("--store", url, "audit", "verify", "--json").output)

@@ -39,8 +39,8 @@ def test_ticks_from_eight_controller_processes_happen_once(pg_database: str) -> 
         v1 = manager.prepare_deployment(BUNDLES[0], BlueGreen())
         manager.activate_deployment(v1)
         v2 = manager.prepare_deployment(BUNDLES[1], Canary((10, 25, 50, 100), 0.3))
+        manager.activate_deployment(v2)  # before v3 is scheduled: a schedule never overrides a newer deploy (D16)
         v3 = manager.prepare_deployment(BUNDLES[0], Scheduled(time.time() + 6.0))  # after the canary is done
-        manager.activate_deployment(v2)
         assert manager.snapshot.revision == 5
     tickers = [spawn("ticker", url, 8.0) for _ in range(CONTROLLERS)]
     reports = [_finish(t)[-1]["actions"] for t in tickers]

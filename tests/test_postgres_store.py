@@ -162,7 +162,7 @@ def test_an_application_role_with_the_documented_grants_commits_but_cannot_rewri
 
     assert APP_GRANTS.format(role="rule_engine_app").strip() in (DOCS / "fleet.md").read_text()
     owner = PostgresStore(pg_database)
-    assert owner.migrate() == (0, 2)
+    assert owner.migrate() == (0, 3)
     owner.close()
     role = f"re_app_{abs(hash(pg_database)) % 10**8}"
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
@@ -218,7 +218,7 @@ def test_migrate_is_recorded_idempotent_and_refuses_a_newer_schema(pg_database: 
     assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
     store.close()
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,), (3,)]
         conn.execute("INSERT INTO schema_migrations (version, description) VALUES (7, 'from the future')")
     newer = PostgresStore(pg_database)
     for call in (newer.revision, newer.migrate):
@@ -239,7 +239,7 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_database: s
     assert errors == []
     assert revisions == [0] * 8
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (2,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (3,)
         assert conn.execute("SELECT count(DISTINCT store_id) FROM meta").fetchone() == (1,)
 
 
