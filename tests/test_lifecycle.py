@@ -424,21 +424,3 @@ def test_retry_always_restarts_at_the_first_stage_with_the_aborted_salt(
     status = manager.get_rollout_status()
     assert status is not None
     assert (status.stage, status.percentage, status.salt, status.paused) == (1, stages[0], salt, False)
-
-
-def test_a_version_undo_put_back_is_never_rolled_back_automatically_while_it_bakes() -> None:
-    """undo is an operator's choice of a known version: even unhealthy in its bake time, the controller leaves it."""
-    from rule_engine import HealthThresholds
-
-    clock = ManualClock()
-    manager = _manager(clock, auto_rollback=True, thresholds=HealthThresholds(min_evaluations=10))
-    v1 = manager.prepare_deployment(mini_bundle("1.0.0"))
-    manager.activate_deployment(v1)
-    v2 = manager.prepare_deployment(mini_bundle("2.0.0"))
-    manager.activate_deployment(v2)
-    clock.advance(1)
-    assert manager.undo(actor="alice") == v1
-    manager.update_health_metrics(v1, evaluations=100, errors=90)  # during v1's new bake time
-    manager.tick()
-    assert manager.get_active_version_id() == v1
-    assert not any(e.action == "rollback" for e in manager.audit_log())

@@ -189,19 +189,15 @@ class HealthLedger:
         Only a version a deployment brought in bakes: it took traffic (by a blue-green or scheduled
         activation, or as a canary that completed) at most ``bake_secs`` ago (by its own analysis
         settings), it has a version to return to, and **no rollback has happened since it was
-        brought in**. So a version a rollback (or an ``undo``) reinstated is never judged for rollback, and neither is
+        brought in**. So a version a rollback reinstated is never judged for rollback, and neither is
         a stable version whose canary was just rolled back: one incident, one rollback.
         """
         if state.rollout is not None or state.active is None or state.rollback_target is None:
             return False
         record = state.versions.get(state.active)
-        if record is not None and record.reinstated:  # an operator's undo put it back: never undone automatically
-            return False
         activated_at = record.activated_at if record is not None else None
         if activated_at is None or abs(now - activated_at) > self.thresholds_for(state, state.active).bake_secs:
             return False
-        if state.last_rollback_at is not None and state.last_rollback_at >= activated_at:
-            return False  # recorded with the state: holds even after the rolled-back version left history
         return not any(
             r.state is DeploymentState.ROLLED_BACK and r.finished_at is not None and r.finished_at >= activated_at
             for r in state.versions.values()
