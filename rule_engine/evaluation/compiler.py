@@ -229,7 +229,7 @@ class _Generator:
         return "(" + (" and " if conjunction else " or ").join(parts) + ")"
 
     def part(self, cond: Any) -> str:
-        """A call of ``cond`` compiled as its own matcher (shape: a placeholder)."""
+        """A call of ``cond`` compiled as its own matcher (in the shape it stands for one opaque sub-condition)."""
         self.shape.append(_PART)
         if self.emit:
             matcher = self.parts[self._next_part]
