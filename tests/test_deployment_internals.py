@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from rule_engine import Canary, ConflictError, DeploymentManager, HookPoint, Scheduled
+from rule_engine.bundle.models import RuleBundle
 from rule_engine.control.records import ControlState
 from rule_engine.deployment.publisher import Publisher
 from rule_engine.stores.memory import MemoryStore
+from tests._support_deployment import mini_bundle
 
 BUNDLES = Path(__file__).resolve().parent.parent / "bundles"
 
@@ -199,3 +201,31 @@ def test_a_bundle_of_another_policy_is_refused_unless_replacing_the_policy_is_me
     fraud = manager.prepare_deployment(BUNDLES / "fraud-screen.json", replace_policy=True)
     manager.activate_deployment(fraud)
     assert manager.get_active_version_id() == fraud
+
+
+def test_a_prepare_reusing_kept_tables_survives_a_publish_evicting_one_meanwhile() -> None:
+    """prepare looks for a kept table outside the lock; a writer evicting tables meanwhile breaks nothing.
+
+    CI once failed with "dictionary changed size during iteration": four threads preparing and
+    rolling back at once. Here the eviction runs exactly while the lookup iterates.
+    """
+    manager = DeploymentManager()
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("1.0.0")))
+    publisher: Publisher = manager._publisher
+    evicted: list[bool] = []
+
+    class EvictsWhenRead:
+        """A kept table that no version keeps: reading its digest runs a publish, which evicts it."""
+
+        @property
+        def digest(self) -> str:
+            publisher.publish(publisher.state)
+            evicted.append("gone" not in publisher.compiled_versions())
+            return "not-this-one"
+
+    publisher._tables = {"gone": EvictsWhenRead(), **publisher._tables}  # type: ignore[dict-item]
+    bundle = RuleBundle.model_validate(mini_bundle("1.0.0"))
+    table = publisher.base_table(bundle)
+    assert evicted == [True]
+    assert table.digest == bundle.digest
+    assert table.version_id is None

@@ -43,7 +43,10 @@ class Publisher:
         self.state = ControlState()
         self._ledger = ledger
         self._cache_size = cache_size
-        self._tables: dict[str, RuleTable] = {}  # at most kept_compiled(state) (plus one being adopted)
+        # At most kept_compiled(state) (plus one being adopted). Copy-on-write: writers (under the
+        # manager's lock) assign a new dict, so base_table, read outside the lock by prepare, iterates
+        # a dict nobody changes.
+        self._tables: dict[str, RuleTable] = {}
         self._salts: dict[str, Salt] = {}
         self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
 
@@ -69,8 +72,8 @@ class Publisher:
         self.cell.current = snapshot
         self.state = state
         keep = kept_compiled(state)
-        for version_id in [v for v in self._tables if v not in keep]:
-            del self._tables[version_id]  # evicted, or neither serving nor next: compiled again if needed
+        # evicted, or neither serving nor next: compiled again if needed
+        self._tables = {v: t for v, t in self._tables.items() if v in keep}
         self._ledger.forget_all_but(state.versions)
         self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
 
@@ -99,12 +102,12 @@ class Publisher:
         The kept copy holds no bundle: its ``bundle`` is re-read from the store on demand.
         """
         record = self.state.versions.get(version_id)
-        if record is not None and version_id in kept_compiled(self.state):
-            self._tables.setdefault(version_id, base.restamped(version_id, load=self._loader(record)))
+        if record is not None and version_id in kept_compiled(self.state) and version_id not in self._tables:
+            self._tables = {**self._tables, version_id: base.restamped(version_id, load=self._loader(record))}
 
     def base_table(self, bundle: RuleBundle) -> RuleTable:
         """The compiled table of ``bundle`` without a version id (a kept table of the same digest is reused)."""
-        for table in self._tables.values():
+        for table in self._tables.values():  # a dict no writer changes (copy-on-write)
             if table.digest == bundle.digest:
                 return table.restamped(None, bundle=bundle)
         return RuleTable.from_bundle(bundle)
@@ -136,7 +139,7 @@ class Publisher:
                 table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
                 del bundle
             if version_id in kept_compiled(state):
-                self._tables[version_id] = table
+                self._tables = {**self._tables, version_id: table}
         return table
 
     def _loader(self, record: VersionRecord) -> Callable[[], RuleBundle]:
