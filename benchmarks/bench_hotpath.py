@@ -43,7 +43,9 @@ CASES = (
 )
 
 
-def build(rules_per_pair: int, agents: int = 10, flows: int = 5) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]:
+def build(
+    rules_per_pair: int, agents: int = 10, flows: int = 5
+) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]:
     """Every case as (function, args), set up the same way whatever case is run."""
     from bench_manager import CANARY_BP, canary_manager, keys_by_side
     from generate_synthetic import matching_event, synthetic_bundle

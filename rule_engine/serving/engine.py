@@ -81,12 +81,14 @@ class RuleEngine:
                     key = event.get(self.key_field)
                 if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
                     data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
-                    request_hash: int | None = mmh3.hash(data, 0, False)
+                    request_hash: int | None = mmh3.hash(data, snapshot.seed, False)
                 else:
-                    request_hash = hash_key(key)
+                    request_hash = hash_key(key, snapshot.seed)
+                multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
                 if (
                     request_hash is not None
-                    and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit
+                    and ((multiplier * request_hash + snapshot.offset) & _MASK64 if multiplier else request_hash)
+                    < snapshot.limit
                 ):
                     table = candidate
                     recorder = snapshot.candidate_recorder
@@ -127,7 +129,9 @@ class RuleEngine:
         recorder.record(decision, perf_counter_ns() - start)
         return decision
 
-    def _failed(self, snapshot: ServingSnapshot, table: RuleTable, exc: Exception, event: Mapping[str, Any]) -> Decision:
+    def _failed(
+        self, snapshot: ServingSnapshot, table: RuleTable, exc: Exception, event: Mapping[str, Any]
+    ) -> Decision:
         """The answer to an event ``table`` failed on: stable's, if the candidate failed; else the error decision."""
         if table is snapshot.candidate and snapshot.stable is not None:
             return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)

@@ -75,7 +75,17 @@ class VersionRecorder:
     :meth:`record_error` with no time. The control plane calls :meth:`drain`.
     """
 
-    __slots__ = ("_drain_lock", "_drained", "_local", "_shards", "_timing_base", "deadline_ns", "outcomes", "sample", "version_id")
+    __slots__ = (
+        "_drain_lock",
+        "_drained",
+        "_local",
+        "_shards",
+        "_timing_base",
+        "deadline_ns",
+        "outcomes",
+        "sample",
+        "version_id",
+    )
 
     def __init__(self, version_id: str, deadline_us: float) -> None:
         self.version_id = version_id

@@ -24,8 +24,10 @@ __all__ = ["EMPTY_SNAPSHOT", "ServingCell", "ServingSnapshot", "SnapshotSource"]
 class ServingSnapshot:
     """What serves now: the stable table, an optional candidate and its share of traffic.
 
-    A request goes to the candidate when ``(multiplier * hash + offset) mod 2**64 < limit``, which
-    is the routing algorithm's ``bucket < share`` without the division (see :meth:`Salt.limit`).
+    A request goes to the candidate when ``(multiplier * hash + offset) mod 2**64 < limit``
+    (algorithm 1), or ``hash < limit`` when ``multiplier`` is 0 (algorithm 2), ``hash`` being the
+    key's murmur3 with ``seed``: the routing algorithm's ``bucket < share`` without the division
+    (see :meth:`Salt.limit`).
     """
 
     stable: RuleTable | None
@@ -37,6 +39,7 @@ class ServingSnapshot:
     stable_recorder: VersionRecorder | None = None
     candidate_recorder: VersionRecorder | None = None
     revision: int = 0
+    seed: int = 0  # murmur3's seed for the request hash: 0 (algorithm 1) or the salt's (algorithm 2)
 
     @classmethod
     def build(
@@ -63,6 +66,7 @@ class ServingSnapshot:
             stable_recorder,
             candidate_recorder,
             revision,
+            salt.seed,
         )
 
 
