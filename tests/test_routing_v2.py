@@ -154,3 +154,25 @@ def test_preview_routes_by_the_rollouts_algorithm(algorithm: int, tables: tuple[
     for stage, share_bp in zip(report.stages, (1000, 5000), strict=True):
         engine = RuleEngine(ServingCell(ServingSnapshot.build(stable, candidate, salt, share_bp)))
         assert stage.keys == sum(1 for k in keys if engine.evaluate(EVENT, key=k).version_id == "candidate")
+
+
+def test_a_live_rollout_routes_by_the_algorithm_stored_with_it() -> None:
+    """The manager, the engine and the stored rollout's salt (with its algorithm) route every key alike."""
+    from rule_engine import BlueGreen, Canary, DeploymentManager
+    from tests._support_deployment import mini_bundle
+
+    manager = DeploymentManager()
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("1.0.0"), BlueGreen(), "test"))
+    candidate = manager.prepare_deployment(mini_bundle("2.0.0"), Canary((30, 100), 60), "test")
+    manager.activate_deployment(candidate)
+    rollout = manager.store.load().rollout
+    assert rollout is not None
+    salt = Salt.from_text(rollout.salt, rollout.algorithm)
+    engine = RuleEngine(manager)
+    for key in KEYS[:2000]:
+        request_hash = salt.request_hash(key)
+        expected = request_hash is not None and salt.bucket(request_hash) < rollout.share_bp
+        routed = manager.route(key)
+        assert routed is not None
+        assert (routed.version_id == candidate) == expected
+        assert (engine.evaluate({"x": 1}, key=key).version_id == candidate) == expected
