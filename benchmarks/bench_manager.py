@@ -22,6 +22,7 @@ events, without I/O), as a service that ships its logs would pay.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import statistics
@@ -53,6 +54,7 @@ from rule_engine import (  # noqa: E402
     compute_request_hash,
     parse_bundle,
 )
+from rule_engine.serving.snapshot import ServingCell  # noqa: E402
 
 REPO = HERE.parent
 AGENT, FLOW, MATCH_AT = 7, 3, 6
@@ -118,6 +120,8 @@ def data_plane(bundle_json: bytes, *, quick: bool, repeat: int) -> Report:
         return ideal_route(key, CANARY_BP, ideal_stable, ideal_candidate).evaluate(event)
 
     request_hash = compute_request_hash(HASH_KEY)
+    bare = dataclasses.replace(manager.serving_cell.current, stable_recorder=None, candidate_recorder=None)
+    unrecorded = RuleEngine(ServingCell(bare))  # the same routing and tables, no recording
     cases: dict[str, Any] = {
         "call": bare_method_call(),
         "H": (mmh3.hash, (HASH_KEY,)),
@@ -128,12 +132,14 @@ def data_plane(bundle_json: bytes, *, quick: bool, repeat: int) -> Report:
         "ideal_e2e": (ideal_end_to_end, (event, HASH_KEY)),
         "evaluate_stable": (engine.evaluate, (event, stable_key)),
         "evaluate_candidate": (engine.evaluate, (event, candidate_key)),
+        "evaluate_unrecorded": (unrecorded.evaluate, (event, candidate_key)),
     }
     ns = interleaved(cases, repeat=repeat if not quick else 5, target_ms=2.0 if not quick else 0.5)
     report = Report(title=f"issue 3: data plane during a 10% canary ({len(bundle.rules):,}-rule tables)")
     report.baseline("call", ns["call"])
     report.baseline("H", ns["H"])
     report.baseline("ideal e2e", ns["ideal_e2e"])
+    report.baseline("ideal route", ns["ideal_route"])
     report.add("get_active_table()", ns["get_active_table"], baseline="call", goal=1.5)
     report.add("route_and_get_table(h), precomputed hash", ns["route_and_get_table"], baseline="call", goal=3.0)
     report.add("route(key), hash included", ns["route"], baseline="H", goal=2.5)
@@ -141,6 +147,11 @@ def data_plane(bundle_json: bytes, *, quick: bool, repeat: int) -> Report:
     report.add("ideal end to end: ideal_route + IdealEvaluator", ns["ideal_e2e"], baseline="H")
     report.add("RuleEngine.evaluate(event, key) -> stable", ns["evaluate_stable"], baseline="ideal e2e", goal=1.3)
     report.add("RuleEngine.evaluate(event, key) -> candidate", ns["evaluate_candidate"], baseline="ideal e2e", goal=1.3)
+    report.baseline("unrecorded", ns["evaluate_unrecorded"])
+    report.add(
+        "recording: evaluate -> candidate vs unrecorded", ns["evaluate_candidate"], baseline="unrecorded", goal=1.1
+    )
+    report.add("route(key) vs ideal_route(key)", ns["route"], baseline="ideal route", goal=1.2)
     return report
 
 

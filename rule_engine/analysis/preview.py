@@ -21,7 +21,7 @@ from typing import Any
 
 from rule_engine.analysis.events import Recorded
 from rule_engine.evaluation.table import RuleTable
-from rule_engine.serving.routing import Salt, bucket_of, compute_request_hash, percent_to_bp
+from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS, Salt, percent_to_bp
 
 __all__ = ["DEFAULT_STAGES", "PreviewReport", "StageImpact", "key_identity", "preview"]
 
@@ -81,9 +81,14 @@ def preview(
     salt_text: str,
     events: Iterable[Recorded],
     stages: Sequence[float] = DEFAULT_STAGES,
+    algorithm: int = ALGORITHM_VERSION,
 ) -> PreviewReport:
-    """Count, per stage, the traffic routed to ``candidate`` under ``salt_text`` (see the module docstring)."""
-    salt = Salt.from_text(salt_text)
+    """Count, per stage, the traffic routed to ``candidate`` under ``salt_text`` (see the module docstring).
+
+    ``algorithm`` is the routing algorithm of the rollout: by default the one ``activate`` stamps
+    on a new rollout; pass ``Rollout.algorithm`` for a rollout already running.
+    """
+    salt = Salt.from_text(salt_text, algorithm)
     shares = [percent_to_bp(p) for p in stages]
     report = PreviewReport(salt_text, stages=[StageImpact(p, bp) for p, bp in zip(stages, shares, strict=True)])
     cand_error = candidate.error_decision("preview").decision
@@ -101,7 +106,8 @@ def preview(
         ident = key_identity(recorded.key)
         bucket = buckets.get(ident)
         if bucket is None:
-            bucket = buckets[ident] = bucket_of(compute_request_hash(recorded.key), salt)
+            request_hash = salt.request_hash(recorded.key)  # None: unhashable, served by stable
+            bucket = buckets[ident] = salt.bucket(request_hash) if request_hash is not None else BASIS_POINTS
         if bucket >= widest:
             continue  # no stage sends it
         error = False

@@ -296,9 +296,12 @@ class _Generator:
             else:
                 steps.append(f"({v} := {holder}.get({key}, _M)) is not None and {v} is not _M")
         else:
+            # The type guard reads the value (its first ``type(v)`` is evaluated first) and a
+            # missing or null value fails the guard, then ``v is not None`` before the slow path:
+            # the common case (a value of the expected type) pays no separate None test.
             v = self.variable()
-            steps.append(f"({v} := {holder}.get({key})) is not None")
-            steps.append(self.test(leaf, v, value_kind))
+            test = self.test(leaf, v, value_kind)
+            steps.append(test.replace(f"type({v})", f"type({v} := {holder}.get({key}))", 1))
         return "(" + " and ".join(steps) + ")"
 
     def test(self, leaf: Leaf, v: str, value_kind: str) -> str:
@@ -307,7 +310,7 @@ class _Generator:
         c = self.constant(_operand(op, value, self.rule_id, leaf.field))
         if not self.emit:
             return ""
-        otherwise = f"_slow({info}, {v})"
+        otherwise = f"({v} is not None and _slow({info}, {v}))"
         if op in _COMPARISON:
             symbol = "is" if value_kind == "bool" and op == "eq" else _COMPARISON[op]
             symbol = "is not" if value_kind == "bool" and op == "ne" else symbol

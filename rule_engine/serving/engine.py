@@ -18,13 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from time import perf_counter_ns
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mmh3
 
 from rule_engine.evaluation.table import Decision
+from rule_engine.serving.recorder import SAMPLE_MASK
 from rule_engine.serving.routing import hash_key
-from rule_engine.serving.snapshot import ServingCell, SnapshotSource
+from rule_engine.serving.snapshot import ServingCell, ServingSnapshot, SnapshotSource
+
+if TYPE_CHECKING:
+    from rule_engine.evaluation.table import RuleTable
+    from rule_engine.serving.recorder import VersionRecorder
 
 __all__ = ["NO_VERSION", "RuleEngine"]
 
@@ -70,7 +75,7 @@ class RuleEngine:
             return NO_VERSION
         recorder = snapshot.stable_recorder
         candidate = snapshot.candidate
-        if candidate is not None:
+        if candidate is not None:  # --- route (routing.py's rule, inlined: tests/test_routing_one_rule.py) ---
             try:
                 if key is None:
                     key = event.get(self.key_field)
@@ -82,29 +87,61 @@ class RuleEngine:
                             table, recorder = candidate, snapshot.candidate_recorder
                 if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
                     data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
-                    request_hash: int | None = mmh3.hash(data, 0, False)
+                    request_hash: int | None = mmh3.hash(data, snapshot.seed, False)
                 else:
-                    request_hash = hash_key(key)
+                    request_hash = hash_key(key, snapshot.seed)
+                multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
                 if (
                     request_hash is not None
-                    and (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit
+                    and ((multiplier * request_hash + snapshot.offset) & _MASK64 if multiplier else request_hash)
+                    < snapshot.limit
                 ):
                     table = candidate
                     recorder = snapshot.candidate_recorder
             except Exception:  # the key could not be read or hashed: served by stable (docs/routing.md)
                 pass
+        # --- count (recorder.py): exact outcome counts, one call in SAMPLE_EVERY timed ---------------
+        if recorder is None or recorder.sample:
+            return self._timed(snapshot, table, recorder, event)
+        try:
+            decision = table.evaluate(event)
+        except Exception as exc:
+            recorder.record_error()
+            return self._failed(snapshot, table, exc, event)
+        try:
+            n = next(recorder.outcomes[decision])  # lock-free: one C call under the GIL
+        except KeyError:
+            n = recorder.count_new(decision)
+        if not n & SAMPLE_MASK:
+            recorder.sample = True  # time the next call
+        return decision
+
+    def _timed(
+        self, snapshot: ServingSnapshot, table: RuleTable, recorder: VersionRecorder | None, event: Mapping[str, Any]
+    ) -> Decision:
+        """Evaluate and count one sampled call with its time (or, without a recorder, just evaluate)."""
+        if recorder is None:
+            try:
+                return table.evaluate(event)
+            except Exception as exc:
+                return self._failed(snapshot, table, exc, event)
+        recorder.sample = False
         start = perf_counter_ns()
         try:
             decision = table.evaluate(event)
         except Exception as exc:
-            if recorder is not None:
-                recorder.record_error(perf_counter_ns() - start)
-            if table is candidate and snapshot.stable is not None:
-                return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
-            return table.error_decision(_describe(exc))
-        if recorder is not None:
-            recorder.record(decision, perf_counter_ns() - start)
+            recorder.record_error(perf_counter_ns() - start)
+            return self._failed(snapshot, table, exc, event)
+        recorder.record(decision, perf_counter_ns() - start)
         return decision
+
+    def _failed(
+        self, snapshot: ServingSnapshot, table: RuleTable, exc: Exception, event: Mapping[str, Any]
+    ) -> Decision:
+        """The answer to an event ``table`` failed on: stable's, if the candidate failed; else the error decision."""
+        if table is snapshot.candidate and snapshot.stable is not None:
+            return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
+        return table.error_decision(_describe(exc))
 
     @staticmethod
     def _on_stable(table: Any, recorder: Any, event: Mapping[str, Any]) -> Decision:

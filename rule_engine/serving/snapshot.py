@@ -26,8 +26,10 @@ __all__ = ["EMPTY_SNAPSHOT", "ServingCell", "ServingSnapshot", "SnapshotSource"]
 class ServingSnapshot:
     """What serves now: the stable table, an optional candidate and its share of traffic.
 
-    A request goes to the candidate when ``(multiplier * hash + offset) mod 2**64 < limit``, which
-    is the routing algorithm's ``bucket < share`` without the division (see :meth:`Salt.limit`).
+    A request goes to the candidate when ``(multiplier * hash + offset) mod 2**64 < limit``
+    (algorithm 1), or ``hash < limit`` when ``multiplier`` is 0 (algorithm 2), ``hash`` being the
+    key's murmur3 with ``seed``: the routing algorithm's ``bucket < share`` without the division
+    (see :meth:`Salt.limit`).
     """
 
     stable: RuleTable | None
@@ -40,6 +42,7 @@ class ServingSnapshot:
     candidate_recorder: VersionRecorder | None = None
     revision: int = 0
     targeting: Targeting | None = None  # scope and pins of the rollout (serving/targeting.py); None: none
+    seed: int = 0  # murmur3's seed for the request hash: 0 (algorithm 1) or the salt's (algorithm 2)
 
     @classmethod
     def build(
@@ -68,6 +71,7 @@ class ServingSnapshot:
             candidate_recorder,
             revision,
             targeting,
+            salt.seed,
         )
 
 
