@@ -91,13 +91,19 @@ class RuleEngine:
         try:
             decision = table.evaluate(event)
         except Exception as exc:
+            elapsed = perf_counter_ns() - start
             if recorder is not None:
-                recorder.record_error(perf_counter_ns() - start)
+                recorder.record_error(elapsed)
+            if snapshot.taps is not None:  # TAPS (decision log, shadow: serving/decisionlog.py); off: None
+                snapshot.taps.offer(snapshot, table, key, event, table.error_decision(_describe(exc)), elapsed)
             if table is candidate and snapshot.stable is not None:
                 return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
             return table.error_decision(_describe(exc))
+        elapsed = perf_counter_ns() - start
         if recorder is not None:
-            recorder.record(decision, perf_counter_ns() - start)
+            recorder.record(decision, elapsed)
+        if snapshot.taps is not None:  # TAPS (decision log, shadow: serving/decisionlog.py); off: None
+            snapshot.taps.offer(snapshot, table, key, event, decision, elapsed)
         return decision
 
     @staticmethod
