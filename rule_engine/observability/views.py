@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rule_engine.observability.taps import taps_view
+
 if TYPE_CHECKING:
     from rule_engine.control.status import DeploymentInfo
     from rule_engine.control.strategies import Strategy
@@ -71,6 +73,7 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
             }
             for i in kept
         ],
+        **taps_view(manager.serving_cell),  # "shadow" and "decision_log" (None when not attached)
     }
 
 
