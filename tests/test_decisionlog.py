@@ -83,7 +83,8 @@ def test_recorded_log_replays_with_exact_counts(tmp_path: Path) -> None:
     assert candidate is not None
     for record, answer in zip(logged, answers, strict=True):
         assert record["deployment"] == "gateway"
-        assert record["strategy"] == "canary" and record["stage"] == candidate.stage
+        assert record["strategy"] == "canary"
+        assert record["stage"] == candidate.stage
         assert (record["role"] == "candidate") == (record["bucket"] < 5000)
         assert record["version"] == (candidate.version_id if record["role"] == "candidate" else answer.version_id)
         if record["error"] is None:
@@ -113,9 +114,12 @@ def test_errors_are_always_kept(tmp_path: Path) -> None:
         except Exception:
             failing.append(event)
     logged = records(log_path)
-    assert [r["event"] for r in logged] == failing and failing
+    assert [r["event"] for r in logged] == failing
+    assert failing
     serving = manager.get_active_version_id()
-    assert all(r["error"] and r["version"] == serving and r["decision"] == v3.error_decision("x").decision for r in logged)
+    assert all(
+        r["error"] and r["version"] == serving and r["decision"] == v3.error_decision("x").decision for r in logged
+    )
 
 
 def test_mask_and_allow_follow_opa_paths() -> None:
@@ -128,7 +132,8 @@ def test_mask_and_allow_follow_opa_paths() -> None:
         "card": {"exp": "12/30"},
     }
     assert mask_event(event, mask=["card", "card.pan"]) == {"user": {"email": "a@b", "id": "u1"}, "amount": 5}
-    assert event["user"] == {"email": "a@b", "id": "u1"} and event["card"]["pan"] == "4111"
+    assert event["user"] == {"email": "a@b", "id": "u1"}
+    assert event["card"]["pan"] == "4111"
     with pytest.raises(ValueError, match="dotted name"):
         mask_event(event, mask=["user..email"])
 
@@ -163,7 +168,11 @@ def test_the_file_rotates_by_size(tmp_path: Path) -> None:
     sink.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["d.jsonl", "d.jsonl.1", "d.jsonl.2"]
-    kept = [json.loads(x)["n"] for name in ("d.jsonl.2", "d.jsonl.1", "d.jsonl") for x in (tmp_path / name).read_text().splitlines()]
+    kept = [
+        json.loads(x)["n"]
+        for name in ("d.jsonl.2", "d.jsonl.1", "d.jsonl")
+        for x in (tmp_path / name).read_text().splitlines()
+    ]
     assert kept == [4, 5, 6, 7, 8, 9]
     assert all((tmp_path / name).stat().st_size <= 100 for name in files)
 
@@ -186,7 +195,8 @@ def test_the_cell_keeps_its_taps_across_publishes() -> None:
     manager.serving_cell.attach(Taps(log))
     manager.activate_deployment(manager.prepare_deployment(load_bundle(V1)))
     manager.activate_deployment(manager.prepare_deployment(load_bundle(V2)))
-    assert manager.serving_cell.current.taps is not None and manager.serving_cell.current.taps.log is log
+    assert manager.serving_cell.current.taps is not None
+    assert manager.serving_cell.current.taps.log is log
     manager.serving_cell.attach(None)
     assert manager.serving_cell.current.taps is None
 
