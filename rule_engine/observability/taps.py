@@ -19,7 +19,11 @@ _POLICY = ShadowPolicy()
 
 
 def taps_view(cell: ServingCell, policy: ShadowPolicy = _POLICY) -> dict[str, Any]:
-    """``{"shadow": report + verdict | None, "decision_log": counters | None}`` of what ``cell`` taps."""
+    """``{"shadow": report + verdict, "decision_log": counters}`` of what ``cell`` taps (each only when attached).
+
+    A shadow and a decision log live in the serving process (``rule-engine serve``), so its
+    ``GET /api/v1/status`` shows them; a CLI process attached to nothing shows neither.
+    """
     taps = cell.taps
     log = taps.log if taps is not None else None
     shadow = taps.shadow if taps is not None else None
@@ -35,4 +39,5 @@ def taps_view(cell: ServingCell, policy: ShadowPolicy = _POLICY) -> dict[str, An
             "dropped": log.dropped,
             "pending": log.pending,
         }
-    return {"shadow": shadow_view, "decision_log": log_view}
+    shown = {"shadow": shadow_view, "decision_log": log_view}
+    return {name: value for name, value in shown.items() if value is not None}

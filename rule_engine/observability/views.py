@@ -73,7 +73,7 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
             }
             for i in kept
         ],
-        **taps_view(manager.serving_cell),  # "shadow" and "decision_log" (None when not attached)
+        **taps_view(manager.serving_cell),  # "shadow", "decision_log": only when attached
     }
 
 
