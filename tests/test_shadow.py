@@ -221,3 +221,12 @@ def test_status_and_metrics_show_the_shadow_and_the_log() -> None:
     )
     assert total == report.disagreements
     assert 'rule_engine_decision_log_dropped_total{deployment="gw"} 48.0' in text
+
+
+@pytest.mark.parametrize(("rate", "size"), [(1.5, 10), (-0.1, 10), (True, 10), (0.1, 0), (0.1, 2.5)])
+def test_sampling_options_are_validated(rate: Any, size: Any) -> None:
+    """A sample rate outside [0, 1] or a queue size that is not a positive integer is refused, for both taps."""
+    with pytest.raises(ValueError, match="must be"):
+        ShadowEvaluator(table(V1), sample_rate=rate, max_queue=size)
+    with pytest.raises(ValueError, match="must be"):
+        DecisionLog(sample_rate=rate, max_queue=size)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from rule_engine.evaluation.table import Decision, RuleTable
     from rule_engine.serving.snapshot import ServingSnapshot
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "DecisionLog", "LoggedDecision", "ShadowSink", "Taps", "counted"]
+__all__ = ["DEFAULT_QUEUE_SIZE", "DecisionLog", "LoggedDecision", "ShadowSink", "Taps", "check_sampling", "counted"]
 
 DEFAULT_QUEUE_SIZE = 10_000
 
@@ -42,6 +42,14 @@ def counted(counter: itertools.count[int]) -> int:
     ``next()`` on an :func:`itertools.count` is one atomic C call, so hot-path counters need no lock.
     """
     return int(repr(counter)[6:-1])
+
+
+def check_sampling(sample_rate: object, max_queue: object) -> None:
+    """``ValueError`` unless ``sample_rate`` is a number in [0, 1] and ``max_queue`` a positive integer."""
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0 <= sample_rate <= 1:
+        raise ValueError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
+    if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+        raise ValueError(f"max_queue must be a positive integer, got {max_queue!r}")
 
 
 class LoggedDecision(NamedTuple):
@@ -75,10 +83,7 @@ class DecisionLog:
         max_queue: int = DEFAULT_QUEUE_SIZE,
         key_field: str = "user_id",
     ) -> None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0 <= sample_rate <= 1:
-            raise ValueError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue must be a positive integer, got {max_queue!r}")
+        check_sampling(sample_rate, max_queue)
         self.deployment = deployment
         self.sample_rate = float(sample_rate)
         self.key_field = key_field

@@ -29,7 +29,7 @@ from time import perf_counter_ns, time
 from typing import Any
 
 from rule_engine.evaluation.table import RuleTable
-from rule_engine.serving.decisionlog import DecisionLog, LoggedDecision, Taps, counted
+from rule_engine.serving.decisionlog import DecisionLog, LoggedDecision, Taps, check_sampling, counted
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot, SnapshotSource
 
 __all__ = ["MAX_GROUPS", "ShadowEvaluator", "ShadowReport", "shadow_of", "start_shadow", "stop_shadow"]
@@ -111,10 +111,7 @@ class ShadowEvaluator:
         max_queue: int = 1_000,
         log: DecisionLog | None = None,
     ) -> None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float) or not 0 <= sample_rate <= 1:
-            raise ValueError(f"sample_rate must be a number in [0, 1], got {sample_rate!r}")
-        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise ValueError(f"max_queue must be a positive integer, got {max_queue!r}")
+        check_sampling(sample_rate, max_queue)
         self.candidate = candidate
         self.sample_rate = float(sample_rate)
         self.log = log
