@@ -2,7 +2,8 @@
 
 :class:`Taps` is what a :class:`~rule_engine.ServingSnapshot` carries in its ``taps`` field (None,
 the default, costs ``RuleEngine.evaluate`` one attribute read and one comparison). After each
-decision the engine calls :meth:`Taps.offer`, which
+decision the engine draws ``random() < taps.rate`` (one C call, no lock) and, when it hits (or the decision
+is an error), calls :meth:`Taps.offer`, which
 
 - offers the decision to the :class:`DecisionLog` when it is sampled (``random() < sample_rate``,
   decided per call with no lock; a decision with an error is always kept), and
@@ -133,13 +134,19 @@ class ShadowSink(Protocol):
 
 
 class Taps:
-    """What a snapshot taps its decisions into: a decision log, a shadow evaluator, or both."""
+    """What a snapshot taps its decisions into: a decision log, a shadow evaluator, or both.
 
-    __slots__ = ("log", "shadow")
+    ``rate`` is the larger of their sample rates: the engine draws ``random() < rate`` itself and
+    calls :meth:`offer` only then (and for every error decision), so an unsampled decision costs one
+    C call; :meth:`offer` draws again with the conditional rates, which keeps each tap's share exact.
+    """
+
+    __slots__ = ("log", "rate", "shadow")
 
     def __init__(self, log: DecisionLog | None = None, shadow: ShadowSink | None = None) -> None:
         self.log = log
         self.shadow = shadow
+        self.rate = max(log.sample_rate if log is not None else 0.0, shadow.sample_rate if shadow is not None else 0.0)
 
     def __bool__(self) -> bool:
         return self.log is not None or self.shadow is not None
@@ -153,14 +160,19 @@ class Taps:
         decision: Decision,
         latency_ns: int,
     ) -> None:
-        """Sample ``decision`` into the log and ``event`` into the shadow. Never blocks, never raises."""
+        """Sample ``decision`` into the log and ``event`` into the shadow. Never blocks, never raises.
+
+        Called by the engine for an error decision always, otherwise after its own ``random() < rate``.
+        """
         try:
+            error = decision.error is not None
+            scale = 1.0 if error else self.rate  # the engine's draw: P(offer) = rate for a decision without error
             log = self.log
-            if log is not None and (decision.error is not None or random() < log.sample_rate):
+            if log is not None and (error or random() * scale < log.sample_rate):
                 role = "candidate" if table is snapshot.candidate else "stable"
                 log.put(LoggedDecision(time(), snapshot, table, role, key, event, decision, latency_ns))
             shadow = self.shadow
-            if shadow is not None and table is snapshot.stable and random() < shadow.sample_rate:
+            if shadow is not None and table is snapshot.stable and random() * scale < shadow.sample_rate:
                 shadow.put(snapshot, key, event, decision)
         except Exception:  # a tap must never fail a request (MemoryError building the item, say)
             pass

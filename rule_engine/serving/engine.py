@@ -17,6 +17,7 @@ fails, the answer is the bundle's ``on_error`` decision with ``Decision.error`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from random import random
 from time import perf_counter_ns
 from typing import Any
 
@@ -102,8 +103,9 @@ class RuleEngine:
         elapsed = perf_counter_ns() - start
         if recorder is not None:
             recorder.record(decision, elapsed)
-        if snapshot.taps is not None:  # TAPS (decision log, shadow: serving/decisionlog.py); off: None
-            snapshot.taps.offer(snapshot, table, key, event, decision, elapsed)
+        taps = snapshot.taps  # TAPS (decision log, shadow: serving/decisionlog.py); off: None
+        if taps is not None and random() < taps.rate:
+            taps.offer(snapshot, table, key, event, decision, elapsed)
         return decision
 
     @staticmethod
