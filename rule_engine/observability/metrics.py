@@ -10,7 +10,9 @@
 - the fleet registered on the store: instances by status (``serving`` what the state says, ``behind``
   at an older revision with the same versions, ``lagging``) and whether it converged (one store query);
 - rollbacks by cause (``automatic`` or ``manual``), counted by an ``on_rollback`` hook;
-- webhook deliveries by outcome, when a :class:`DeliverySource` is given.
+- webhook deliveries by outcome, when a :class:`DeliverySource` is given;
+- a shadow's evaluations, errors, drops and disagreements, and the decision log's sampled and
+  dropped counts, when they are attached (``rule_engine.serving.decisionlog.Taps``).
 
 Names follow the Prometheus conventions: ``rule_engine_`` prefix, snake_case, ``_total`` on counters,
 base units (seconds, ratios 0..1). Cost per scrape: one pass over each recorder's per-thread shards,
@@ -29,10 +31,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from rule_engine.control.states import DeploymentState
 from rule_engine.deployment.hooks import DeploymentEvent, HookPoint
 from rule_engine.errors import RuleEngineError
+from rule_engine.serving.shadow import ShadowEvaluator
 
 if TYPE_CHECKING:
     from rule_engine.deployment.manager import DeploymentManager
     from rule_engine.serving.recorder import VersionRecorder
+    from rule_engine.serving.snapshot import ServingCell
 
 __all__ = ["LATENCY_BUCKET_BITS", "DeliverySource", "ManagerCollector", "register"]
 
@@ -84,6 +88,7 @@ class ManagerCollector(Collector):
         yield from self._fleet()
         if self.notifier is not None:
             yield from self._webhooks(self.notifier)
+        yield from _taps_metrics(self.deployment, self.manager.serving_cell)  # shadow, decision log
 
     def _evaluations(self) -> Iterator[Metric]:
         labels = ["deployment", "version", "role"]
@@ -215,6 +220,48 @@ class ManagerCollector(Collector):
         )
         depth.add_metric([self.deployment], notifier.queue_depth())
         yield from (deliveries, depth)
+
+
+def _taps_metrics(deployment: str, cell: ServingCell) -> Iterator[Metric]:
+    """The shadow's and the decision log's counters as Prometheus metrics."""
+    taps = cell.taps
+    shadow = taps.shadow if taps is not None else None
+    if isinstance(shadow, ShadowEvaluator):
+        report = shadow.report()
+        labels = ["deployment", "version"]
+        values = [deployment, report.version_id or ""]
+        families = []
+        for name, text, value in (
+            ("evaluations", "Events the shadow candidate decided.", report.evaluations),
+            ("errors", "Shadow evaluations that raised.", report.errors),
+            ("dropped", "Sampled events dropped because the shadow queue was full.", report.dropped),
+        ):
+            family = CounterMetricFamily(f"rule_engine_shadow_{name}", text, labels=labels)
+            family.add_metric(values, value)
+            families.append(family)
+        disagreements = CounterMetricFamily(
+            "rule_engine_shadow_disagreements",
+            "Shadow decisions that differ from the served one, by agent, flow and decision change.",
+            labels=[*labels, "agent", "flow", "from", "to"],
+        )
+        for (agent, flow, before, after), count in sorted(report.groups.items()):
+            disagreements.add_metric([*values, agent, flow, before, after], count)
+        ratio = GaugeMetricFamily(
+            "rule_engine_shadow_disagreement_ratio", "Disagreements per compared event (0..1).", labels=labels
+        )
+        ratio.add_metric(values, report.disagreement_rate)
+        yield from (*families, disagreements, ratio)
+    log = taps.log if taps is not None else None
+    if log is not None:
+        sampled = CounterMetricFamily(
+            "rule_engine_decision_log_sampled", "Decisions selected for the decision log.", labels=["deployment"]
+        )
+        sampled.add_metric([deployment], log.sampled)
+        dropped = CounterMetricFamily(
+            "rule_engine_decision_log_dropped", "Selected decisions dropped: the queue was full.", labels=["deployment"]
+        )
+        dropped.add_metric([deployment], log.dropped)
+        yield from (sampled, dropped)
 
 
 def _le(bits: int) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from rule_engine.clock import iso
 from rule_engine.control.status import scheduled_versions
+from rule_engine.observability.taps import taps_view
 from rule_engine.stores._pg_conninfo import redact_url  # re-exported: the one masking rule for every store URL
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
         ],
         "scheduled": [s.to_dict() for s in scheduled_versions(manager.state)],
         "fleet": fleet_status(manager),
+        **taps_view(manager.serving_cell),  # "shadow", "decision_log": only when attached
     }
 
 

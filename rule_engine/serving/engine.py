@@ -17,6 +17,7 @@ fails, the answer is the bundle's ``on_error`` decision with ``Decision.error`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from random import random
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
@@ -79,35 +80,37 @@ class RuleEngine:
             try:
                 if key is None:
                     key = event.get(self.key_field)
-                if snapshot.targeting is not None:  # targeting: scope and pins (serving/targeting.py)
-                    chosen = snapshot.targeting.choose(event, key, table)
-                    if chosen is not None:  # decided by scope or pin: key None skips the hash below
-                        key = None
-                        if chosen is candidate:
-                            table, recorder = candidate, snapshot.candidate_recorder
-                if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
-                    data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
-                    request_hash: int | None = mmh3.hash(data, snapshot.seed, False)
+                targeting = snapshot.targeting  # scope and pins (serving/targeting.py); None: none
+                if targeting is not None and (chosen := targeting.choose(event, key, table)) is not None:
+                    if chosen is candidate:  # decided by scope or pin: no hash
+                        table, recorder = candidate, snapshot.candidate_recorder
                 else:
-                    request_hash = hash_key(key, snapshot.seed)
-                multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
-                if (
-                    request_hash is not None
-                    and ((multiplier * request_hash + snapshot.offset) & _MASK64 if multiplier else request_hash)
-                    < snapshot.limit
-                ):
-                    table = candidate
-                    recorder = snapshot.candidate_recorder
+                    if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
+                        data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
+                        request_hash: int | None = mmh3.hash(data, snapshot.seed, False)
+                    else:
+                        request_hash = hash_key(key, snapshot.seed)
+                    multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
+                    if (
+                        request_hash is not None
+                        and ((multiplier * request_hash + snapshot.offset) & _MASK64 if multiplier else request_hash)
+                        < snapshot.limit
+                    ):
+                        table = candidate
+                        recorder = snapshot.candidate_recorder
             except Exception:  # the key could not be read or hashed: served by stable (docs/routing.md)
                 pass
-        # --- count (recorder.py): exact outcome counts, one call in SAMPLE_EVERY timed ---------------
-        if recorder is None or recorder.sample:
-            return self._timed(snapshot, table, recorder, event)
+        # --- count (recorder.py): exact outcome counts, one call in SAMPLE_EVERY timed; TAPS (decision
+        # log, shadow: serving/decisionlog.py) draw their own sample, and a tapped call is timed too ---
+        taps = snapshot.taps
+        tapped = taps is not None and random() < taps.rate
+        if tapped or recorder is None or recorder.sample:
+            return self._timed(snapshot, table, recorder, event, key, tapped)
         try:
             decision = table.evaluate(event)
         except Exception as exc:
             recorder.record_error()
-            return self._failed(snapshot, table, exc, event)
+            return self._failed(snapshot, table, exc, event, key, None)
         try:
             n = next(recorder.outcomes[decision])  # lock-free: one C call under the GIL
         except KeyError:
@@ -117,28 +120,47 @@ class RuleEngine:
         return decision
 
     def _timed(
-        self, snapshot: ServingSnapshot, table: RuleTable, recorder: VersionRecorder | None, event: Mapping[str, Any]
+        self,
+        snapshot: ServingSnapshot,
+        table: RuleTable,
+        recorder: VersionRecorder | None,
+        event: Mapping[str, Any],
+        key: Any,
+        tapped: bool,
     ) -> Decision:
-        """Evaluate and count one sampled call with its time (or, without a recorder, just evaluate)."""
-        if recorder is None:
-            try:
-                return table.evaluate(event)
-            except Exception as exc:
-                return self._failed(snapshot, table, exc, event)
-        recorder.sample = False
+        """Evaluate, count and time one sampled (or tapped) call; offer it to the taps when ``tapped``."""
+        if recorder is not None:
+            recorder.sample = False
         start = perf_counter_ns()
         try:
             decision = table.evaluate(event)
         except Exception as exc:
-            recorder.record_error(perf_counter_ns() - start)
-            return self._failed(snapshot, table, exc, event)
-        recorder.record(decision, perf_counter_ns() - start)
+            elapsed = perf_counter_ns() - start
+            if recorder is not None:
+                recorder.record_error(elapsed)
+            return self._failed(snapshot, table, exc, event, key, elapsed)
+        elapsed = perf_counter_ns() - start
+        if recorder is not None:
+            recorder.record(decision, elapsed)
+        if tapped and snapshot.taps is not None:
+            snapshot.taps.offer(snapshot, table, key, event, decision, elapsed)
         return decision
 
     def _failed(
-        self, snapshot: ServingSnapshot, table: RuleTable, exc: Exception, event: Mapping[str, Any]
+        self,
+        snapshot: ServingSnapshot,
+        table: RuleTable,
+        exc: Exception,
+        event: Mapping[str, Any],
+        key: Any,
+        elapsed: int | None,
     ) -> Decision:
-        """The answer to an event ``table`` failed on: stable's, if the candidate failed; else the error decision."""
+        """The answer to an event ``table`` failed on: stable's, if the candidate failed; else the error decision.
+
+        The failure itself is always offered to the taps (``elapsed`` None: the call was not timed).
+        """
+        if snapshot.taps is not None:
+            snapshot.taps.offer(snapshot, table, key, event, table.error_decision(_describe(exc)), elapsed)
         if table is snapshot.candidate and snapshot.stable is not None:
             return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
         return table.error_decision(_describe(exc))

@@ -9,13 +9,15 @@ request hash to the stable or the candidate table with the rollout's salt (see
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rule_engine.serving.routing import Salt
 
 if TYPE_CHECKING:
     from rule_engine.evaluation.table import RuleTable
+    from rule_engine.serving.decisionlog import Taps
     from rule_engine.serving.recorder import VersionRecorder
     from rule_engine.serving.targeting import Targeting
 
@@ -30,6 +32,10 @@ class ServingSnapshot:
     (algorithm 1), or ``hash < limit`` when ``multiplier`` is 0 (algorithm 2), ``hash`` being the
     key's murmur3 with ``seed``: the routing algorithm's ``bucket < share`` without the division
     (see :meth:`Salt.limit`).
+
+    ``taps`` (None by default) is the decision log and shadow evaluator the engine offers each
+    decision to (:mod:`rule_engine.serving.decisionlog`); the :class:`ServingCell` stamps the taps
+    attached to it onto every snapshot published into it.
     """
 
     stable: RuleTable | None
@@ -43,6 +49,7 @@ class ServingSnapshot:
     revision: int = 0
     targeting: Targeting | None = None  # scope and pins of the rollout (serving/targeting.py); None: none
     seed: int = 0  # murmur3's seed for the request hash: 0 (algorithm 1) or the salt's (algorithm 2)
+    taps: Taps | None = None
 
     @classmethod
     def build(
@@ -83,12 +90,35 @@ class ServingCell:
 
     The control plane publishes by assigning ``cell.current`` (one assignment); readers take
     ``cell.current`` once per call and work on that immutable object, with no lock.
+
+    A decision log or a shadow evaluator is attached to the cell (:meth:`attach`), not to one
+    snapshot: every snapshot assigned to ``current`` afterwards carries them in its ``taps``, so they
+    last across deployments and rollbacks until detached. Only writes pay for this; reads of
+    ``current`` stay one slot read.
     """
 
-    __slots__ = ("current",)
+    __slots__ = ("_taps", "current")
+    _taps: Taps | None
+    current: ServingSnapshot
 
     def __init__(self, snapshot: ServingSnapshot = EMPTY_SNAPSHOT) -> None:
+        object.__setattr__(self, "_taps", None)
         self.current = snapshot
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "current" and isinstance(value, ServingSnapshot) and value.taps is not self._taps:
+            value = dataclasses.replace(value, taps=self._taps)
+        object.__setattr__(self, name, value)
+
+    @property
+    def taps(self) -> Taps | None:
+        """The decision log and shadow attached to this cell (None: neither)."""
+        return self._taps
+
+    def attach(self, taps: Taps | None) -> None:
+        """Tap every snapshot published from now on (and the current one) into ``taps`` (None: stop)."""
+        object.__setattr__(self, "_taps", taps if taps else None)
+        self.current = self.current
 
 
 class SnapshotSource(Protocol):
