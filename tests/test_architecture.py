@@ -22,7 +22,7 @@ KNOWN = DATA_PLANE | CONTROL_PURE | CONTROL_IO | EDGES | {"__init__"}
 MAX_MODULE_LINES = 500
 # 300 before the operator lifecycle (issue 11): pause/resume/abort/retry/undo/cancel, activate's new
 # options and pin/unpin are public one-line delegations (def, docstring, call) the facade must expose.
-MAX_MANAGER_LINES = 330
+MAX_MANAGER_LINES = 300
 
 
 def _module_name(path: Path) -> str:
@@ -116,7 +116,8 @@ def test_the_import_resolver_sees_every_form() -> None:
     source = PACKAGE / "deployment" / "manager.py"
     seen = _imports(source, runtime_only=False)
     assert "rule_engine.control.transitions" in seen
-    assert any(m.startswith("rule_engine.serving") for m in seen)
+    reads = _imports(PACKAGE / "deployment" / "reads.py", runtime_only=False)
+    assert any(m.startswith("rule_engine.serving") for m in reads)
     node = ast.parse("from ..serving import routing").body[0]
     assert isinstance(node, ast.ImportFrom)
     assert "rule_engine.serving.routing" in _resolve(node, "rule_engine.deployment.manager", False)

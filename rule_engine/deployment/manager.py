@@ -5,24 +5,23 @@ Two planes. Readers (:meth:`~DeploymentManager.get_active_table`, :meth:`~Deploy
 :class:`ServingCell` and never lock. Writers are serialized by one lock and all take the path in
 :mod:`rule_engine.deployment.commit`. The work itself lives in small collaborators: intake (validate,
 trust, compile, self-test), the committer, the publisher (state -> snapshot, table caches), the
-controller (tick, holds, automatic rollback) and the follower.
+controller (tick, holds, automatic rollback) and the follower. The queries (what serves, history,
+health, audit) are inherited from :class:`~rule_engine.deployment.reads.ManagerReads`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Unpack
 
-from rule_engine.bundle.models import RuleBundle
 from rule_engine.bundle.signing import Signature, TrustPolicy
 from rule_engine.clock import Clock, SystemClock
 from rule_engine.control import lifecycle, targeting
 from rule_engine.control import transitions as control
 from rule_engine.control.lifecycle import Operation
-from rule_engine.control.records import AuditEntry, ControlState, VersionRecord
-from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, VersionId
+from rule_engine.control.status import TickReport, VersionId
 from rule_engine.control.strategies import Strategy
 from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.commit import Committer
@@ -33,22 +32,17 @@ from rule_engine.deployment.follower import Follower, follow_loop
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
 from rule_engine.deployment.publisher import Publisher
-from rule_engine.errors import StoreError, VersionNotFoundError
-from rule_engine.evaluation.table import RuleTable
+from rule_engine.deployment.reads import ManagerReads
+from rule_engine.errors import StoreError
 from rule_engine.health.ledger import HealthLedger
-from rule_engine.health.report import ExperimentReport
 from rule_engine.health.thresholds import HealthThresholds
-from rule_engine.health.verdict import Verdict
-from rule_engine.serving.routing import compute_request_hash
-from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
-from rule_engine.serving.targeting import route_hash, route_table
 from rule_engine.stores.base import StateStore, open_store, store_url_from_env
 from rule_engine.stores.memory import MemoryStore
 
 __all__ = ["DeploymentManager"]
 
 
-class DeploymentManager:
+class DeploymentManager(ManagerReads):
     """Prepares versions, rolls them out by strategy, watches health, rolls back, keeps history.
 
     A plain ``DeploymentManager()`` keeps its state in memory; :meth:`open` keeps it in a store shared by
@@ -150,42 +144,6 @@ class DeploymentManager:
     def store(self) -> StateStore:
         """The state store."""
         return self._store
-
-    @property
-    def state(self) -> ControlState:
-        """The deployment state as last loaded or committed (immutable; what serves is built from it)."""
-        return self._publisher.state
-
-    # --- data plane: lock-free reads of one snapshot ------------------------------------------------
-
-    @property
-    def serving_cell(self) -> ServingCell:
-        """The cell this manager publishes its serving snapshot into (what :class:`RuleEngine` reads)."""
-        return self._publisher.cell
-
-    @property
-    def snapshot(self) -> ServingSnapshot:
-        """What serves now (immutable)."""
-        return self._cell.current
-
-    def get_active_table(self) -> RuleTable | None:
-        """The stable table (serving all traffic outside a rollout); None before any activation."""
-        return self._cell.current.stable
-
-    def route_and_get_table(self, request_hash: int) -> RuleTable | None:
-        """The table serving a request with this hash (see :func:`compute_request_hash`; no scope, no pins)."""
-        return route_hash(self._cell.current, request_hash)
-
-    def route(self, key: object, event: Mapping[str, Any] | None = None) -> RuleTable | None:
-        """The table serving ``key`` (and ``event``, whose agent and flow a scoped rollout reads); never raises."""
-        return route_table(self._cell.current, key, event)
-
-    compute_request_hash = staticmethod(compute_request_hash)
-
-    def get_active_version_id(self) -> VersionId | None:
-        """The id of the stable version, or None before any activation."""
-        table = self._cell.current.stable
-        return table.version_id if table is not None else None
 
     # --- control plane: operations ------------------------------------------------------------------
 
@@ -291,20 +249,6 @@ class DeploymentManager:
         self._controller.judge_and_act()
         return self.get_health_status(version_id)
 
-    def get_health_status(self, version_id: VersionId) -> bool | None:
-        """The verdict on a version over the recent window: True, False, or None (no verdict yet)."""
-        return self.health_verdict(version_id).healthy
-
-    def health_verdict(self, version_id: VersionId) -> Verdict:
-        """The verdict on a version with its reason."""
-        with self._lock:
-            self._require_version(version_id)
-            return self._controller.verdict_now(version_id)
-
-    def get_experiment_report(self) -> ExperimentReport:
-        """Per-variant figures of the A/B test in progress, with a significance test on error rates."""
-        return self._controller.experiment_report()
-
     # --- the controller and the follower -------------------------------------------------------------
 
     def tick(self) -> TickReport:
@@ -320,36 +264,9 @@ class DeploymentManager:
         step = self._fleet.beating(self._follower.step_with_flush(self._health, self._clock, flush_interval))
         return self._start(follow_loop(self._follower, self._store, step, poll_interval))
 
-    @property
-    def stale(self) -> str | None:
-        """Why this manager may be serving an old state (the store is unavailable), or None."""
-        return self._follower.stale_reason
-
     def refresh(self) -> bool:
         """Load the stored state now if it changed since the last load; True when something changed."""
         return self._follower.follow_once()
-
-    def get_deployment_info(self, version_id: VersionId) -> DeploymentInfo | None:
-        """Everything about a version, or None if it is unknown (or evicted from history)."""
-        return self._controller.info(version_id)
-
-    def get_deployment_history(self) -> list[VersionId]:
-        """The versions kept in history, oldest first (at most ``max_history``, plus protected ones)."""
-        return list(self._publisher.state.versions)
-
-    def get_rollout_status(self) -> RolloutStatus | None:
-        """The rollout or A/B test in progress, and why it holds; None when there is none."""
-        return self._controller.rollout_status()
-
-    def audit_log(self, version_id: VersionId | None = None, limit: int | None = None) -> list[AuditEntry]:
-        """The audit trail (every transition: who, when, from/to state, why), oldest first."""
-        return self._store.audit_log(version_id, limit)
-
-    def bundle_of(self, version_id: VersionId) -> RuleBundle:
-        """The bundle a retained version was prepared from."""
-        with self._lock:
-            self._require_version(version_id)
-            return self._publisher.bundle_of(version_id)
 
     def subscribe(self, point: HookPoint | str, hook: Hook) -> Callable[[], None]:
         """Call ``hook`` at ``point`` (before_swap, after_swap, on_error, on_rollback); returns an unsubscriber."""
@@ -368,10 +285,3 @@ class DeploymentManager:
         self._threads.append(loop)
         loop.start()
         return loop
-
-    def _require_version(self, version_id: str) -> VersionRecord:
-        versions = self._publisher.state.versions
-        record = versions.get(version_id)
-        if record is None:
-            raise VersionNotFoundError(version_id, list(versions)[-5:])
-        return record
