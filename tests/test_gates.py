@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +26,7 @@ from rule_engine.deployment.gating import GateAnswer, GateQuestion
 from rule_engine.observability.gates import Gates, ask_timeout, install_gates
 from rule_engine.observability.views import status_view
 from rule_engine.observability.webhooks import Webhook
+from rule_engine.stores.sqlite import SQLiteStore
 from tests._support_deployment import GATEWAY_V1, GATEWAY_V2
 from tests._support_http import Receiver, Reply
 
@@ -268,3 +274,46 @@ def test_the_ask_timeout_covers_every_gate_in_turn_up_to_60_s() -> None:
     assert ask_timeout(Gates([gate(url, name="a", timeout_secs=2), gate(url, name="b", timeout_secs=3)])) == 5
     assert ask_timeout(Gates([gate(url, name=f"g{i}", timeout_secs=40) for i in range(3)])) == 60
     assert install_gates(DeploymentManager(), [Webhook(name="chat", url=url)]) is False
+
+
+# --- two controller processes -----------------------------------------------------------------------
+
+SCRIPT = Path(sys.executable).with_name("rule-engine")
+PROCESS_SECS = 60.0  # every wait on the processes is bounded
+
+
+def test_two_gated_controller_processes_take_each_step_once(tmp_path: Path) -> None:
+    """`rule-engine controller --webhooks FILE` twice at once: the gate holds, then each stage happens once."""
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    with DeploymentManager.open(url, follow=False) as manager:
+        v1 = manager.prepare_deployment(GATEWAY_V1)
+        manager.activate_deployment(v1)
+        v2 = manager.prepare_deployment(GATEWAY_V2, Canary((10, 25, 50, 100), 0.3))
+        manager.activate_deployment(v2)
+    with Receiver(*[Reply(503, b"warming up")] * 4, Reply(200)) as receiver:
+        hooks = tmp_path / "webhooks.json"
+        hooks.write_text(json.dumps({"webhooks": [{"name": "load-test", "type": "gate", "url": receiver.url}]}))
+        command = [str(SCRIPT), "--store", url, "controller", "--webhooks", str(hooks), "--interval", "0.05"]
+        command += ["--min-evaluations", "0", "--json"]
+        procs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+        try:
+            store = SQLiteStore(tmp_path / "state.db")
+            deadline = time.monotonic() + PROCESS_SECS
+            while store.load().active != v2:  # bounded: the canary finishes within PROCESS_SECS or the test fails
+                assert time.monotonic() < deadline, "the gated canary did not finish"
+                assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+                time.sleep(0.05)
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            outputs = [proc.communicate(timeout=PROCESS_SECS) for proc in procs]
+        asked = len(receiver.received)
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outputs]
+    reports = [json.loads(line) for out, _ in outputs for line in out.splitlines()]
+    assert any("gate load-test (HTTP 503): warming up" in h for r in reports for h in r["holding"])
+    actions = sorted(a for r in reports for a in r["actions"])
+    assert actions == [f"advanced {v2}"] * 3
+    steps = [(e.version_id, e.to_state) for e in store.audit_log() if e.action == "advance"]
+    assert steps == [(v2, "rolling_out"), (v2, "rolling_out"), (v2, "active"), (v1, "superseded")]
+    assert asked >= 4 + 3  # the refusals, then at least one allowing answer per step
+    store.close()
