@@ -16,6 +16,11 @@ body, as GitHub signs webhooks). :class:`Notifier` puts deliveries on a bounded 
 blocks the caller (a full queue drops and counts); one worker thread posts them, retrying failures
 with exponential backoff capped at ``backoff_cap`` up to ``max_attempts``. Delivery state (the last
 ``history`` deliveries and counts by outcome) is visible in status, the dashboard and ``/metrics``.
+
+:meth:`Notifier.attach` listens to the manager's hooks: after-swap (what serves changed), after-change
+(pauses and resumes), on-hold (the controller saw a hold begin, change cause or end: ``rollout.held``
+with its ``cause``, and ``fleet.lagging`` for the fleet) and on-error. The event list and a sample
+body are in docs/operations.md.
 """
 
 from __future__ import annotations
