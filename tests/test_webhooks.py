@@ -197,11 +197,13 @@ def test_deliveries_show_in_metrics_and_the_dashboard_feed(manager: DeploymentMa
             client = TestClient(make_app_with(manager, notifier))
             with client.stream("GET", "/api/v1/events?max_events=1") as response:
                 frame = response.read().decode()
+            status = client.get("/api/v1/status").json()
         finally:
             notifier.close()
     assert 'rule_engine_webhook_deliveries_total{deployment="default",outcome="delivered",webhook="chat"} 1.0' in text
     payload = json.loads(next(line[6:] for line in frame.splitlines() if line.startswith("data: ")))
     assert payload["webhooks"][0]["outcome"] == "delivered"
+    assert payload["webhook_state"] == status["webhooks"] == {"queue_depth": 0, "counts": {"chat": {"delivered": 1}}}
 
 
 def make_app_with(manager: DeploymentManager, notifier: Notifier) -> object:
@@ -252,15 +254,17 @@ def test_a_webhooks_file_loads(tmp_path: Path) -> None:
 # --- serve ---------------------------------------------------------------------------------------------
 
 
-def test_serve_refuses_a_bad_webhooks_file_with_one_line(tmp_path: Path) -> None:
-    """'serve --webhooks FILE' validates the file before binding anything."""
+@pytest.mark.parametrize("command", ["serve", "controller"])
+def test_serve_and_controller_refuse_a_bad_webhooks_file_with_one_line(tmp_path: Path, command: str) -> None:
+    """'serve --webhooks FILE' and 'controller --webhooks FILE' validate the file before doing anything."""
     from click.testing import CliRunner
 
     from rule_engine.cli import cli
 
     path = tmp_path / "webhooks.json"
     path.write_text('{"webhooks": [{"name": "x", "url": "file:///etc/passwd"}]}')
-    result = CliRunner().invoke(cli, ["--store", "memory://", "serve", "--webhooks", str(path)])
+    once = ["--once"] if command == "controller" else []
+    result = CliRunner().invoke(cli, ["--store", "memory://", command, "--webhooks", str(path), *once])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ")
     assert "http" in result.stderr
