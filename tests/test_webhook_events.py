@@ -18,7 +18,7 @@ import pytest
 from freezegun import freeze_time
 from freezegun.api import FrozenDateTimeFactory
 
-from rule_engine import Canary, DeploymentManager, HealthThresholds
+from rule_engine import Canary, DeploymentManager, HealthThresholds, Scheduled
 from rule_engine.deployment.gating import GateAnswer, GateQuestion
 from rule_engine.observability.webhooks import Notifier, Webhook, sign
 from rule_engine.testing import ManualClock
@@ -178,8 +178,10 @@ def test_a_progress_deadline_is_a_hold_of_its_own(clock: FrozenDateTimeFactory) 
 
 
 class Refusing:
+    REPLY = "gate load-test (HTTP 503): p99 too high"
+
     def ask(self, question: GateQuestion) -> GateAnswer:
-        return GateAnswer(False, "gate load-test (HTTP 503): p99 too high")
+        return GateAnswer(False, self.REPLY)
 
 
 def test_a_gate_refusal_is_told_once_with_the_gate_reply(clock: FrozenDateTimeFactory) -> None:
@@ -259,3 +261,21 @@ def test_a_failing_receiver_is_retried_and_a_slow_one_never_blocks_the_tick(cloc
         3,
     )
     assert notifier.delivery_counts()[("chat", "retried")] == 2
+
+
+def test_a_scheduled_activation_held_by_a_gate_is_told_once(clock: FrozenDateTimeFactory) -> None:
+    """Refused at its time over three ticks: one rollout.held (cause gate) for the scheduled version."""
+    with Receiver() as receiver:
+        manager = new_manager()
+        notifier = notifier_for(receiver.url, events=["rollout.held"]).attach(manager)
+        try:
+            later = manager.prepare_deployment(GATEWAY_V2, Scheduled(time.time() + 60))
+            manager.set_gate(Refusing())
+            clock.tick(61)
+            for _ in range(3):
+                manager.tick()
+            assert notifier.wait_idle(IDLE_SECS)
+        finally:
+            notifier.close()
+        (held,) = bodies(receiver)
+    assert (held["version_id"], held["cause"], held["reason"]) == (later, "gate", Refusing.REPLY)

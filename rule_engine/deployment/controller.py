@@ -128,6 +128,8 @@ class Controller:
         """Do all time-driven work once (see the module docstring)."""
         actions: list[str] = []
         holding: list[str] = []
+        step_hold: tuple[str, str] | None = None  # (cause, reason) of a gate (or fleet) hold
+        held_schedule: str | None = None  # a scheduled version whose activation the gate holds
         state = self._publisher.state
         for record in control.scheduled_due(state, self._clock.now()):
             if state.rollout is not None:
@@ -136,6 +138,7 @@ class Controller:
             refused = None if record.held is not None else self._gate.holds(_activation_question(state, record))
             if refused is not None:
                 holding.append(f"{record.version_id}: scheduled, held by the gate: {refused}")
+                step_hold, held_schedule = step_hold or ("gate", refused), held_schedule or record.version_id
                 continue
             change = self._apply(self._plan_scheduled(record.version_id), "activate", record.version_id)
             if change.audit and change.action == "activate":
@@ -153,7 +156,8 @@ class Controller:
             state = self._publisher.state
             self._ledger.prune(self._clock.now(), state)
         rollout = state.rollout
-        step_hold: tuple[str, str] | None = None  # (cause, reason) of a fleet or gate hold
+        if rollout is not None:
+            step_hold = None  # a rollout in play: its own holds are what is told
         if rollout is not None and rollout.finishes_by_itself:
             waiting = self._fleet_holds(state)
             if waiting is not None:
@@ -170,7 +174,7 @@ class Controller:
         status = self.rollout_status()
         if status is not None and status.holding and rollout is not None and rollout.finishes_by_itself:
             holding.append(f"{status.version_id}: {status.holding}")
-        self._tell_hold(status, step_hold)
+        self._tell_hold(status, step_hold, held_schedule)
         return TickReport(tuple(actions), tuple(holding))
 
     def _gate_refuses_stage(self, state: ControlState) -> str | None:
@@ -186,15 +190,21 @@ class Controller:
         self._gate_hold = None if refused is None else (rollout.candidate, rollout.stage_index, refused)
         return refused
 
-    def _tell_hold(self, status: RolloutStatus | None, step_hold: tuple[str, str] | None) -> None:
+    def _tell_hold(
+        self, status: RolloutStatus | None, step_hold: tuple[str, str] | None, held_schedule: str | None
+    ) -> None:
         """Run on-hold hooks when the rollout's hold begins, changes cause or ends (deployment/holds.py)."""
         cause, reason = None, ""
+        subject, stage = held_schedule, 0  # a scheduled version the gate holds, when nothing rolls out
         if status is not None:
             rollout = self._publisher.state.rollout
             held = rollout is not None and rollout.held is not None
             cause = cause_of(status, held_for_a_person=held, step_hold=step_hold[0] if step_hold else None)
             reason = step_hold[1] if step_hold is not None and cause == step_hold[0] else status.holding or ""
-        event = self._holds.seen(status, cause, reason, self._publisher.serving())
+            subject, stage = status.version_id, status.stage
+        elif subject is not None and step_hold is not None:
+            cause, reason = step_hold
+        event = self._holds.seen(subject, stage, cause, reason, self._publisher.serving())
         if event is not None:
             _log.info("rollout.hold_changed", version_id=event.version_id, action=event.action, cause=event.cause)
             self._committer.hooks.run(HookPoint.ON_HOLD, event)

@@ -4,7 +4,8 @@ A rollout holds for one of these causes (the most pressing first): ``paused`` (a
 ``health`` (unhealthy and waiting for a person, or no verdict yet: too little traffic in the window),
 ``fleet`` (instances do not serve the stage yet), ``gate`` (a gate refused or did not answer),
 ``progress_deadline`` (no verdict within the rollout's progress deadline). Waiting for a stage's
-duration to pass is not a hold.
+duration to pass is not a hold. A scheduled version whose activation a gate refuses holds too
+(cause ``gate``, stage 0).
 
 :class:`HoldWatch` remembers the hold it last reported and returns an event only when a hold
 begins, when its cause changes, or when the rollout moves on to another stage still held, and a
@@ -46,20 +47,23 @@ class HoldWatch:
         self._last: tuple[str, int, str] | None = None  # (candidate, stage, cause)
 
     def seen(
-        self, status: RolloutStatus | None, cause: str | None, reason: str, serving: Serving
+        self, version_id: str | None, stage: int, cause: str | None, reason: str, serving: Serving
     ) -> DeploymentEvent | None:
-        """Record the hold of ``status`` now; the on-hold event to run, or None when nothing changed."""
+        """Record the hold of ``version_id`` (the candidate, or a scheduled version; None: nothing in play) now.
+
+        Returns the on-hold event to run, or None when nothing changed.
+        """
         with self._lock:
             last = self._last
-            if status is None:
+            if version_id is None:
                 self._last = None
                 return None
-            key = (status.version_id, status.stage, cause) if cause is not None else None
+            key = (version_id, stage, cause) if cause is not None else None
             if key == last:
                 return None
             self._last = key
         if key is not None:
-            return DeploymentEvent("held", status.version_id, "controller", serving, serving, reason, cause=key[2])
-        if last is None or last[0] != status.version_id:
+            return DeploymentEvent("held", version_id, "controller", serving, serving, reason, cause=key[2])
+        if last is None or last[0] != version_id:
             return None
-        return DeploymentEvent("released", status.version_id, "controller", serving, serving, "", cause=last[2])
+        return DeploymentEvent("released", version_id, "controller", serving, serving, "", cause=last[2])
