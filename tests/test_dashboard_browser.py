@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from rule_engine import DeploymentManager, RuleEngine
+from rule_engine import DeploymentManager, HealthThresholds, RuleEngine
 from tests._support_server import TOKEN, ManualClock, canary_in_progress, make_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -153,6 +153,58 @@ def test_a_wrong_token_in_the_page_changes_nothing(browser_page: Any) -> None:
         page.close()
     assert manager.snapshot.revision == before
     assert manager.get_rollout_status() is not None
+
+
+class _RefusingGate:
+    def ask(self, question: Any) -> Any:
+        from rule_engine.deployment.gating import GateAnswer
+
+        return GateAnswer(False, "gate load-test (HTTP 503): p99 too high")
+
+
+def test_the_dashboard_shows_the_gate_hold_shadow_figures_and_webhook_state(
+    browser_page: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gate's reply as the hold reason; a status JSON's shadow figures; webhook delivery counts."""
+    from playwright.sync_api import expect
+
+    from rule_engine.observability.webhooks import Notifier, Webhook
+    from rule_engine.server import feed
+    from rule_engine.server.app import ServerSettings, create_app
+    from tests._support_http import Receiver
+
+    real_status_view = feed.status_view
+
+    def with_shadow(*args: Any) -> dict[str, Any]:  # the shadow phase's figures, as a status JSON may carry them
+        view: dict[str, Any] = real_status_view(*args)
+        view["shadow"] = {"compared": 1200, "disagreement_rate": 0.0125, "verdict": "agrees", "detail": {"x": 1}}
+        return view
+
+    monkeypatch.setattr(feed, "status_view", with_shadow)
+    page = browser_page
+    clock = ManualClock()
+    manager = canary_in_progress(clock)
+    manager.configure(thresholds=HealthThresholds(min_evaluations=10))
+    rollout = manager.get_rollout_status()
+    assert rollout is not None
+    manager.update_health_metrics(rollout.stable_version_id, 100)
+    manager.update_health_metrics(rollout.version_id, 100)
+    with Receiver() as receiver:
+        notifier = Notifier([Webhook(name="chat", url=receiver.url)]).attach(manager)
+        manager.set_gate(_RefusingGate())
+        clock.advance(61)
+        manager.tick()  # the gate refuses: held, told to the chat webhook
+        assert notifier.wait_idle(20)
+        settings = ServerSettings(store_url="memory://", events_interval=0.2, max_event_secs=60)
+        with LiveServer(create_app(manager, settings, clock=clock, notifier=notifier)) as server:
+            page.goto(server.url)
+            expect(page.locator("#holding")).to_have_text("holding: gate load-test (HTTP 503): p99 too high")
+            expect(page.locator('#shadow-figures dd[data-key="disagreement_rate"]')).to_have_text("1.25%")
+            expect(page.locator('#shadow-figures dd[data-key="verdict"]')).to_have_text("agrees")
+            expect(page.locator("#webhook-state")).to_have_text("queue 0 · chat: 1 delivered")
+            expect(page.locator("#webhooks")).to_contain_text("rollout.held")
+            page.close()
+        notifier.close()
 
 
 def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:

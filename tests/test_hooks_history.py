@@ -132,6 +132,7 @@ def test_a_raising_hook_is_logged_and_never_breaks_the_operation(
     manager.subscribe(point, lambda e: later.append(e.action))
     with capture_logs() as logs:
         manager.activate_deployment(v2)
+        manager.tick()  # on_hold: the new canary has no verdict yet
         assert manager.rollback() == v1
         with pytest.raises(VersionNotFoundError):
             manager.activate_deployment("ghost")

@@ -11,8 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
-from rule_engine import DeploymentManager, HealthThresholds
-from rule_engine.observability.gates import GatedController, Gates, step_of
+from rule_engine import DeploymentManager
 from rule_engine.observability.metrics import register
 from rule_engine.observability.webhooks import Notifier, Webhook, WebhookConfigError, load_webhooks, sign
 from tests._support_deployment import GATEWAY_V1
@@ -198,11 +197,13 @@ def test_deliveries_show_in_metrics_and_the_dashboard_feed(manager: DeploymentMa
             client = TestClient(make_app_with(manager, notifier))
             with client.stream("GET", "/api/v1/events?max_events=1") as response:
                 frame = response.read().decode()
+            status = client.get("/api/v1/status").json()
         finally:
             notifier.close()
     assert 'rule_engine_webhook_deliveries_total{deployment="default",outcome="delivered",webhook="chat"} 1.0' in text
     payload = json.loads(next(line[6:] for line in frame.splitlines() if line.startswith("data: ")))
     assert payload["webhooks"][0]["outcome"] == "delivered"
+    assert payload["webhook_state"] == status["webhooks"] == {"queue_depth": 0, "counts": {"chat": {"delivered": 1}}}
 
 
 def make_app_with(manager: DeploymentManager, notifier: Notifier) -> object:
@@ -250,157 +251,20 @@ def test_a_webhooks_file_loads(tmp_path: Path) -> None:
     assert [(h.name, h.type) for h in hooks] == [("chat", "event"), ("load", "gate")]
 
 
-# --- gates --------------------------------------------------------------------------------------------
+# --- serve ---------------------------------------------------------------------------------------------
 
 
-def healthy_canary(clock: ManualClock) -> DeploymentManager:
-    """A canary at stage 1 whose candidate has a healthy verdict."""
-    manager = canary_in_progress(clock)
-    manager.configure(thresholds=HealthThresholds(min_evaluations=10))
-    status = manager.get_rollout_status()
-    assert status is not None
-    manager.update_health_metrics(status.stable_version_id, 100)
-    manager.update_health_metrics(status.version_id, 100)
-    return manager
-
-
-def gate(url: str, **fields: object) -> Webhook:
-    return Webhook.model_validate({"name": "load-test", "type": "gate", "url": url, "timeout_secs": 0.5, **fields})
-
-
-def stage_of(manager: DeploymentManager) -> int:
-    status = manager.get_rollout_status()
-    assert status is not None
-    return status.stage
-
-
-def test_a_gate_answering_2xx_lets_the_stage_go(clock: ManualClock) -> None:
-    """The controller asks the gate when the stage is due; 200 advances it."""
-    with Receiver(Reply(200)) as receiver:
-        manager = healthy_canary(clock)
-        controller = GatedController(manager, Gates([gate(receiver.url)]), clock=clock)
-        clock.advance(61)
-        controller.step()
-        (asked,) = receiver.received
-    assert stage_of(manager) == 2
-    assert json.loads(asked.body)["step"] == "stage"
-    assert controller.holding is None
-
-
-def test_a_gate_answering_anything_else_holds_with_its_reply(clock: ManualClock) -> None:
-    """503 holds the stage; the reason is the gate's reply; rollout.held is notified once."""
-    with Receiver(Reply(503, b"load test: p99 too high")) as gate_server, Receiver() as chat:
-        manager = healthy_canary(clock)
-        notifier = notifier_for(hook(chat.url)).attach(manager)
-        controller = GatedController(manager, Gates([gate(gate_server.url)]), notifier=notifier, clock=clock)
-        try:
-            clock.advance(61)
-            controller.step()
-            controller.step()
-            assert notifier.wait_idle(IDLE_SECS)
-        finally:
-            notifier.close()
-        held = [json.loads(r.body) for r in chat.received]
-    assert stage_of(manager) == 1
-    assert controller.holding is not None
-    assert "p99 too high" in controller.holding
-    assert [e["event"] for e in held] == ["rollout.held"]
-    assert "HTTP 503" in held[0]["reason"]
-
-
-def test_a_gate_that_is_slow_or_gone_holds(clock: ManualClock) -> None:
-    """A timeout or a refused connection holds the step too (never goes ahead by default)."""
-    release = threading.Event()
-    with Receiver(Reply(200, block=release)) as slow:
-        manager = healthy_canary(clock)
-        controller = GatedController(manager, Gates([gate(slow.url)]), clock=clock)
-        clock.advance(61)
-        try:
-            controller.step()
-        finally:
-            release.set()
-        gone_url = slow.url
-    assert stage_of(manager) == 1
-    assert controller.holding is not None
-    assert "unreachable" in controller.holding
-    GatedController(manager, Gates([gate(gone_url)]), clock=clock).step()
-    assert stage_of(manager) == 1
-
-
-def test_the_gate_is_not_asked_before_the_stage_is_due(clock: ManualClock) -> None:
-    """Far from the next step, the controller just ticks."""
-    with Receiver(Reply(503)) as receiver:
-        manager = healthy_canary(clock)
-        GatedController(manager, Gates([gate(receiver.url)]), clock=clock).step()
-        assert receiver.received == []
-    assert stage_of(manager) == 1
-
-
-def test_a_promotion_gate_is_asked_only_for_the_last_step(clock: ManualClock) -> None:
-    """step='promotion' gates leave earlier stages alone and hold the step to 100%."""
-    with Receiver(Reply(409, b"waiting for sign-off")) as receiver:
-        manager = healthy_canary(clock)
-        controller = GatedController(manager, Gates([gate(receiver.url, step="promotion")]), clock=clock)
-        clock.advance(61)
-        controller.step()
-        assert stage_of(manager) == 2
-        status = manager.get_rollout_status()
-        assert status is not None
-        assert step_of(status) == "promotion"
-        manager.update_health_metrics(status.version_id, 100)
-        manager.update_health_metrics(status.stable_version_id, 100)
-        clock.advance(61)
-        controller.step()
-        assert len(receiver.received) == 1
-    assert stage_of(manager) == 2
-    assert controller.holding is not None
-    assert "sign-off" in controller.holding
-
-
-def test_an_unhealthy_candidate_is_still_rolled_back_while_a_gate_holds(clock: ManualClock) -> None:
-    """A gate never shields a failing canary from the automatic rollback."""
-    with Receiver(Reply(503)) as receiver:
-        manager = healthy_canary(clock)
-        manager.configure(auto_rollback=False)
-        controller = GatedController(manager, Gates([gate(receiver.url)]), clock=clock)
-        clock.advance(61)
-        controller.step()
-        assert controller.holding is not None
-        status = manager.get_rollout_status()
-        assert status is not None
-        manager.update_health_metrics(status.version_id, 1000, errors=900)  # held for a person, not rolled back
-        assert manager.get_rollout_status() is not None
-        manager.configure(auto_rollback=True)
-        controller.step()
-    assert manager.get_rollout_status() is None
-    assert manager.audit_log()[-1].actor == "controller"
-
-
-def test_the_dashboard_feed_shows_why_a_gate_holds(clock: ManualClock) -> None:
-    """The payload carries the gate's hold reason."""
-    with Receiver(Reply(503, b"not yet")) as receiver:
-        manager = healthy_canary(clock)
-        controller = GatedController(manager, Gates([gate(receiver.url)]), clock=clock)
-        clock.advance(61)
-        controller.step()
-    from rule_engine.server.app import ServerSettings, create_app
-
-    client = TestClient(create_app(manager, ServerSettings(), clock=clock, gates=controller))
-    with client.stream("GET", "/api/v1/events?max_events=1") as response:
-        frame = response.read().decode()
-    payload = json.loads(next(line[6:] for line in frame.splitlines() if line.startswith("data: ")))
-    assert "not yet" in payload["gate_holding"]
-
-
-def test_serve_refuses_a_bad_webhooks_file_with_one_line(tmp_path: Path) -> None:
-    """'serve --webhooks FILE' validates the file before binding anything."""
+@pytest.mark.parametrize("command", ["serve", "controller"])
+def test_serve_and_controller_refuse_a_bad_webhooks_file_with_one_line(tmp_path: Path, command: str) -> None:
+    """'serve --webhooks FILE' and 'controller --webhooks FILE' validate the file before doing anything."""
     from click.testing import CliRunner
 
     from rule_engine.cli import cli
 
     path = tmp_path / "webhooks.json"
     path.write_text('{"webhooks": [{"name": "x", "url": "file:///etc/passwd"}]}')
-    result = CliRunner().invoke(cli, ["--store", "memory://", "serve", "--webhooks", str(path)])
+    once = ["--once"] if command == "controller" else []
+    result = CliRunner().invoke(cli, ["--store", "memory://", command, "--webhooks", str(path), *once])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ")
     assert "http" in result.stderr

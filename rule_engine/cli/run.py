@@ -22,6 +22,8 @@ from rule_engine.cli.output import clean, echo, when
 from rule_engine.control.status import TickReport
 from rule_engine.errors import RuleEngineError
 
+NOTIFY_ON_EXIT_SECS = 5.0
+
 
 def stdout_reader_gone() -> bool:
     """True when stdout is a pipe whose reader closed it (``controller | head -1``): nothing printed is read."""
@@ -45,14 +47,26 @@ def stdout_reader_gone() -> bool:
 @click.option(
     "--auto-rollback/--no-auto-rollback", default=True, show_default=True, help="Roll back unhealthy versions."
 )
+@click.option("--webhooks", "webhooks_file", default=None, metavar="FILE", help="Webhooks and gates (JSON).")
 @analysis_options
 @json_option
 @click.pass_context
 def controller(
-    ctx: click.Context, /, interval: float, once: bool, auto_rollback: bool, as_json: bool, **analysis: Any
+    ctx: click.Context,
+    /,
+    interval: float,
+    once: bool,
+    auto_rollback: bool,
+    webhooks_file: str | None,
+    as_json: bool,
+    **analysis: Any,
 ) -> None:
     """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped."""
+    from rule_engine.observability.gates import install_gates
+    from rule_engine.observability.webhooks import Notifier, load_webhooks
+
     stop = threading.Event()
+    hooks = load_webhooks(webhooks_file) if webhooks_file else []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
@@ -62,6 +76,8 @@ def controller(
         thresholds = thresholds_from(manager.config.thresholds, analysis)
         if thresholds is not None:  # defaults for versions deployed without their own analysis settings
             manager.configure(thresholds=thresholds)
+        install_gates(manager, hooks)  # gate webhooks: asked before each automatic step
+        notifier = Notifier(hooks).attach(manager) if hooks else None
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -101,6 +117,9 @@ def controller(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if notifier is not None:  # deliver what is queued (bounded), then stop
+                notifier.wait_idle(NOTIFY_ON_EXIT_SECS)
+                notifier.close()
 
 
 def _demo_line(line: str) -> None:

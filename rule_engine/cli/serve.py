@@ -74,7 +74,7 @@ def serve(
     import uvicorn
 
     from rule_engine.deployment.background import BackgroundLoop
-    from rule_engine.observability.gates import GatedController, Gates
+    from rule_engine.observability.gates import install_gates
     from rule_engine.observability.views import redact_url
     from rule_engine.observability.webhooks import Notifier, load_webhooks
     from rule_engine.server.app import ServerSettings, create_app
@@ -87,20 +87,20 @@ def serve(
         trust = state.trust()
         manager = state.open(follow=True, trust=trust) if trust is not None else state.open(follow=True)
         notifier = Notifier(hooks).attach(manager) if hooks else None
-        gates = Gates(hooks)
-        gated = GatedController(manager, gates, notifier=notifier) if gates else None
+        gated = install_gates(manager, hooks)  # asked by this process's controller before each automatic step
         settings = ServerSettings(
             tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=redact_url(state.url)
         )
-        app = create_app(manager, settings, notifier=notifier, gates=gated)
+        app = create_app(manager, settings, notifier=notifier)
         loop: BackgroundLoop | None = None
-        if run_controller and gated is not None:
-            loop = BackgroundLoop("rule-engine-gated-controller", interval, gated.step)
-            loop.start()
-        elif run_controller:
+        if run_controller:
             loop = manager.start_controller(interval)
-        elif gated is not None:
-            click.echo("note: gate webhooks hold the controller's steps; run it here with --controller", err=True)
+        elif gated:
+            click.echo(
+                "note: gate webhooks are asked by the controller; run it here with --controller "
+                "(or 'rule-engine controller --webhooks FILE')",
+                err=True,
+            )
         shown = f"[{host}]" if ":" in host else host
         click.echo(
             f"serving {redact_url(state.url)} on http://{shown}:{port}/ (API docs at /api/docs, metrics at /metrics)"

@@ -5,7 +5,7 @@ anything changes), run before-swap hooks (once per operation, for the first plan
 serves: a retry after a conflict re-plans without running them again), commit against the revision
 the plan was made from (another process's commit makes this one re-plan from the fresh state, which
 is what makes each time-driven step happen exactly once across processes), publish the new snapshot,
-emit the log events; then, outside the lock, run after-swap and on-rollback hooks. A hook that
+emit the log events; then, outside the lock, run after-swap, after-change and on-rollback hooks. A hook that
 raises is logged and never undoes a transition. Once the store has committed, the operation has
 succeeded: nothing after the commit reads the store.
 """
@@ -50,7 +50,7 @@ class Committer:
     ) -> None:
         self.lock = lock
         self._clock = clock
-        self._hooks = hooks
+        self.hooks = hooks
         self._publisher = publisher
         self._ledger = ledger
         self._max_retries = max_retries
@@ -81,7 +81,7 @@ class Committer:
                     before = self._publisher.serving()
                     if change.serving_changed and not hooked:
                         hooked = True
-                        self._hooks.run(HookPoint.BEFORE_SWAP, _event(change, before, serving_of_state(change.state)))
+                        self.hooks.run(HookPoint.BEFORE_SWAP, _event(change, before, serving_of_state(change.state)))
                     try:
                         committed = store.commit(
                             state.revision,
@@ -102,17 +102,19 @@ class Committer:
                     break
         except RuleEngineError as exc:
             serving = self._publisher.serving()
-            self._hooks.run(
+            self.hooks.run(
                 HookPoint.ON_ERROR, DeploymentEvent(action, version_id, actor, serving, serving, str(exc), exc)
             )
             raise
         if adopted is not None and adopted[2] != adopted[3]:  # what serves changed under us: tell the hooks
-            run_follow_hooks(self._hooks, self._publisher.store, *adopted)
+            run_follow_hooks(self.hooks, self._publisher.store, *adopted)
         after = self._publisher.serving()
         if change.serving_changed:
-            self._hooks.run(HookPoint.AFTER_SWAP, _event(change, before, after))
+            self.hooks.run(HookPoint.AFTER_SWAP, _event(change, before, after))
+        if change.audit:  # every committed change (a pause or a resume too), for notifications
+            self.hooks.run(HookPoint.AFTER_CHANGE, _event(change, before, after))
         if change.rolled_back is not None:
-            self._hooks.run(HookPoint.ON_ROLLBACK, _event(change, before, after))
+            self.hooks.run(HookPoint.ON_ROLLBACK, _event(change, before, after))
         return change
 
     def _publish_committed(self, committed: ControlState) -> None:

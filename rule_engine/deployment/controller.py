@@ -6,6 +6,11 @@ unhealthy, prunes old health buckets, and advances a healthy canary whose stage 
 is planned from the stored state and committed against its revision, so several processes ticking
 at once do each step exactly once. The state is read once per step, never twice across a release
 of the lock.
+
+A registered gate (deployment/gating.py) is asked, outside the lock and for at most its timeout,
+before a scheduled activation and before each canary stage (the last one is the ``promotion``); a
+refusal holds the step with the gate's answer as the reason, until a later tick's ask allows it.
+When the rollout's hold begins, changes cause or ends, on-hold hooks are told (deployment/holds.py).
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from dataclasses import replace
 from rule_engine.clock import Clock
 from rule_engine.control import lifecycle
 from rule_engine.control import transitions as control
-from rule_engine.control.records import ControlState
+from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, info_of, rollout_status
 from rule_engine.control.transitions import Change
 from rule_engine.deployment.commit import Committer, Plan, nothing_to_do
 from rule_engine.deployment.config import DeploymentConfig
+from rule_engine.deployment.gating import Gate, GateKeeper, GateQuestion
+from rule_engine.deployment.holds import HoldWatch, cause_of
+from rule_engine.deployment.hooks import HookPoint
 from rule_engine.deployment.publisher import Publisher
 from rule_engine.errors import InvalidTransitionError
 from rule_engine.health.ledger import HealthLedger
@@ -28,11 +36,12 @@ from rule_engine.health.report import ExperimentReport, build_experiment_report
 from rule_engine.health.thresholds import HealthMetrics, HealthThresholds
 from rule_engine.health.verdict import Verdict
 from rule_engine.logs import get_logger
+from rule_engine.serving.routing import BASIS_POINTS
 
 __all__ = ["Controller", "require_thresholds", "with_analysis"]
 
 _log = get_logger()
-Gate = Callable[[ControlState, float], tuple[str | None, Plan | None]]
+Convergence = Callable[[ControlState, float], tuple[str | None, Plan | None]]
 
 
 class Controller:
@@ -45,7 +54,7 @@ class Controller:
         ledger: HealthLedger,
         clock: Clock,
         config: Callable[[], DeploymentConfig],
-        convergence: Gate | None = None,
+        convergence: Convergence | None = None,
     ) -> None:
         self._committer = committer
         self._publisher = publisher
@@ -54,6 +63,14 @@ class Controller:
         self._config = config
         self._convergence = convergence  # the fleet gate (deployment/fleet.py), consulted before a stage advances
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
+        self._gate = GateKeeper()
+        self._gate_hold: tuple[str, int, str] | None = None  # (candidate, stage index, the gate's reason)
+        self._holds = HoldWatch()
+
+    def set_gate(self, gate: Gate | None, timeout_secs: float = 5.0) -> None:
+        """Ask ``gate`` before each automatic step, waiting at most ``timeout_secs`` (None: no gate)."""
+        self._gate.set(gate, timeout_secs)
+        self._gate_hold = None
 
     # --- verdicts (call under the lock) -------------------------------------------------------------
 
@@ -111,10 +128,17 @@ class Controller:
         """Do all time-driven work once (see the module docstring)."""
         actions: list[str] = []
         holding: list[str] = []
+        step_hold: tuple[str, str] | None = None  # (cause, reason) of a gate (or fleet) hold
+        held_schedule: str | None = None  # a scheduled version whose activation the gate holds
         state = self._publisher.state
         for record in control.scheduled_due(state, self._clock.now()):
             if state.rollout is not None:
                 holding.append(f"{record.version_id}: scheduled, waiting for the rollout of {state.rollout.candidate}")
+                continue
+            refused = None if record.held is not None else self._gate.holds(_activation_question(state, record))
+            if refused is not None:
+                holding.append(f"{record.version_id}: scheduled, held by the gate: {refused}")
+                step_hold, held_schedule = step_hold or ("gate", refused), held_schedule or record.version_id
                 continue
             change = self._apply(self._plan_scheduled(record.version_id), "activate", record.version_id)
             if change.audit and change.action == "activate":
@@ -132,18 +156,58 @@ class Controller:
             state = self._publisher.state
             self._ledger.prune(self._clock.now(), state)
         rollout = state.rollout
+        if rollout is not None:
+            step_hold = None  # a rollout in play: its own holds are what is told
         if rollout is not None and rollout.finishes_by_itself:
             waiting = self._fleet_holds(state)
             if waiting is not None:
                 holding.append(f"{rollout.candidate}: {waiting}")
+                step_hold = ("fleet", waiting)
             elif self.candidate_verdict().healthy is True and rollout.held is None:
-                change = self._apply(self._plan_advance(rollout.candidate), "advance")
-                if change.result:
-                    actions.append(f"advanced {rollout.candidate}")
-            status = self.rollout_status()
-            if status is not None and status.holding:
-                holding.append(f"{status.version_id}: {status.holding}")
+                refused = self._gate_refuses_stage(state)
+                if refused is None:
+                    change = self._apply(self._plan_advance(rollout.candidate, rollout.stage_index), "advance")
+                    if change.result:
+                        actions.append(f"advanced {rollout.candidate}")
+                else:
+                    step_hold = ("gate", refused)
+        status = self.rollout_status()
+        if status is not None and status.holding and rollout is not None and rollout.finishes_by_itself:
+            holding.append(f"{status.version_id}: {status.holding}")
+        self._tell_hold(status, step_hold, held_schedule)
         return TickReport(tuple(actions), tuple(holding))
+
+    def _gate_refuses_stage(self, state: ControlState) -> str | None:
+        """Why the gate holds the canary's step now (None: no gate, not due, or allowed); kept for status."""
+        rollout = state.rollout
+        assert rollout is not None
+        record = state.versions[rollout.candidate]
+        strategy = record.strategy
+        due = rollout.paused_at is None and strategy.step_is_over(
+            self._clock.now(), rollout.started_at, rollout.stage_started_at
+        )
+        refused = self._gate.holds(_stage_question(state, record)) if due and self._gate else None
+        self._gate_hold = None if refused is None else (rollout.candidate, rollout.stage_index, refused)
+        return refused
+
+    def _tell_hold(
+        self, status: RolloutStatus | None, step_hold: tuple[str, str] | None, held_schedule: str | None
+    ) -> None:
+        """Run on-hold hooks when the rollout's hold begins, changes cause or ends (deployment/holds.py)."""
+        cause, reason = None, ""
+        subject, stage = held_schedule, 0  # a scheduled version the gate holds, when nothing rolls out
+        if status is not None:
+            rollout = self._publisher.state.rollout
+            held = rollout is not None and rollout.held is not None
+            cause = cause_of(status, held_for_a_person=held, step_hold=step_hold[0] if step_hold else None)
+            reason = step_hold[1] if step_hold is not None and cause == step_hold[0] else status.holding or ""
+            subject, stage = status.version_id, status.stage
+        elif subject is not None and step_hold is not None:
+            cause, reason = step_hold
+        event = self._holds.seen(subject, stage, cause, reason, self._publisher.serving())
+        if event is not None:
+            _log.info("rollout.hold_changed", version_id=event.version_id, action=event.action, cause=event.cause)
+            self._committer.hooks.run(HookPoint.ON_HOLD, event)
 
     def rollout_status(self) -> RolloutStatus | None:
         """The rollout in progress and why it holds (None when there is none)."""
@@ -154,7 +218,12 @@ class Controller:
             now = self._clock.now()
             self._ledger.flush(now)
             verdict = self.candidate_verdict(now)
-            return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
+            status = rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
+            gate = self._gate_hold  # while the step is due and healthy, the gate is what holds it
+            held = gate is not None and gate[:2] == (state.rollout.candidate, state.rollout.stage_index)
+            if status is not None and gate is not None and held and not status.paused and verdict.healthy is True:
+                status = replace(status, holding=gate[2])
+            return status
 
     def judge_and_act(self) -> tuple[list[str], list[str]]:
         """Judge the candidate and a baking active version; roll back the unhealthy when automatic.
@@ -266,11 +335,12 @@ class Controller:
             return []
         return [f"{'aborted' if change.action == 'abort' else 'held'} {rollout.candidate}: {change.audit[-1].reason}"]
 
-    def _plan_advance(self, candidate: str) -> Plan:
+    def _plan_advance(self, candidate: str, stage_index: int) -> Plan:
         max_history = self._config().max_history
 
-        def plan(state: ControlState, now: float) -> Change:
-            if state.rollout is None or state.rollout.candidate != candidate:
+        def plan(state: ControlState, now: float) -> Change:  # only the stage the gate was asked about
+            rollout = state.rollout
+            if rollout is None or rollout.candidate != candidate or rollout.stage_index != stage_index:
                 return nothing_to_do(state)
             return control.advance(state, now, "controller", healthy=True, max_history=max_history)
 
@@ -323,6 +393,28 @@ def with_analysis(plan: Plan, analysis: HealthThresholds) -> Plan:
 
 def _plan_end_experiment(state: ControlState, now: float) -> Change:
     return control.end_experiment(state, now, "controller") or nothing_to_do(state)
+
+
+def _activation_question(state: ControlState, record: VersionRecord) -> GateQuestion:
+    """A gate's question before ``record`` (scheduled) is activated: the switch, or its rollout's start."""
+    stages = record.strategy.stage_percentages()
+    first = stages[0] if stages else 100.0
+    kind = record.strategy.kind
+    return GateQuestion("activation", record.version_id, state.active, kind, 0, stages, 0.0, first)
+
+
+def _stage_question(state: ControlState, record: VersionRecord) -> GateQuestion:
+    """A gate's question before the canary of ``record`` leaves its stage (``promotion``: the step to 100%)."""
+    rollout = state.rollout
+    assert rollout is not None
+    strategy = record.strategy
+    share = strategy.next_share_bp(rollout.stage_index)
+    step = "promotion" if share is None or share >= BASIS_POINTS else "stage"
+    following = 100.0 if share is None else share / 100
+    stage, stages = rollout.stage_index + 1, strategy.stage_percentages()
+    return GateQuestion(
+        step, rollout.candidate, rollout.stable, strategy.kind, stage, stages, rollout.share_bp / 100, following
+    )
 
 
 def _held_schedules(state: ControlState, now: float) -> list[str]:

@@ -1,9 +1,11 @@
-"""Subscribers to deployment changes: before-swap, after-swap, on-error, on-rollback.
+"""Subscribers to deployment changes: before-swap, after-swap, after-change, on-error, on-rollback, on-hold.
 
 Order of one operation: validate, run before-swap hooks, persist, publish the new snapshot, emit the
-log event, then (after the manager's lock is released) run after-swap and on-rollback hooks. A hook
-that raises is logged and never undoes or blocks a transition. on-error hooks run when a control
-operation fails.
+log event, then (after the manager's lock is released) run after-swap (what serves changed),
+after-change (any committed change, a pause or a resume too) and on-rollback hooks. A hook that
+raises is logged and never undoes or blocks a transition. on-error hooks run when a control
+operation fails. on-hold hooks run when the controller sees the rollout's hold begin, change cause
+or end (once per change, never once per tick; ``DeploymentEvent.cause`` says which hold).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ class HookPoint(StrEnum):
 
     BEFORE_SWAP = "before_swap"
     AFTER_SWAP = "after_swap"
+    AFTER_CHANGE = "after_change"
     ON_ERROR = "on_error"
     ON_ROLLBACK = "on_rollback"
+    ON_HOLD = "on_hold"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,9 @@ class DeploymentEvent:
     reason: str = ""
     error: BaseException | None = None
     automatic: bool = False
+    #: on-hold events (``action`` ``held`` or ``released``): what holds the rollout, or held it until now
+    #: (``paused``, ``health``, ``fleet``, ``gate``, ``progress_deadline``; deployment/holds.py).
+    cause: str = ""
 
 
 Hook = Callable[[DeploymentEvent], Any]

@@ -29,6 +29,7 @@ from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.controller import Controller
 from rule_engine.deployment.fleet import Fleet
 from rule_engine.deployment.follower import Follower, follow_loop
+from rule_engine.deployment.gating import Gate
 from rule_engine.deployment.hooks import Hook, HookPoint, Hooks
 from rule_engine.deployment.intake import BundleSource, stage
 from rule_engine.deployment.publisher import Publisher
@@ -269,8 +270,12 @@ class DeploymentManager(ManagerReads):
         return self._follower.follow_once()
 
     def subscribe(self, point: HookPoint | str, hook: Hook) -> Callable[[], None]:
-        """Call ``hook`` at ``point`` (before_swap, after_swap, on_error, on_rollback); returns an unsubscriber."""
+        """Call ``hook`` at ``point`` (a :class:`HookPoint`: before_swap, after_swap, on_hold, ...); returns an unsubscriber."""
         return self._hooks.subscribe(point, hook)
+
+    def set_gate(self, gate: Gate | None, timeout_secs: float = 5.0) -> None:
+        """Ask ``gate`` before each automatic step of ``tick()``, at most ``timeout_secs`` (docs/operations.md "Gates")."""
+        self._controller.set_gate(gate, timeout_secs)
 
     # --- internals --------------------------------------------------------------------------------------
 

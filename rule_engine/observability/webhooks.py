@@ -16,6 +16,11 @@ body, as GitHub signs webhooks). :class:`Notifier` puts deliveries on a bounded 
 blocks the caller (a full queue drops and counts); one worker thread posts them, retrying failures
 with exponential backoff capped at ``backoff_cap`` up to ``max_attempts``. Delivery state (the last
 ``history`` deliveries and counts by outcome) is visible in status, the dashboard and ``/metrics``.
+
+:meth:`Notifier.attach` listens to the manager's hooks: after-swap (what serves changed), after-change
+(pauses and resumes), on-hold (the controller saw a hold begin, change cause or end: ``rollout.held``
+with its ``cause``, and ``fleet.lagging`` for the fleet) and on-error. The event list and a sample
+body are in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -65,8 +70,11 @@ EVENTS = (
     "rollout.started",
     "rollout.advanced",
     "rollout.held",
+    "rollout.paused",
+    "rollout.resumed",
     "rollout.completed",
     "rollout.rolled_back",
+    "fleet.lagging",
     "experiment.concluded",
     "operation.failed",
 )
@@ -87,7 +95,7 @@ class Webhook(BaseModel):
     url: str = Field(max_length=2048)
     type: Literal["event", "gate"] = "event"
     events: tuple[str, ...] | None = None  # event webhooks: None means every event
-    step: Literal["stage", "promotion", "any"] = "any"  # gate webhooks: which steps they are asked about
+    step: Literal["activation", "stage", "promotion", "any"] = "any"  # gate webhooks: which steps they gate
     secret_env: str | None = Field(default=None, pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")
     timeout_secs: float = Field(default=5.0, gt=0, le=60)
     max_attempts: int = Field(default=5, ge=1, le=20)
@@ -196,7 +204,7 @@ def post(hook: Webhook, event: str, payload: Mapping[str, Any], delivery_id: str
 def event_name(event: DeploymentEvent) -> str:
     """The webhook event a manager's after-swap event is."""
     candidate_after = event.serving_after[1]
-    if event.action == "rollback":
+    if event.action in ("rollback", "abort"):
         return "rollout.rolled_back"
     if event.action == "activate":
         return "rollout.started" if candidate_after else "deployment.activated"
@@ -249,13 +257,16 @@ class Notifier:
         self._history: deque[dict[str, Any]] = deque(maxlen=history)
         self._counts: dict[tuple[str, str], int] = {}
         self._unsubscribe: list[Callable[[], None]] = []
+        self._pause_told: tuple[str, str] | None = None  # (candidate, "paused" or "resumed") last told
         self._thread = threading.Thread(target=self._run, name="rule-engine-webhooks", daemon=True)
 
     # --- wiring ------------------------------------------------------------------------------------
 
     def attach(self, manager: DeploymentManager) -> Notifier:
-        """Subscribe to the manager's after-swap and on-error hooks (its public API) and start delivering."""
+        """Subscribe to the manager's hooks (after-swap, after-change, on-hold, on-error) and start delivering."""
         self._unsubscribe.append(manager.subscribe(HookPoint.AFTER_SWAP, self._on_swap))
+        self._unsubscribe.append(manager.subscribe(HookPoint.AFTER_CHANGE, self._on_change))
+        self._unsubscribe.append(manager.subscribe(HookPoint.ON_HOLD, self._on_hold))
         self._unsubscribe.append(manager.subscribe(HookPoint.ON_ERROR, self._on_error))
         if not self._thread.is_alive():
             self._thread.start()
@@ -269,9 +280,44 @@ class Notifier:
             "serving_before": _serving(event.serving_before),
             "serving_after": _serving(event.serving_after),
         }
-        if event.action == "rollback":
-            data["cause"] = "automatic" if event.automatic else "manual"
+        if event.action in ("rollback", "abort"):
+            data["cause"] = "automatic" if event.automatic or event.actor == "controller" else "manual"
+            data["operation"] = event.action
         self.notify(event_name(event), data)
+
+    def _on_change(self, event: DeploymentEvent) -> None:
+        """A pause or a resume (they change no serving, so after-swap never tells them)."""
+        if event.action in ("pause", "resume") and event.version_id is not None:
+            self._tell_pause(event, "paused" if event.action == "pause" else "resumed")
+
+    def _on_hold(self, event: DeploymentEvent) -> None:
+        """The controller saw the rollout's hold begin, change cause, or end."""
+        if event.cause == "paused" and event.version_id is not None:  # a pause by another process, seen by a tick
+            self._tell_pause(event, "paused" if event.action == "held" else "resumed")
+            return
+        if event.action != "held":
+            return
+        data = {
+            "version_id": event.version_id,
+            "actor": event.actor,
+            "cause": event.cause,
+            "reason": event.reason,
+            "serving": _serving(event.serving_after),
+        }
+        self.notify("rollout.held", data)
+        if event.cause == "fleet":
+            self.notify("fleet.lagging", data)
+
+    def _tell_pause(self, event: DeploymentEvent, kind: str) -> None:
+        """Tell ``rollout.paused`` / ``rollout.resumed`` once, whichever hook saw it first."""
+        assert event.version_id is not None
+        told = (event.version_id, kind)
+        with self._cond:
+            if self._pause_told == told:
+                return
+            self._pause_told = told
+        data = {"version_id": event.version_id, "actor": event.actor, "reason": event.reason}
+        self.notify(f"rollout.{kind}", {**data, "serving": _serving(event.serving_after)})
 
     def _on_error(self, event: DeploymentEvent) -> None:
         self.notify("operation.failed", {"operation": event.action, "actor": event.actor, "reason": event.reason})

@@ -24,12 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rule_engine.clock import Clock, SystemClock
 from rule_engine.deployment.manager import DeploymentManager
-from rule_engine.observability.gates import GatedController
 from rule_engine.observability.metrics import DeliverySource, register
 from rule_engine.observability.views import deploy_view, fleet_view, history_view, status_view, versions_view
 from rule_engine.server import problems
 from rule_engine.server.auth import Tokens
-from rule_engine.server.feed import DashboardFeed, event_stream
+from rule_engine.server.feed import DashboardFeed, event_stream, webhook_state
 from rule_engine.server.limits import BodyLimit
 from rule_engine.server.operations import OPERATIONS, DeployBody, Operation, OperationBody, deploy
 from rule_engine.server.problems import ApiProblem
@@ -73,7 +72,6 @@ def create_app(
     *,
     clock: Clock | None = None,
     notifier: DeliverySource | None = None,
-    gates: GatedController | None = None,
 ) -> FastAPI:
     """The application over one manager (deployment ``default``) or several by name."""
     chosen = settings if settings is not None else ServerSettings()
@@ -88,12 +86,7 @@ def create_app(
         register(manager, registry, deployment=name, notifier=notifier)
 
     def extra(name: str) -> dict[str, Any]:
-        shown: dict[str, Any] = {}
-        if notifier is not None:
-            shown["webhooks"] = notifier.deliveries()
-        if gates is not None:
-            shown["gate_holding"] = gates.holding
-        return shown
+        return {} if notifier is None else webhook_state(notifier)
 
     feed = DashboardFeed(by_name, chosen.store_url, clock or SystemClock(), chosen.events_interval, extra)
 
@@ -185,8 +178,11 @@ def create_app(
 
     @app.get("/api/v1/status", tags=["reads"])
     def status(name: Name, _: Reader) -> dict[str, Any]:
-        """What serves now, the rollout in progress and why it holds (the JSON of ``status --json``)."""
-        return status_view(by_name[name], chosen.store_url)
+        """What serves now, the rollout in progress and why it holds (the JSON of ``status --json``, and webhooks)."""
+        view = status_view(by_name[name], chosen.store_url)
+        if notifier is not None:
+            view["webhooks"] = webhook_state(notifier)["webhook_state"]
+        return view
 
     @app.get("/api/v1/history", tags=["reads"])
     def history(name: Name, _: Reader, limit: Annotated[int, Query(ge=1, le=chosen.max_audit)] = 50) -> dict[str, Any]:

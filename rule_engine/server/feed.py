@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from rule_engine.clock import Clock, iso
+from rule_engine.observability.metrics import DeliverySource
 from rule_engine.observability.series import HealthSeries
 from rule_engine.observability.views import history_view, infos, status_view
 from rule_engine.server.operations import OPERATIONS
@@ -26,7 +27,7 @@ from rule_engine.server.operations import OPERATIONS
 if TYPE_CHECKING:
     from rule_engine.deployment.manager import DeploymentManager
 
-__all__ = ["DashboardFeed", "event_stream"]
+__all__ = ["DashboardFeed", "event_stream", "webhook_state"]
 
 AUDIT_SHOWN = 20
 
@@ -86,6 +87,17 @@ class DashboardFeed:
         if self._extra is not None:
             payload.update(self._extra(name))
         return payload
+
+
+def webhook_state(notifier: DeliverySource) -> dict[str, Any]:
+    """Webhook delivery state: the recent deliveries and, per webhook, counts by outcome and the queue depth."""
+    counts: dict[str, dict[str, int]] = {}
+    for (webhook, outcome), count in sorted(notifier.delivery_counts().items()):
+        counts.setdefault(webhook, {})[outcome] = count
+    return {
+        "webhooks": notifier.deliveries(),
+        "webhook_state": {"queue_depth": notifier.queue_depth(), "counts": counts},
+    }
 
 
 async def event_stream(

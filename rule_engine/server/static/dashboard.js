@@ -46,9 +46,24 @@ function renderRollout(r, now) {
   $("rollout-percent").textContent = `${r.percentage}%`;
   $("rollout-stage").textContent = r.stages.length ? `stage ${r.stage}/${r.stages.length} (${r.stages.join(" → ")}%)` : "";
   $("rollout-health").textContent = r.health_reason ? `health: ${r.health_reason}` : "";
-  const why = [r.holding, state.payload && state.payload.gate_holding].filter(Boolean).join("; ");
-  $("holding").textContent = why ? `holding: ${why}` : "";
+  $("holding").textContent = r.holding ? `holding: ${r.holding}` : "";  // health, a person, the fleet or a gate
   tickNextStep();
+}
+
+// The shadow phase's figures, shown from whatever the status JSON carries (status.shadow or rollout.shadow).
+function renderShadow(status) {
+  const shadow = status.shadow || (status.rollout && status.rollout.shadow);
+  const show = !!shadow && typeof shadow === "object";
+  $("shadow").hidden = !show;
+  if (show) $("rollout-none").hidden = true;
+  if (!show) return;
+  const list = $("shadow-figures");
+  list.replaceChildren();
+  for (const [key, value] of Object.entries(shadow)) {
+    if (value !== null && typeof value === "object") continue;  // figures only; nested detail stays in the API
+    const shown = typeof value === "number" && /rate|ratio/.test(key) ? `${(value * 100).toFixed(2)}%` : String(value);
+    list.append(el("dt", {}, key.replace(/_/g, " ")), el("dd", { "data-key": key }, shown));
+  }
 }
 
 function tickNextStep() {
@@ -94,6 +109,10 @@ function renderWebhooks(p) {
   const hooks = p.webhooks;
   $("webhooks-card").hidden = !hooks;
   if (!hooks) return;
+  const ws = p.webhook_state || { queue_depth: 0, counts: {} };
+  const counts = Object.entries(ws.counts).map(([name, by]) =>
+    `${name}: ${Object.entries(by).map(([outcome, n]) => `${n} ${outcome}`).join(", ")}`);
+  $("webhook-state").textContent = [`queue ${ws.queue_depth}`, ...counts].join(" · ");
   const body = $("webhooks").tBodies[0];
   body.replaceChildren();
   for (const d of [...hooks].reverse()) {
@@ -119,12 +138,13 @@ function renderOps(p) {
 }
 
 function render(p) {
-  state.payload = p;  // set first: renderRollout reads the gate's hold from it
+  state.payload = p;  // set first: tickNextStep reads it
   state.receivedAt = Date.now();
   $("active-version").textContent = p.status.active_version || "(nothing deployed yet)";
   $("store").textContent = `${p.status.store} · revision ${p.revision}${p.stale ? " · STALE: " + p.stale : ""}`;
   $("clock").textContent = p.time;
   renderRollout(p.status.rollout, p.now);
+  renderShadow(p.status);
   renderVersions(p);
   renderAudit(p);
   renderWebhooks(p);
