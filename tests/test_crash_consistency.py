@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -248,3 +249,27 @@ def test_exclusive_lock_blocks_writers_with_a_clear_error_while_followers_serve(
     assert writer.get_deployment_history() == [serving]
     shutil.copy(db, db.with_suffix(".copy"))  # the file is a consistent database again
     assert SQLiteStore(db.with_suffix(".copy")).integrity_check() == "ok"
+
+
+def test_a_file_moved_away_between_the_checks_is_reported_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state file vanishing between the identity check and the access check is "unavailable", not a mode problem.
+
+    CI once failed here under load: the rename fell between the two checks and the reason read
+    "not readable and writable by this process".
+    """
+    db = tmp_path / "state.db"
+    store = SQLiteStore(db)
+    store.revision()
+    real_access = os.access
+
+    def move_then_check(path: Any, mode: int, **kwargs: Any) -> bool:
+        if Path(path) == db and db.exists():
+            db.rename(tmp_path / "away.db")
+        return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr("rule_engine.stores.sqlite.os.access", move_then_check)
+    with pytest.raises(StoreError, match="unavailable"):
+        store.revision()
+    store.close()

@@ -184,6 +184,8 @@ class SQLiteStore(SQLiteFleet, StateStore):
         if self._conn is None:
             self._connect(create=create)
         if not os.access(self.path, os.R_OK | os.W_OK):
+            if not os.path.lexists(self.path):  # moved away between the identity check and this one
+                raise self._missing()
             raise StoreError(f"the state file {str(self.path)!r} is not readable and writable by this process")
         assert self._conn is not None
         return self._conn
