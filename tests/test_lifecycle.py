@@ -426,18 +426,22 @@ def test_retry_always_restarts_at_the_first_stage_with_the_aborted_salt(
     assert (status.stage, status.percentage, status.salt, status.paused) == (1, stages[0], salt, False)
 
 
-def test_a_version_undo_put_back_is_never_rolled_back_automatically_while_it_bakes() -> None:
-    """undo is an operator's choice of a known version: even unhealthy in its bake time, the controller leaves it."""
+def _undone_to_v1(clock: ManualClock) -> tuple[DeploymentManager, str]:
+    """v1 then v2 deployed (auto rollback on), then ``undo`` back to v1: the manager and v1."""
     from rule_engine import HealthThresholds
 
-    clock = ManualClock()
     manager = _manager(clock, auto_rollback=True, thresholds=HealthThresholds(min_evaluations=10))
     v1 = manager.prepare_deployment(mini_bundle("1.0.0"))
     manager.activate_deployment(v1)
-    v2 = manager.prepare_deployment(mini_bundle("2.0.0"))
-    manager.activate_deployment(v2)
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("2.0.0")))
     clock.advance(1)
     assert manager.undo(actor="alice") == v1
+    return manager, v1
+
+
+def test_a_version_undo_put_back_is_never_rolled_back_automatically_while_it_bakes() -> None:
+    """undo is an operator's choice of a known version: even unhealthy in its bake time, the controller leaves it."""
+    manager, v1 = _undone_to_v1(ManualClock())
     manager.update_health_metrics(v1, evaluations=100, errors=90)  # during v1's new bake time
     manager.tick()
     assert manager.get_active_version_id() == v1
@@ -446,16 +450,8 @@ def test_a_version_undo_put_back_is_never_rolled_back_automatically_while_it_bak
 
 def test_a_version_deployed_after_an_undo_bakes_and_is_rolled_back_once() -> None:
     """D5 with undo: the guard is on the reinstated version only; the next deployment bakes (one rollback)."""
-    from rule_engine import HealthThresholds
-
     clock = ManualClock()
-    manager = _manager(clock, auto_rollback=True, thresholds=HealthThresholds(min_evaluations=10))
-    v1 = manager.prepare_deployment(mini_bundle("1.0.0"))
-    manager.activate_deployment(v1)
-    v2 = manager.prepare_deployment(mini_bundle("2.0.0"))
-    manager.activate_deployment(v2)
-    clock.advance(1)
-    assert manager.undo(actor="alice") == v1
+    manager, v1 = _undone_to_v1(clock)
     clock.advance(1)
     v3 = manager.prepare_deployment(mini_bundle("3.0.0"))
     manager.activate_deployment(v3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -134,56 +135,43 @@ def test_prepare_refuses_an_unsigned_bundle_when_required() -> None:
         assert len(manager.get_deployment_history()) == 1
 
 
-def test_a_follower_refuses_an_unsigned_version_written_past_the_cli(store_path: Path) -> None:
-    """The row is written directly (no prepare): the follower stays on what it served, stale, naming the version."""
+def _copied_signature() -> dict[str, str]:
+    """A valid signature of another bundle (1.0.0), pasted onto the rogue row."""
+    return {**sign_bundle(_bundle("1.0.0"), KEY).to_dict(), "signer": "ed25519:release"}
+
+
+def _stranger_signature() -> dict[str, str]:
+    """A valid signature of the rogue bundle itself, by another key under the trusted key id."""
+    stranger = Ed25519Key.generate("release")
+    return {**sign_bundle(_bundle("6.6.6"), stranger).to_dict(), "signer": "ed25519:release"}
+
+
+@pytest.mark.parametrize(
+    ("signature", "why"),
+    [
+        (lambda: None, "stored unsigned"),
+        (_copied_signature, "digest mismatch"),
+        (_stranger_signature, "bad signature"),
+    ],
+    ids=["unsigned", "copied-signature", "untrusted-key"],
+)
+def test_a_follower_refuses_a_version_written_past_the_cli(
+    store_path: Path, signature: Callable[[], dict[str, str] | None], why: str
+) -> None:
+    """The row is committed straight into the store (no prepare): the follower stays on what it served,
+    stale, the reason naming the version and why."""
     with _open(store_path) as follower:
         served = follower.get_active_version_id()
         store = SQLiteStore(store_path)
         try:
-            rogue = _write_past_the_cli(store, "6.6.6")
-        finally:
-            store.close()
-        follower.refresh()
-        assert follower.get_active_version_id() == served
-        reason = follower.stale
-        assert reason is not None
-        assert rogue in reason
-        assert "stored unsigned" in reason
-
-
-def test_a_follower_refuses_a_tampered_signature(store_path: Path) -> None:
-    """A signature copied from another bundle (or edited) in the store does not verify: refused."""
-    other = sign_bundle(_bundle("1.0.0"), KEY)
-    forged = {**other.to_dict(), "signer": "ed25519:release"}
-    with _open(store_path) as follower:
-        served = follower.get_active_version_id()
-        store = SQLiteStore(store_path)
-        try:
-            rogue = _write_past_the_cli(store, "6.6.6", signature=forged)
+            rogue = _write_past_the_cli(store, "6.6.6", signature=signature())
         finally:
             store.close()
         follower.refresh()
         assert follower.get_active_version_id() == served
         assert follower.stale is not None
         assert rogue in follower.stale
-        assert "digest mismatch" in follower.stale
-
-
-def test_a_follower_signed_by_a_key_it_does_not_trust_refuses(store_path: Path) -> None:
-    """A signature by another key (validly made) is refused by a follower that trusts only its own keys."""
-    stranger = Ed25519Key.generate("release")  # same key id, another key
-    bundle = _bundle("6.6.6")
-    record = {**sign_bundle(bundle, stranger).to_dict(), "signer": "ed25519:release"}
-    with _open(store_path) as follower:
-        store = SQLiteStore(store_path)
-        try:
-            rogue = _write_past_the_cli(store, "6.6.6", signature=record)
-        finally:
-            store.close()
-        follower.refresh()
-        assert follower.stale is not None
-        assert rogue in follower.stale
-        assert "bad signature" in follower.stale
+        assert why in follower.stale
 
 
 def test_a_process_without_trust_cannot_start_serving_a_store_that_requires_signatures(store_path: Path) -> None:
