@@ -117,6 +117,10 @@ def test_the_requirement_is_audited_and_survives_a_restart(store_path: Path) -> 
         assert "ed25519:release" in entries[0].reason
     finally:
         store.close()
+    with _open(store_path) as restarted:  # a new process: the stored requirement, not its own settings, refuses
+        restarted.configure(trust=None)
+        with pytest.raises(BundleTrustError, match="the store requires signed bundles"):
+            restarted.prepare_deployment(_bundle("2.0.0"))
 
 
 def test_prepare_refuses_an_unsigned_bundle_when_required() -> None:
