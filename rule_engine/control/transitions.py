@@ -136,7 +136,7 @@ def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: f
         bundle_version=record.bundle_version,
         digest=record.digest,
         to_state=S.STAGED.value,
-        signer=signer,
+        **({"signer": signer} if signer else {}),
     )
     change.result = record.version_id
     evict(change, max_history, now, keep=record.version_id)
