@@ -296,3 +296,63 @@ def test_malformed_signature_file_is_refused(run: Any, tmp_path: Path, bundle: P
     (tmp_path / "gateway-v1.json.sig").write_text("garbage", encoding="utf-8")
     assert_one_line_error(run("--trust", trust, "deploy", str(bundle)), "malformed signature file")
     nothing_staged(run)
+
+
+# --- trust: a store that requires signatures (D25) -------------------------------------------------------
+
+
+def test_trust_require_end_to_end(run: Any, tmp_path: Path, bundle: Path, store_url: str) -> None:
+    """keygen, sign, deploy, `trust require`: then an unsigned deploy is refused even without --trust, a
+    signed one deploys with its signer in the audit, a follower holding only the public key serves it,
+    and turning the requirement off needs its own command and --yes."""
+    from rule_engine import DeploymentManager
+    from rule_engine.bundle.signing import TrustPolicy
+
+    key = keygen(run, tmp_path, "ed25519", "release")
+    trust = trust_file(tmp_path, key)
+    assert run("sign", str(bundle), "--key", key["private_key_file"]).exit_code == 0
+    first = ok_json(run("--trust", trust, "deploy", str(bundle), "--json"))["version_id"]
+    required = ok_json(run("trust", "require", "--trust", trust, "--by", "alice", "--json"))
+    assert required == {
+        "require_signatures": True,
+        "changed": True,
+        "verified": 1,
+        "evicted": [],
+        "trusted": ["ed25519:release"],
+    }
+    v2 = tmp_path / "gateway-v2.json"
+    shutil.copy(BUNDLES / "gateway-v2.json", v2)
+    assert_one_line_error(run("deploy", str(v2)), "requires signed bundles", "no trust policy")
+    assert_one_line_error(run("--trust", trust, "deploy", str(v2)), "unsigned bundle")
+    assert run("sign", str(v2), "--key", key["private_key_file"]).exit_code == 0
+    second = ok_json(run("--trust", trust, "deploy", str(v2), "--json"))["version_id"]
+    status = ok_json(run("trust", "status", "--json"))
+    assert status["require_signatures"] is True
+    assert {v["version_id"]: v["signer"] for v in status["versions"]} == {
+        first: "ed25519:release",
+        second: "ed25519:release",
+    }
+    history = ok_json(run("--trust", trust, "history", "--json"))  # a manager on this store needs a trust policy
+    prepared = [e for e in history["audit"] if e["action"] == "prepare" and e["version_id"] == second]
+    assert prepared[0]["reason"].endswith("signed by ed25519:release")
+    assert [e["actor"] for e in history["audit"] if e["action"] == "trust"] == ["alice"]
+    public_only = tmp_path / "public.json"  # what followers get: the public key, readable by all
+    public_only.write_text(json.dumps(key["trust"]), encoding="utf-8")
+    follower = DeploymentManager.open(store_url, follow=False, trust=TrustPolicy.from_file(public_only))
+    try:
+        assert follower.get_active_version_id() == second
+        assert follower.stale is None
+    finally:
+        follower.close()
+    assert run("--trust", trust, "trust", "allow-unsigned").exit_code == 2  # --yes is required
+    off = ok_json(run("--trust", trust, "trust", "allow-unsigned", "--yes", "--reason", "rotation", "--json"))
+    assert off == {"require_signatures": False, "changed": True}
+    assert ok_json(run("trust", "status", "--json"))["require_signatures"] is False
+
+
+def test_trust_require_refuses_an_unsigned_active_version(run: Any, tmp_path: Path, bundle: Path) -> None:
+    """What serves was deployed unsigned: one error line naming it, and the store does not require signatures."""
+    trust = trust_file(tmp_path, keygen(run, tmp_path, "ed25519", "release"))
+    version = ok_json(run("deploy", str(bundle), "--json"))["version_id"]
+    assert_one_line_error(run("trust", "require", "--trust", trust), "what serves is not signed", version)
+    assert ok_json(run("trust", "status", "--json"))["require_signatures"] is False

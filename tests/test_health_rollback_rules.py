@@ -136,3 +136,29 @@ def test_a_target_with_a_healthy_lifetime_is_returned_to() -> None:
         drive(engine, 500, prefix="new-")
         assert [a.split(":")[0] for a in manager.tick().actions] == [f"rolled back {v2}"]
         assert manager.get_active_version_id() == v1
+
+
+def test_no_cascade_even_after_the_rolled_back_version_left_history() -> None:
+    """D5 edge: the rollback is recorded with the state, so evicting the rolled-back version cannot make the
+    reinstated one bake again (and be rolled back onto the one before it)."""
+    from rule_engine import DeploymentManager, HealthThresholds
+    from rule_engine.testing import ManualClock
+    from tests._support_deployment import mini_bundle
+
+    clock = ManualClock()
+    manager = DeploymentManager(
+        clock=clock, max_history=3, auto_rollback=True, thresholds=HealthThresholds(min_evaluations=10)
+    )
+    v0, v1, v2 = (manager.prepare_deployment(mini_bundle(f"{n}.0.0")) for n in (0, 1, 2))
+    for version in (v0, v1, v2):
+        manager.activate_deployment(version)
+        clock.advance(1)
+    manager.update_health_metrics(v2, evaluations=100, errors=90)  # v2 bakes, fails: rolled back to v1
+    assert manager.get_active_version_id() == v1
+    for n in (3, 4, 5):  # staged versions push the rolled-back v2 out of history
+        manager.prepare_deployment(mini_bundle(f"{n}.0.0"))
+    assert v2 not in manager.get_deployment_history()
+    manager.update_health_metrics(v1, evaluations=100, errors=90)
+    manager.tick()
+    assert manager.get_active_version_id() == v1  # held, not rolled back onto v0
+    assert sum(e.action == "rollback" and e.to_state == "rolled_back" for e in manager.audit_log()) == 1

@@ -424,3 +424,41 @@ def test_retry_always_restarts_at_the_first_stage_with_the_aborted_salt(
     status = manager.get_rollout_status()
     assert status is not None
     assert (status.stage, status.percentage, status.salt, status.paused) == (1, stages[0], salt, False)
+
+
+def _undone_to_v1(clock: ManualClock) -> tuple[DeploymentManager, str]:
+    """v1 then v2 deployed (auto rollback on), then ``undo`` back to v1: the manager and v1."""
+    from rule_engine import HealthThresholds
+
+    manager = _manager(clock, auto_rollback=True, thresholds=HealthThresholds(min_evaluations=10))
+    v1 = manager.prepare_deployment(mini_bundle("1.0.0"))
+    manager.activate_deployment(v1)
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("2.0.0")))
+    clock.advance(1)
+    assert manager.undo(actor="alice") == v1
+    return manager, v1
+
+
+def test_a_version_undo_put_back_is_never_rolled_back_automatically_while_it_bakes() -> None:
+    """undo is an operator's choice of a known version: even unhealthy in its bake time, the controller leaves it."""
+    manager, v1 = _undone_to_v1(ManualClock())
+    manager.update_health_metrics(v1, evaluations=100, errors=90)  # during v1's new bake time
+    manager.tick()
+    assert manager.get_active_version_id() == v1
+    assert not any(e.action == "rollback" for e in manager.audit_log())
+
+
+def test_a_version_deployed_after_an_undo_bakes_and_is_rolled_back_once() -> None:
+    """D5 with undo: the guard is on the reinstated version only; the next deployment bakes (one rollback)."""
+    clock = ManualClock()
+    manager, v1 = _undone_to_v1(clock)
+    clock.advance(1)
+    v3 = manager.prepare_deployment(mini_bundle("3.0.0"))
+    manager.activate_deployment(v3)
+    manager.update_health_metrics(v3, evaluations=100, errors=90)  # v3 bakes: rolled back to v1
+    assert manager.get_active_version_id() == v1
+    manager.update_health_metrics(v1, evaluations=100, errors=90)  # v1 reinstated (twice): left alone
+    manager.tick()
+    assert manager.get_active_version_id() == v1
+    rolled_back = [e.version_id for e in manager.audit_log() if e.action == "rollback" and e.to_state == "rolled_back"]
+    assert rolled_back == [v3]

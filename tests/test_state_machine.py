@@ -150,6 +150,10 @@ class Model:
     health: list[tuple[str, float, HealthCounts]] = field(default_factory=list)
     audit: list[tuple[str, str, str | None, str]] = field(default_factory=list)
     action: str = ""
+    # When traffic was last taken from a version (a rollback, or a rollout rolled back). Kept with the
+    # state, not read off the ROLLED_BACK versions in history: those leave it (MAX_HISTORY is 3), and
+    # a model that forgot the incident with them would bake the reinstated version again (D5).
+    last_rollback_at: float | None = None
 
     # helpers
 
@@ -197,6 +201,7 @@ class Model:
         self.move(self.rollout.candidate, S.ROLLING_BACK, now)
         self.move(self.rollout.candidate, S.ROLLED_BACK, now, finished_at=now)
         self.rollout = None
+        self.last_rollback_at = now
 
     def window(self, v: str, now: float | None) -> HealthCounts:
         """The counts of ``v`` in the window ending at ``now`` (over its lifetime when ``now`` is None)."""
@@ -229,16 +234,16 @@ class Model:
         return self.rollback_target if vid == self.active and self.baking(now) else None
 
     def baking(self, now: float) -> bool:
-        """Brought in by a deployment within bake_secs, with a version to return to, and no rollback since."""
+        """Brought in by a deployment within bake_secs, with a version to return to, and no rollback since.
+
+        "Since" includes the same instant: a rollback at the very time of the activation counts.
+        """
         if self.rollout is not None or self.active is None or self.rollback_target is None:
             return False
         activated = self.versions[self.active].activated_at
         if activated is None or abs(now - activated) > THRESHOLDS.bake_secs:
             return False
-        return not any(
-            v.state is S.ROLLED_BACK and v.finished_at is not None and v.finished_at >= activated
-            for v in self.versions.values()
-        )
+        return self.last_rollback_at is None or self.last_rollback_at < activated
 
     # operations: each mutates self; the caller works on a copy and keeps it only on success
 
@@ -334,6 +339,7 @@ class Model:
         self.move(target, S.ACTIVE, now)
         self.lineage = self.lineage[:-1]
         self.active = target
+        self.last_rollback_at = now
         return target
 
     def judge_and_act(self, now: float, auto_rollback: bool) -> None:

@@ -420,12 +420,16 @@ def verify_bundle(bundle: RuleBundle, signature: Signature | None, trust: TrustP
 
 
 def signature_record(signature: Signature) -> dict[str, str]:
-    """The signature as a JSON-safe dict to store with the version it signs (read back by :func:`signature_from_record`)."""
-    return signature.to_dict()
+    """The JSON-safe dict stored with the version it signs: the signature and its ``signer`` (``alg:key_id``)."""
+    return {**signature.to_dict(), "signer": f"{signature.alg}:{signature.key_id}"}
 
 
 def signature_from_record(record: Any) -> Signature | None:
     """The signature stored with a version (None when none was stored); :class:`BundleTrustError` if malformed."""
+    if isinstance(record, Mapping) and "signer" in record:  # derived from alg and key_id: it must agree with them
+        if record["signer"] != f"{record.get('alg')}:{record.get('key_id')}":
+            raise _refuse("malformed signature: 'signer' does not name its alg and key_id")
+        record = {k: v for k, v in record.items() if k != "signer"}
     return None if record is None else Signature.from_dict(record)
 
 

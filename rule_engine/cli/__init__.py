@@ -23,7 +23,7 @@ from rule_engine.cli.fleet import fleet, mirror
 from rule_engine.cli.lifecycle import abort, activate, cancel, pause, resume, retry, undo
 from rule_engine.cli.run import controller, demo
 from rule_engine.cli.serve import serve, token, watch
-from rule_engine.cli.signing import keygen, sign
+from rule_engine.cli.signing import keygen, sign, trust
 from rule_engine.cli.status import experiment, history, status
 from rule_engine.cli.store import audit, store
 from rule_engine.cli.targeting import pin, unpin
@@ -69,6 +69,7 @@ cli.add_command(fleet)
 cli.add_command(mirror)
 cli.add_command(store)
 cli.add_command(audit)
+cli.add_command(trust)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

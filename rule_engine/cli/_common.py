@@ -100,6 +100,8 @@ class CliContext:
         would configure it differently from how it is (``trust=``, ``auto_rollback=``, ...) is refused
         rather than ignored.
         """
+        if "trust" not in kwargs and self.trust_file is not None:  # a store requiring signatures needs it (D25)
+            kwargs["trust"] = self.trust()
         if self.manager is not None:
             differ = sorted(
                 name for name, wanted in kwargs.items() if getattr(self.manager.config, name, _MISSING) != wanted

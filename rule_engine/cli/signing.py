@@ -1,9 +1,10 @@
-"""Commands for signed bundles: keygen and sign."""
+"""Commands for signed bundles: keygen, sign, and ``trust`` (a store that requires signatures, D25)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import os
 import re
@@ -20,10 +21,19 @@ from rule_engine.bundle.signing import (
     sign_bundle,
     write_signature,
 )
-from rule_engine.cli._common import SIGNING_EXTRA_HINT, CommandFailed, json_option
+from rule_engine.cli._common import (
+    SIGNING_EXTRA_HINT,
+    CommandFailed,
+    by_option,
+    default_actor,
+    json_option,
+    managed,
+    os_account,
+)
 from rule_engine.cli.output import echo, emit
 from rule_engine.errors import BundleValidationError
 from rule_engine.evaluation.selftest import run_bundle_tests
+from rule_engine.stores.base import open_store
 
 # --- keygen and sign ----------------------------------------------------------------------------------
 
@@ -181,3 +191,104 @@ def sign(bundle: str, key_file: str, as_json: bool) -> None:
         echo(f"  signature: {path}")
 
     emit(as_json, data, human)
+
+
+# --- trust: the store's signature requirement ---------------------------------------------------------
+
+_reason_option = click.option("--reason", default="", metavar="TEXT", help="Why (recorded in the audit trail).")
+
+
+@click.group()
+def trust() -> None:
+    """Require signed bundles in the store (every process then verifies each bundle it loads), or stop."""
+
+
+@trust.command("require")
+@click.option(
+    "--trust",
+    "trust_path",
+    default=None,
+    metavar="FILE",
+    help="Trust file to verify the store's versions with  [default: the global --trust / $RULE_ENGINE_TRUST]",
+)
+@click.option(
+    "--evict-unsigned", is_flag=True, help="Take retained versions without a trusted signature out of history."
+)
+@_reason_option
+@by_option
+@json_option
+@click.pass_context
+def require(
+    ctx: click.Context, trust_path: str | None, evict_unsigned: bool, reason: str, actor: str | None, as_json: bool
+) -> None:
+    """Require signatures: verify what the store holds with the trust file, then record the requirement."""
+    with managed(ctx) as state:
+        if trust_path is not None:
+            state.trust_file = trust_path
+        policy = state.trust()
+        if policy is None:
+            raise click.UsageError("trust require needs a trust file (--trust FILE or $RULE_ENGINE_TRUST)")
+        manager = state.open(trust=policy)
+        before, seen = manager.store.load().require_signatures, len(manager.audit_log())
+        verified = manager.require_signatures(
+            evict_unsigned=evict_unsigned, actor=actor or default_actor(), reason=reason, origin=os_account()
+        )
+        evicted = [e.version_id for e in manager.audit_log()[seen:] if e.action == "evict"]
+        data = {
+            "require_signatures": True,
+            "changed": not before,
+            "verified": verified,
+            "evicted": evicted,
+            "trusted": list(policy.key_ids),
+        }
+
+        def human() -> None:
+            if before:
+                echo("the store already requires signatures")
+                return
+            echo(f"the store now requires signatures: {verified} retained version(s) verified")
+            if evicted:
+                echo(f"  taken out of history (not signed by a trusted key): {', '.join(evicted)}")
+            echo(f"  trusted keys: {', '.join(policy.key_ids)}")
+            echo("  every process verifies each bundle it loads (give followers the public keys: --trust FILE)")
+
+        emit(as_json, data, human)
+
+
+@trust.command("allow-unsigned")
+@click.option("--yes", is_flag=True, required=True, help="Confirm: processes stop verifying signatures.")
+@_reason_option
+@by_option
+@json_option
+@click.pass_context
+def allow_unsigned(ctx: click.Context, yes: bool, reason: str, actor: str | None, as_json: bool) -> None:
+    """Stop requiring signatures (audited); needs --yes."""
+    with managed(ctx) as state:
+        manager = state.open(trust=state.trust())
+        before = manager.store.load().require_signatures
+        manager.require_signatures(False, actor=actor or default_actor(), reason=reason, origin=os_account())
+        data = {"require_signatures": False, "changed": before}
+        line = "the store no longer requires signatures" if before else "the store did not require signatures"
+        emit(as_json, data, lambda: echo(line))
+
+
+@trust.command("status")
+@json_option
+@click.pass_context
+def trust_status(ctx: click.Context, as_json: bool) -> None:
+    """Whether the store requires signatures, and who signed each retained version."""
+    with managed(ctx) as state:  # reads the store only: no process serves here, so no trust policy is needed
+        with contextlib.closing(open_store(state.url, create=False)) as store:
+            stored = store.load()
+        versions = [
+            {"version_id": r.version_id, "state": r.state.value, "signer": (r.signature or {}).get("signer")}
+            for r in stored.versions.values()
+        ]
+        data = {"require_signatures": stored.require_signatures, "versions": versions}
+
+        def human() -> None:
+            echo(f"signatures {'required' if stored.require_signatures else 'not required'}")
+            for row in versions:
+                echo(f"  {row['version_id']}  {row['state']}  {row['signer'] or 'unsigned'}")
+
+        emit(as_json, data, human)

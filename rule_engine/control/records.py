@@ -46,6 +46,9 @@ class VersionRecord:
     held: str | None = None  # a due schedule the controller holds (D16), and why
     last_rollout: Rollout | None = None  # the aborted rollout ``retry`` restarts (its salt, its deadline)
     reinstated: bool = False  # made active again by ``undo``: never rolled back automatically while it bakes
+    # The signature verified when the version was prepared (alg, key_id, digest, signature, signer:
+    # see control/signatures.py); every process re-verifies it on load when the store requires it.
+    signature: Mapping[str, str] | None = None
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -71,6 +74,7 @@ class VersionRecord:
             "held": self.held,
             "last_rollout": self.last_rollout.to_dict() if self.last_rollout is not None else None,
             **({"reinstated": True} if self.reinstated else {}),
+            **({"signature": dict(self.signature)} if self.signature is not None else {}),
         }
 
     @classmethod
@@ -94,6 +98,7 @@ class VersionRecord:
             held=data.get("held"),
             last_rollout=Rollout.from_dict(data["last_rollout"]) if data.get("last_rollout") else None,
             reinstated=data.get("reinstated") is True,
+            signature=_text_mapping(data.get("signature")),
         )
 
 
@@ -188,6 +193,22 @@ def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _flag(value: Any) -> bool:
+    """A stored true/false; anything else is refused (a damaged flag must not read as "not required")."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _text_mapping(value: Any) -> Mapping[str, str] | None:
+    """A stored mapping of text to text (None stays None); anything else is refused as a damaged state."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ValueError("a version's signature must map text to text")
+    return MappingProxyType(dict(value))
+
+
 @dataclass(frozen=True, slots=True)
 class ControlState:
     """The whole deployment state at one revision."""
@@ -199,6 +220,9 @@ class ControlState:
     rollout: Rollout | None = None
     lineage: tuple[str, ...] = ()  # formerly active versions, oldest first; the last is `active`
     last_rollback_at: float | None = None  # when traffic was last taken from a version (a rollback or abort)
+    # Every process verifies each version's recorded signature when it loads the bundle (D25); set
+    # and cleared only by the audited ``trust`` operation (control/signatures.py).
+    require_signatures: bool = False
 
     def with_versions(self, *records: VersionRecord, drop: tuple[str, ...] = ()) -> dict[str, VersionRecord]:
         """The versions mapping with ``records`` put in and ``drop`` taken out (seq order kept)."""
@@ -223,6 +247,7 @@ class ControlState:
             "rollout": self.rollout.to_dict() if self.rollout else None,
             "lineage": list(self.lineage),
             **({"last_rollback_at": self.last_rollback_at} if self.last_rollback_at is not None else {}),
+            **({"require_signatures": True} if self.require_signatures else {}),
         }
 
     @classmethod
@@ -239,6 +264,7 @@ class ControlState:
             rollout=Rollout.from_dict(data["rollout"]) if data.get("rollout") else None,
             lineage=tuple(data.get("lineage", ())),
             last_rollback_at=float(data["last_rollback_at"]) if data.get("last_rollback_at") is not None else None,
+            require_signatures=_flag(data.get("require_signatures", False)),
         )
 
 

@@ -124,7 +124,9 @@ def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: f
         )
     change = Change(state, "prepare", record.deployed_by, bundles={record.version_id: bundle_json})
     preparing = replace(record, state=S.PREPARING)
-    staged = change.move(preparing, S.STAGED, now, reason=f"bundle {record.bundle_id}@{record.bundle_version}")
+    signer = record.signature.get("signer") if record.signature is not None else None  # D25: who signed it
+    why = f"bundle {record.bundle_id}@{record.bundle_version}" + (f", signed by {signer}" if signer else "")
+    staged = change.move(preparing, S.STAGED, now, reason=why)
     change.put(staged, next_seq=state.next_seq + 1)
     change.event(
         "deployment.prepared",
@@ -134,6 +136,7 @@ def prepare(state: ControlState, record: VersionRecord, bundle_json: str, now: f
         bundle_version=record.bundle_version,
         digest=record.digest,
         to_state=S.STAGED.value,
+        **({"signer": signer} if signer else {}),
     )
     change.result = record.version_id
     evict(change, max_history, now, keep=record.version_id)

@@ -16,6 +16,7 @@ from typing import Any
 
 from rule_engine.bundle.models import RuleBundle, canonical_json, load_bundle, parse_bundle
 from rule_engine.bundle.signing import Signature, TrustPolicy, signature_beside
+from rule_engine.control import signatures
 from rule_engine.control import transitions as control
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
@@ -64,13 +65,22 @@ def checked_strategy(strategy: Strategy | None) -> Strategy:
 
 
 def plan_prepare(
-    bundle: RuleBundle, strategy: Strategy, actor: str, max_history: int, *, replace_policy: bool = False
+    bundle: RuleBundle,
+    strategy: Strategy,
+    actor: str,
+    max_history: int,
+    *,
+    replace_policy: bool = False,
+    signature: Signature | None = None,
+    has_trust: bool = False,
 ) -> Plan:
     """The plan that stages ``bundle`` as a new version (its id: ``bundle@version+digest8.seq``).
 
     A bundle of another policy (``bundle_id``) than the active version's is refused
     (:class:`PolicyMismatchError`) unless ``replace_policy``: checked against the state the plan is
-    committed on, so a concurrent deploy of another policy cannot slip past it.
+    committed on, so a concurrent deploy of another policy cannot slip past it. ``signature`` (the
+    one this process's trust policy verified) is recorded with the version; a store that requires
+    signatures refuses the plan without one (control/signatures.py).
     """
     bundle_json = canonical_json(bundle)
 
@@ -90,7 +100,9 @@ def plan_prepare(
             state=DeploymentState.STAGED,
             created_at=now,
             updated_at=now,
+            signature=signatures.recorded(signature),
         )
+        signatures.check_prepare(state, record, has_trust)
         return control.prepare(state, record, bundle_json, now, max_history)
 
     return plan
@@ -110,12 +122,23 @@ def stage(
 
     Returns the prepare plan and the compiled table; raises (with nothing changed) when the bundle is unfit.
     """
+    if config.trust is not None and signature is None:
+        signature = signature_beside(bundle)
     validated = trusted_bundle(bundle, config.trust, signature)
+    verified = signature if config.trust is not None else None  # recorded only once verified here
     if config.trust is not None and config.trust.refuse_downgrade:
         active = publisher.state.active
         config.trust.check_downgrade(validated, publisher.bundle_of(active) if active is not None else None)
     chosen = checked_strategy(strategy)
     base = publisher.base_table(validated)
     run_bundle_tests(validated, base)
-    plan = plan_prepare(validated, chosen, actor, config.max_history, replace_policy=replace_policy)
+    plan = plan_prepare(
+        validated,
+        chosen,
+        actor,
+        config.max_history,
+        replace_policy=replace_policy,
+        signature=verified,
+        has_trust=config.trust is not None,
+    )
     return (with_analysis(plan, require_thresholds(analysis)) if analysis is not None else plan), base

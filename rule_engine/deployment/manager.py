@@ -23,6 +23,7 @@ from rule_engine.control import transitions as control
 from rule_engine.control.lifecycle import Operation
 from rule_engine.control.status import TickReport, VersionId
 from rule_engine.control.strategies import Strategy
+from rule_engine.deployment import signatures as signed
 from rule_engine.deployment.background import BackgroundLoop
 from rule_engine.deployment.commit import Committer
 from rule_engine.deployment.config import DeploymentConfig
@@ -73,7 +74,9 @@ class DeploymentManager(ManagerReads):
         self._hooks = Hooks()
         self._threads: list[BackgroundLoop] = []
         self._health = HealthLedger(self._store, self._config.thresholds, self._config.evaluation_deadline_us)
-        self._publisher = Publisher(self._store, self._health, lambda: self._config.max_history)
+        self._publisher = Publisher(
+            self._store, self._health, lambda: self._config.max_history, lambda: self._config.trust
+        )
         self._cell = self._publisher.cell  # what the data-plane reads below take, once per call
         self._committer = Committer(
             self._lock, self._clock, self._hooks, self._publisher, self._health, lambda: self._config.max_commit_retries
@@ -228,6 +231,15 @@ class DeploymentManager(ManagerReads):
     def cancel_deployment(self, version_id: VersionId, **op: Unpack[Operation]) -> None:
         """End a staged or scheduled version: it is CANCELLED and never serves."""
         self._op("cancel", lifecycle.cancel, op, version_id)
+
+    def require_signatures(
+        self, required: bool = True, *, evict_unsigned: bool = False, **op: Unpack[Operation]
+    ) -> int:
+        """Make every process verify each bundle's stored signature on load (``required=False``: stop); audited (D25)."""
+        planner = signed.requirement_planner(
+            self._publisher, self._config.trust, required, evict_unsigned=evict_unsigned
+        )
+        return int(self._op("trust", planner, op))
 
     def pin_keys(self, keys: Iterable[str], version_id: VersionId, **op: Unpack[Operation]) -> int:
         """Serve ``keys`` by the rollout's stable or candidate ``version_id`` until the rollout ends; how many changed."""

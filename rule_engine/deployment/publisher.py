@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rule_engine.bundle.models import RuleBundle, gc_paused
+from rule_engine.bundle.signing import TrustPolicy
 from rule_engine.control.records import ControlState, VersionRecord
+from rule_engine.control.signatures import check_loaded
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
@@ -37,8 +39,15 @@ class BundleGone(StoreError):
 class Publisher:
     """The last published state, the snapshot built from it, and the compiled-table caches."""
 
-    def __init__(self, store: StateStore, ledger: HealthLedger, cache_size: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        ledger: HealthLedger,
+        cache_size: Callable[[], int],
+        trust: Callable[[], TrustPolicy | None] = lambda: None,
+    ) -> None:
         self.store = store
+        self._trust = trust  # this process's trust policy: checks signatures on load when the store requires them
         self.cell = ServingCell()
         self.state = ControlState()
         self._ledger = ledger
@@ -136,6 +145,7 @@ class Publisher:
                 bundle = load_checked_bundle(self.store, record) if record is not None else None
                 if bundle is None or record is None:
                     raise BundleGone(f"the store holds no bundle for {version_id!r}")
+                check_loaded(state, record, bundle, self._trust())  # D25: StoreError unless its signature verifies
                 table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
                 del bundle
             if version_id in kept_compiled(state):

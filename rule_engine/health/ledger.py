@@ -188,15 +188,22 @@ class HealthLedger:
 
         Only a version a deployment brought in bakes: it took traffic (by a blue-green or scheduled
         activation, or as a canary that completed) at most ``bake_secs`` ago (by its own analysis
-        settings), it has a version to return to, and **no rollback has happened since it was
-        brought in**. So a version a rollback reinstated is never judged for rollback, and neither is
+        settings), it has a version to return to, it was not put back by ``undo`` (an operator's
+        choice of a known version), and **no rollback has happened since it was brought in** (at or
+        after its activation time: ``state.last_rollback_at``, stored with the state so it holds after
+        the rolled-back version left history; for states stored before it, the ROLLED_BACK versions).
+        So a version a rollback or an undo reinstated is never rolled back automatically, and neither is
         a stable version whose canary was just rolled back: one incident, one rollback.
         """
         if state.rollout is not None or state.active is None or state.rollback_target is None:
             return False
         record = state.versions.get(state.active)
-        activated_at = record.activated_at if record is not None else None
-        if activated_at is None or abs(now - activated_at) > self.thresholds_for(state, state.active).bake_secs:
+        if record is None or record.reinstated or record.activated_at is None:
+            return False
+        activated_at = record.activated_at
+        if abs(now - activated_at) > self.thresholds_for(state, state.active).bake_secs:
+            return False
+        if state.last_rollback_at is not None and state.last_rollback_at >= activated_at:
             return False
         return not any(
             r.state is DeploymentState.ROLLED_BACK and r.finished_at is not None and r.finished_at >= activated_at
