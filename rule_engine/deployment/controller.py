@@ -22,6 +22,7 @@ from rule_engine.control.transitions import Change
 from rule_engine.deployment.commit import Committer, Plan, nothing_to_do
 from rule_engine.deployment.config import DeploymentConfig
 from rule_engine.deployment.publisher import Publisher
+from rule_engine.deployment.shadow_judge import ShadowJudge
 from rule_engine.errors import InvalidTransitionError
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport, build_experiment_report
@@ -54,6 +55,7 @@ class Controller:
         self._config = config
         self._convergence = convergence  # the fleet gate (deployment/fleet.py), consulted before a stage advances
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
+        self._shadow = ShadowJudge(committer, publisher, ledger, clock, config)  # a rollout's shadow phase
 
     # --- verdicts (call under the lock) -------------------------------------------------------------
 
@@ -124,9 +126,9 @@ class Controller:
         change = self._apply(_plan_end_experiment, "end-experiment")
         if change.events:
             actions.append("ended A/B test")
-        judged, held = self.judge_and_act()
-        actions.extend(judged)
-        holding.extend(held)
+        for done, held in (self._shadow.step(), self.judge_and_act()):  # shadow phase: deployment/shadow_judge.py
+            actions.extend(done)
+            holding.extend(held)
         actions.extend(self._check_progress())
         with self._committer.lock:
             state = self._publisher.state
@@ -154,7 +156,8 @@ class Controller:
             now = self._clock.now()
             self._ledger.flush(now)
             verdict = self.candidate_verdict(now)
-            return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
+            shadow = self._shadow.phase(state, now)
+            return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback, shadow=shadow)
 
     def judge_and_act(self) -> tuple[list[str], list[str]]:
         """Judge the candidate and a baking active version; roll back the unhealthy when automatic.
