@@ -184,6 +184,21 @@ def test_a_shadow_phase_holds_with_too_few_compared_and_says_why() -> None:
         assert manager.advance_rollout() is False  # a person's advance does not skip the verdict either
 
 
+def test_a_progress_deadline_bounds_a_holding_shadow_phase_and_a_person_may_still_promote() -> None:
+    with freeze_time(T0) as clock:
+        manager = DeploymentManager()
+        serving_v1(manager)
+        candidate = manager.prepare_deployment(load_bundle(V2), shadowed(min_compared=5000))
+        manager.activate_deployment(candidate, progress_deadline=600, progress_deadline_abort=True)
+        clock.tick(601)
+        manager.tick()
+        assert manager.state.versions[candidate].state is DeploymentState.ABORTED
+        manager.retry_rollout(candidate)
+        assert manager.promote() == candidate
+        assert manager.get_active_version_id() == candidate
+        assert shadow_of(manager) is None
+
+
 def test_a_blue_green_shadow_switches_all_traffic_on_proceed() -> None:
     with freeze_time(T0):
         manager = DeploymentManager()
