@@ -370,11 +370,15 @@ def test_a_shadow_bucket_read_back_is_checked_and_bounded() -> None:
     assert report.groups[(OTHER, OTHER, OTHER, OTHER)] == smallest + 7
 
 
+HOSTILE = ("\ud800 lone surrogate", "nul \x00 and \\u0000", "allow", "deny")  # labels come from live events
+
+
 def adds_up_shadow_buckets(store: StateStore) -> None:
-    part = ShadowReport("v", 0.1, 10, 1, 9, 1, 0, 2, 1, {("a", "f", "allow", "deny"): 2})
+    part = ShadowReport("v", 0.1, 10, 1, 9, 1, 0, 3, 1, {("a", "f", "allow", "deny"): 2, HOSTILE: 1})
     store.add_health_many([(shadow_key("v"), 60.0, counts_of_report(part))] * 2)
     total = report_of_counts("v", 0.1, store.health([shadow_key("v")], since=0, until=120)[shadow_key("v")])
-    assert (total.evaluations, total.disagreements, total.groups) == (18, 4, {("a", "f", "allow", "deny"): 4})
+    assert (total.evaluations, total.disagreements) == (18, 6)
+    assert total.groups == {("a", "f", "allow", "deny"): 4, HOSTILE: 2}
     assert store.health(["v"])["v"] == HealthCounts()  # the version's own health is untouched
 
 

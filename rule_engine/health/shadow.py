@@ -108,7 +108,7 @@ def counts_of_report(report: ShadowReport) -> HealthCounts:
         evaluations=report.evaluations,
         errors=report.errors,
         fallbacks=report.baseline_errors,
-        decisions={json.dumps(list(g), ensure_ascii=False): n for g, n in report.groups.items()},
+        decisions={json.dumps(list(g)): n for g, n in report.groups.items()},  # ASCII: any label stores
         rules={k: v for k, v in named.items() if v},
     )
 
