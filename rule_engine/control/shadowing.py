@@ -61,13 +61,7 @@ class ShadowOptions:
 
     def policy(self) -> ShadowPolicy:
         """The thresholds as a :class:`ShadowPolicy`."""
-        return ShadowPolicy(
-            self.min_compared,
-            self.max_disagreement_rate,
-            self.abort_disagreement_rate,
-            self.max_error_rate,
-            self.abort_error_rate,
-        )
+        return ShadowPolicy(**{name: getattr(self, name) for name in ShadowPolicy.__dataclass_fields__})
 
     def describe(self) -> str:
         """One line for people."""
