@@ -279,6 +279,9 @@ def test_status_and_metrics_show_the_stored_shadow_phase(tmp_path: Path) -> None
     assert shown["rollout"]["shadow"]["verdict"] == {"action": "hold", "reason": "0 of 50 events compared"}
     text = runner.invoke(cli, ["--store", url, "status"]).stdout
     assert "shadow phase (50% sampled): 0 compared" in text
+    assert "shadow phase, then stage 1/2, against" in text
+    advanced = runner.invoke(cli, ["--store", url, "advance"])
+    assert "not advanced: shadow: 0 of 50 events compared" in advanced.output
     assert "HOLD (0 of 50 events compared)" in text
     manager = DeploymentManager.open(url, follow=False)
     try:

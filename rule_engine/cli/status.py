@@ -75,6 +75,7 @@ def _print_status(
         echo("rollout: none in progress")
     else:
         stage = f"stage {rollout.stage}/{len(rollout.stages)}, " if rollout.stages else ""
+        stage = f"shadow phase, then {stage or 'the switch, '}" if rollout.shadow is not None else stage
         echo(f"rollout: {rollout.strategy} of {rollout.version_id}")
         echo(f"         {stage}against {rollout.stable_version_id}")
         echo(f"         {bar(rollout.percentage)} {rollout.percentage:g}% of traffic")

@@ -77,7 +77,7 @@ class ShadowJudge:
                 self._held = (candidate, why)
                 _log.info("shadow.holding", version_id=candidate, reason=why, compared=phase.report.compared)
             return [], []  # the tick's report says why from the rollout's status (control/status.py)
-        action = "abort" if verdict.action == "abort" else "shadow-proceed"
+        action = "abort" if verdict.action == "abort" else "advance"  # as hooks and webhooks know them
         change = self._committer.apply(
             self._plan(candidate, verdict.action, verdict.reason), action, "controller", candidate
         )
