@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,14 +223,12 @@ def test_the_first_deployment_has_no_shadow_phase() -> None:
     assert manager.state.rollout is None
 
 
-def test_one_evaluator_shadows_and_a_controller_in_another_manager_decides(tmp_path: Path) -> None:
-    """Two managers on one SQLite store: the serving one flushes its shadow counts, the other judges them."""
-    url = f"sqlite:///{tmp_path / 'state.db'}"
+def one_shadows_the_other_decides(open_manager: Callable[[], DeploymentManager]) -> None:
+    """Two managers on one store: the serving one flushes its shadow counts, the other's controller judges them."""
     first, second = traffic(300, seed=1), traffic(300, seed=2)
     expected = sum(disagreements(V2, first + second).values())
     with freeze_time(T0) as clock:
-        controller = DeploymentManager.open(url, follow=False)
-        evaluator = DeploymentManager.open(url, follow=False)
+        controller, evaluator = open_manager(), open_manager()
         try:
             stable = serving_v1(controller)
             candidate = controller.prepare_deployment(
@@ -259,6 +258,17 @@ def test_one_evaluator_shadows_and_a_controller_in_another_manager_decides(tmp_p
         finally:
             evaluator.close()
             controller.close()
+
+
+def test_one_evaluator_shadows_and_a_controller_in_another_manager_decides(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state.db'}"
+    one_shadows_the_other_decides(lambda: DeploymentManager.open(url, follow=False))
+
+
+def test_one_evaluator_shadows_and_a_controller_in_another_manager_decides_on_postgres(pg_database: str) -> None:
+    from rule_engine.stores.postgres import PostgresStore
+
+    one_shadows_the_other_decides(lambda: DeploymentManager.open(PostgresStore(pg_database, timeout=5), follow=False))
 
 
 def test_status_and_metrics_show_the_stored_shadow_phase(tmp_path: Path) -> None:
