@@ -418,3 +418,18 @@ def test_postgres_adds_up_shadow_buckets_like_health_buckets(pg_database: str) -
         adds_up_shadow_buckets(store)
     finally:
         store.close()
+
+
+def test_what_a_shadow_counted_before_its_phase_ended_still_reaches_the_store() -> None:
+    """A person aborts the phase between two flushes: the stopped evaluator is drained once more."""
+    with freeze_time(T0):
+        manager = DeploymentManager()
+        stable = serving_v1(manager)
+        candidate = manager.prepare_deployment(load_bundle(V2), shadowed())
+        manager.activate_deployment(candidate)
+        serve(manager, traffic(120))
+        manager.abort_rollout()
+        assert shadow_of(manager) is None
+        manager.health_verdict(stable)  # the next flush
+        lifetime = manager.store.health([shadow_key(candidate)])[shadow_key(candidate)]
+        assert report_of_counts(candidate, 1.0, lifetime).evaluations == 120
