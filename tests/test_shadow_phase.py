@@ -4,6 +4,7 @@ disagreement figures (docs/safety.md, section 7)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -23,14 +24,18 @@ from rule_engine import BlueGreen, Canary, DeploymentManager, RuleEngine, RuleTa
 from rule_engine.cli import cli
 from rule_engine.cli.demo import make_event
 from rule_engine.control.records import Rollout
+from rule_engine.control.shadow_phase import end_shadow
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import strategy_from_dict
+from rule_engine.control.transitions import activate, advance
 from rule_engine.errors import InvalidStrategyError
 from rule_engine.health.shadow import counts_of_report, report_of_counts, shadow_key
 from rule_engine.observability.metrics import register
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.serving.shadow import MAX_GROUPS, OTHER, ShadowReport, shadow_of
 from rule_engine.stores.base import StateStore, open_store
+from rule_engine.testing.builders import control_state, version_record
+from tests.strategies import canaries
 
 ROOT = Path(__file__).resolve().parent.parent
 V1, V2, V3 = (str(ROOT / "bundles" / f"gateway-{n}.json") for n in ("v1", "v2", "v3-broken"))
@@ -433,3 +438,35 @@ def test_what_a_shadow_counted_before_its_phase_ended_still_reaches_the_store() 
         manager.health_verdict(stable)  # the next flush
         lifetime = manager.store.health([shadow_key(candidate)])[shadow_key(candidate)]
         assert report_of_counts(candidate, 1.0, lifetime).evaluations == 120
+
+
+# --- the pure planners, for any canary ------------------------------------------------------------------
+
+
+@given(canaries(), st.sampled_from(["proceed", "abort", "hold"]))
+def test_any_canary_with_a_shadow_starts_at_zero_and_ends_its_phase_by_the_verdict(canary: Canary, action: str) -> None:
+    """activate -> shadow phase at 0% (advance cannot move it); proceed -> its first stage (or active); abort -> ABORTED."""
+    strategy = dataclasses.replace(canary, shadow=ShadowOptions())
+    stable = version_record("a", 1, DeploymentState.ACTIVE)
+    candidate = version_record("b", 2, strategy=strategy)
+    state = control_state(stable, candidate, active="a")
+    state = activate(state, "b", 1000.0, "alice").state
+    rollout = state.rollout
+    assert rollout is not None
+    assert (rollout.phase, rollout.share_bp, state.versions["b"].state) == ("shadow", 0, DeploymentState.ROLLING_OUT)
+    assert advance(state, 10**9, "controller", healthy=True).result is False
+    change = end_shadow(state, 2000.0, "controller", candidate="b", action=action, reason="r")
+    if action == "hold":
+        assert change is None
+        return
+    assert change is not None
+    assert end_shadow(change.state, 2001.0, "controller", candidate="b", action=action, reason="r") is None  # once
+    after = change.state
+    if action == "abort":
+        assert (after.rollout, after.versions["b"].state, after.active) == (None, DeploymentState.ABORTED, "a")
+    elif len(canary.stages) == 1:
+        assert (after.rollout, after.active) == (None, "b")
+    else:
+        assert after.rollout is not None
+        assert (after.rollout.phase, after.rollout.share_bp) == (None, canary.first_share_bp())
+        assert after.rollout.stage_started_at == 2000.0
