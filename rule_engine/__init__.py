@@ -9,6 +9,7 @@ from rule_engine.bundle.models import BundleLimits, RuleBundle, load_bundle, par
 from rule_engine.bundle.signing import Signature, TrustPolicy, sign_bundle, verify_bundle
 from rule_engine.clock import Clock, SystemClock
 from rule_engine.control.records import AuditEntry
+from rule_engine.control.shadowing import ShadowOptions
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, VersionId
 from rule_engine.control.strategies import ABTest, BlueGreen, Canary, Scheduled, Strategy
@@ -83,6 +84,7 @@ __all__ = [
     "RuleTable",
     "Scheduled",
     "ServingSnapshot",
+    "ShadowOptions",
     "Signature",
     "StateStore",
     "StoreError",

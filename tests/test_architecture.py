@@ -269,6 +269,7 @@ EXPORTED = [
     "RuleTable",
     "Scheduled",
     "ServingSnapshot",
+    "ShadowOptions",
     "Signature",
     "StateStore",
     "StoreError",

@@ -18,6 +18,7 @@ from rule_engine.cli._common import CommandFailed, by_option, default_actor, jso
 from rule_engine.cli.analysis_options import analysis_options, thresholds_from
 from rule_engine.cli.hints import cli_message, cli_text
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.cli.shadow_options import SHADOW_NOTE, shadow_cli_options, shadowed
 from rule_engine.cli.targeting import scope_options, scoped
 from rule_engine.clock import LAST_RENDERABLE_TIME
 from rule_engine.control.status import RolloutStatus, scheduled_versions
@@ -125,6 +126,7 @@ def _same(value: Any) -> Any:
 @_number_option("--test-duration", "SECONDS", "A/B test: how long it runs.")
 @click.option("--at", default=None, metavar="TIME", help="Scheduled: ISO 8601 with timezone, or unix seconds.")
 @scope_options
+@shadow_cli_options
 @click.option("--supersede", is_flag=True, help="Roll back a rollout in progress and start this one instead.")
 @click.option(
     "--replay", "replay_events", default=None, metavar="EVENTS", help="Gate: replay these events first (JSONL, gz, -)."
@@ -192,6 +194,7 @@ def deploy(
         at=at,
     )
     chosen = scoped(chosen, agents, flows)  # --agents/--flows (cli/targeting.py)
+    chosen = shadowed(chosen, analysis)  # --shadow and its thresholds (cli/shadow_options.py), taken out of analysis
     who = actor or default_actor()
     if progress_deadline_abort and progress_deadline is None:
         raise click.UsageError("--progress-deadline-abort needs --progress-deadline SECONDS")
@@ -261,6 +264,8 @@ def deploy(
                 echo(f"  signed:   by {signer} (trusted)")
             if chosen.cli_note:
                 echo(f"  {chosen.cli_note}")
+            if getattr(chosen, "shadow", None) is not None:
+                echo(f"  {SHADOW_NOTE}")
             for warning in warnings:
                 echo(f"warning: {warning}", err=True)
 

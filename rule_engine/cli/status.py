@@ -8,6 +8,7 @@ from rule_engine.cli._common import json_option, managed
 from rule_engine.cli.hints import cli_text
 from rule_engine.cli.live import watch
 from rule_engine.cli.output import bar, describe, echo, emit, view_dict, when
+from rule_engine.cli.shadow_options import shadow_line
 from rule_engine.cli.targeting import scope_text
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, ScheduledVersion, scheduled_versions
 from rule_engine.observability.views import history_view, status_view
@@ -74,6 +75,7 @@ def _print_status(
         echo("rollout: none in progress")
     else:
         stage = f"stage {rollout.stage}/{len(rollout.stages)}, " if rollout.stages else ""
+        stage = f"shadow phase, then {stage or 'the switch, '}" if rollout.shadow is not None else stage
         echo(f"rollout: {rollout.strategy} of {rollout.version_id}")
         echo(f"         {stage}against {rollout.stable_version_id}")
         echo(f"         {bar(rollout.percentage)} {rollout.percentage:g}% of traffic")
@@ -81,7 +83,9 @@ def _print_status(
             echo(f"         PAUSED since {when(rollout.paused_at)} ('rule-engine resume' continues it)")
         if rollout.agents or rollout.flows or rollout.pins:  # targeting (docs/routing.md)
             echo(f"         scope: {scope_text(rollout)}")
-        if rollout.verdict.reason != rollout.holding:
+        if rollout.shadow is not None:  # the shadow phase (docs/safety.md, section 7)
+            echo(f"         {shadow_line(rollout.shadow)}")
+        elif rollout.verdict.reason != rollout.holding:
             echo(f"         health: {rollout.verdict.reason}")
         if rollout.holding:
             echo(f"         holding: {cli_text(rollout.holding)}")

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import TypedDict
 
 from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
+from rule_engine.control.shadowing import entering
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import BlueGreen, Strategy
 from rule_engine.control.transitions import (
@@ -203,6 +204,7 @@ def retry(
         paused_at=None,
         deadline_exceeded_at=None,
     )
+    rollout = entering(rollout, record.strategy)  # a strategy with a shadow phase starts with it again
     change = Change(state, "retry", actor, result=version_id)
     start_rollout(
         change,

@@ -15,8 +15,9 @@ from types import MappingProxyType
 from typing import Any
 
 from rule_engine.clock import iso
+from rule_engine.control.shadowing import SHADOW
 from rule_engine.control.states import DeploymentState
-from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict
+from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict, strategy_kinds
 
 __all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
 
@@ -106,7 +107,9 @@ class VersionRecord:
 class Rollout:
     """A canary or A/B test in progress: who is candidate, against which stable, at what share.
 
-    ``kind`` is the candidate's strategy kind, one of :func:`~rule_engine.control.strategies.rollout_kinds`.
+    ``kind`` is the candidate's strategy kind, one of :func:`~rule_engine.control.strategies.rollout_kinds`
+    (or ``blue-green`` in a shadow phase). ``phase`` is ``"shadow"`` while the candidate only runs in
+    the shadow of the stable version (``share_bp`` 0; control/shadowing.py), else None.
     """
 
     kind: str
@@ -129,6 +132,7 @@ class Rollout:
     # Pinned keys (key -> the stable's or the candidate's version id; control/targeting.py): they
     # live and end with the rollout. Empty: none (and left out of the JSON form).
     pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+    phase: str | None = None  # "shadow": the shadow phase before the first stage (left out of the JSON when None)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -154,6 +158,7 @@ class Rollout:
                 else {}
             ),
             **({"pins": dict(self.pins)} if self.pins else {}),
+            **({"phase": self.phase} if self.phase is not None else {}),
         }
 
     @property
@@ -164,8 +169,10 @@ class Rollout:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Rollout:
         """Rebuild from :meth:`to_dict`."""
-        kind = data["kind"]
-        if kind not in rollout_kinds():
+        kind, phase = data["kind"], data.get("phase")
+        if phase not in (None, SHADOW):
+            raise ValueError(f"unknown rollout phase {phase!r}")
+        if kind not in rollout_kinds() and not (phase == SHADOW and kind in strategy_kinds()):
             raise ValueError(f"unknown rollout kind {kind!r}")
         return cls(
             kind=kind,
@@ -186,6 +193,7 @@ class Rollout:
             converged_at=data.get("converged_at"),
             converged_stage=data.get("converged_stage"),
             pins=MappingProxyType({str(k): str(v) for k, v in dict(data.get("pins") or {}).items()}),
+            phase=phase,
         )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from rule_engine.clock import iso
 from rule_engine.control.records import ControlState, VersionRecord
+from rule_engine.control.shadowing import ShadowPhase
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import Strategy
 from rule_engine.health.thresholds import HealthMetrics
@@ -92,6 +93,8 @@ class RolloutStatus:
     flows: tuple[str, ...] = ()
     #: How many keys are pinned to the stable or the candidate version.
     pins: int = 0
+    #: The shadow phase's fleet-wide figures and verdict (None: not in a shadow phase; control/shadowing.py).
+    shadow: ShadowPhase | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -117,6 +120,8 @@ class RolloutStatus:
             "salt": self.salt,
             "scope": {"agents": list(self.agents), "flows": list(self.flows)},
             "pins": self.pins,
+            "phase": "shadow" if self.shadow is not None else "traffic",
+            "shadow": self.shadow.to_dict() if self.shadow is not None else None,
         }
 
 
@@ -179,8 +184,13 @@ def info_of(record: VersionRecord, state: ControlState, metrics: HealthMetrics) 
     )
 
 
-def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_rollback: bool) -> RolloutStatus | None:
-    """The rollout in ``state`` (None when there is none), its next step and why it holds, given the candidate's verdict."""
+def rollout_status(
+    state: ControlState, verdict: Verdict, now: float, *, auto_rollback: bool, shadow: ShadowPhase | None = None
+) -> RolloutStatus | None:
+    """The rollout in ``state`` (None when there is none), its next step and why it holds.
+
+    Given the candidate's verdict, and its ``shadow`` phase (figures and verdict) while it is in one.
+    """
     rollout = state.rollout
     if rollout is None:
         return None
@@ -193,6 +203,9 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
     guard = "automatic rollback still protects it" if auto_rollback else "an unhealthy verdict still holds it"
     if paused and verdict.healthy is not False:
         holding = f"paused since {iso(rollout.paused_at)}; the stage clock stands still until resumed ({guard})"
+    elif shadow is not None:
+        holding = shadow.holding
+        next_at = None
     elif strategy.finishes_by_itself:
         if verdict.healthy is False:
             holding = f"unhealthy: {verdict.reason}" + ("" if auto_rollback else "; waiting for a person")
@@ -230,4 +243,5 @@ def rollout_status(state: ControlState, verdict: Verdict, now: float, *, auto_ro
         agents=strategy.scope()[0],
         flows=strategy.scope()[1],
         pins=len(rollout.pins),
+        shadow=shadow,
     )

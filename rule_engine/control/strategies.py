@@ -36,6 +36,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar, TypeVar
 
 from rule_engine.clock import LAST_RENDERABLE_TIME, as_timestamp, iso
+from rule_engine.control.shadowing import ShadowOptions
 from rule_engine.errors import InvalidStrategyError
 from rule_engine.serving.routing import BASIS_POINTS, percent_to_bp
 
@@ -64,6 +65,7 @@ MAX_SCOPE_NAMES = 100
 #: The longest agent or flow name in a scope, in characters.
 MAX_SCOPE_NAME = 128
 _SCOPE_FIELDS = ("agents", "flows")
+_OPTIONAL_FIELDS = (*_SCOPE_FIELDS, "shadow")  # left out of the stored form when empty
 Scope = tuple[tuple[str, ...], tuple[str, ...]]
 
 
@@ -183,22 +185,27 @@ class Strategy(ABC):
         data: dict[str, Any] = {"kind": self.kind}
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
-            if item.name in _SCOPE_FIELDS and not value:
-                continue  # unscoped: the stored form stays what it was before scopes existed
-            data[item.name] = list(value) if isinstance(value, tuple) else value
+            if item.name in _OPTIONAL_FIELDS and not value:
+                continue  # unscoped, no shadow: the stored form stays what it was before they existed
+            data[item.name] = list(value) if isinstance(value, tuple) else _stored(value)
         return data
 
     @classmethod
     def from_dict(cls: type[_S], data: Mapping[str, Any]) -> _S:
         """Rebuild from :meth:`to_dict` (raises ``KeyError`` for a missing parameter; a missing scope is everyone)."""
         fields = dataclasses.fields(cls)  # type: ignore[arg-type]
-        return cls(**{f.name: data[f.name] for f in fields if f.name in data or f.name not in _SCOPE_FIELDS})
+        return cls(**{f.name: data[f.name] for f in fields if f.name in data or f.name not in _OPTIONAL_FIELDS})
 
     @classmethod
     def from_options(cls: type[_S], **options: Any) -> _S:
         """Build from parsed CLI options named as in :attr:`cli_options` (``None`` = not given: the default)."""
         given = {name: options[option] for option, name in cls.cli_options.items() if options.get(option) is not None}
         return cls(**given)
+
+
+def _stored(value: Any) -> Any:
+    """A parameter's stored form: its ``to_dict()`` if it has one (shadow options), else itself."""
+    return value.to_dict() if isinstance(value, ShadowOptions) else value
 
 
 _S = TypeVar("_S", bound=Strategy)
@@ -216,24 +223,29 @@ def register(cls: type[_S]) -> type[_S]:
 @register
 @dataclass(frozen=True, slots=True)
 class BlueGreen(Strategy):
-    """Swap all traffic to the new version at once."""
+    """Swap all traffic to the new version at once (after a shadow phase, with ``shadow=``: control/shadowing.py)."""
 
+    shadow: ShadowOptions | None = None
     kind: ClassVar[str] = "blue-green"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shadow", ShadowOptions.of(self.shadow))
 
     def describe(self) -> str:
         """One line for people."""
-        return "blue-green"
+        return "blue-green" + (f" after a {self.shadow.describe()}" if self.shadow else "")
 
 
 @register
 @dataclass(frozen=True, slots=True)
 class Canary(Strategy):
-    """Move traffic in stages: ``stages`` percentages, strictly increasing, ending at 100."""
+    """Move traffic in stages: ``stages`` percentages, strictly increasing, ending at 100 (``shadow=``: first a shadow phase)."""
 
     stages: tuple[float, ...] = (10, 25, 50, 100)
     stage_duration_secs: float = 300.0
     agents: tuple[str, ...] = ()
     flows: tuple[str, ...] = ()
+    shadow: ShadowOptions | None = None
     kind: ClassVar[str] = "canary"
     splits_traffic: ClassVar[bool] = True
     cli_options: ClassVar[Mapping[str, str]] = MappingProxyType(
@@ -248,6 +260,7 @@ class Canary(Strategy):
         stage_duration_secs: float = 300.0,
         agents: Any = (),
         flows: Any = (),
+        shadow: ShadowOptions | None = None,
     ) -> None:
         try:
             values = tuple(stages)
@@ -277,6 +290,7 @@ class Canary(Strategy):
         object.__setattr__(self, "stage_duration_secs", float(stage_duration_secs))
         object.__setattr__(self, "agents", validate_scope("agents", agents))
         object.__setattr__(self, "flows", validate_scope("flows", flows))
+        object.__setattr__(self, "shadow", ShadowOptions.of(shadow))
 
     def scope(self) -> Scope:
         """The agents and flows it is limited to (empty = everyone)."""
@@ -310,7 +324,10 @@ class Canary(Strategy):
     def describe(self) -> str:
         """One line for people."""
         steps = " -> ".join(f"{s:g}%" for s in self.stages)
-        return f"canary {steps}, {self.stage_duration_secs:g}s per stage{_describe_scope(self.agents, self.flows)}"
+        shadow = f" after a {self.shadow.describe()}" if self.shadow else ""
+        return (
+            f"canary {steps}, {self.stage_duration_secs:g}s per stage{_describe_scope(self.agents, self.flows)}{shadow}"
+        )
 
 
 @register

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from rule_engine.control.records import AuditEntry, ControlState, Rollout, VersionRecord
+from rule_engine.control.shadowing import SHADOW, in_shadow, shadow_options
 from rule_engine.control.states import DeploymentState, check_transition
 from rule_engine.errors import (
     ActivationTimeNotReachedError,
@@ -25,17 +26,8 @@ from rule_engine.errors import (
 )
 from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS
 
-__all__ = [
-    "MAX_PENDING_SCHEDULED",
-    "Change",
-    "activate",
-    "advance",
-    "conclude",
-    "end_experiment",
-    "prepare",
-    "promote",
-    "rollback",
-]
+__all__ = ["MAX_PENDING_SCHEDULED", "Change", "activate", "advance", "conclude", "end_experiment", "prepare"]
+__all__ += ["promote", "rollback"]
 
 S = DeploymentState
 
@@ -174,7 +166,8 @@ def activate(
             raise RolloutInProgressError(state.rollout.candidate, version_id)
         _abort_rollout(change, now, f"superseded by {version_id}")
     stable = change.state.active
-    first_share = strategy.first_share_bp()
+    shadowed = stable is not None and shadow_options(strategy) is not None  # a shadow phase first (shadowing.py)
+    first_share = 0 if shadowed else strategy.first_share_bp()
     if stable is None or first_share is None or first_share >= BASIS_POINTS:
         why = "" if stable is not None or first_share is None else "no stable version to compare with: "
         early_note = f"brought forward from {strategy.describe()}; " if early and not_before is not None else ""
@@ -192,6 +185,7 @@ def activate(
             now,
             progress_deadline_secs=secs,
             progress_deadline_abort=abort,
+            phase=SHADOW if shadowed else None,
         )
         start_rollout(change, record, rollout, now, reason=_why(reason, strategy.describe()))
     evict(change, max_history, now)
@@ -298,7 +292,7 @@ def advance(
     record = state.versions[rollout.candidate]
     strategy = record.strategy
     change = Change(state, "advance", actor, result=False)
-    if rollout.paused_at is not None:  # paused: the stage clock stands still until resume
+    if rollout.paused_at is not None or in_shadow(rollout):  # paused; or the shadow verdict moves it on
         return change
     if not strategy.step_is_over(now, rollout.started_at, rollout.stage_started_at) or healthy is False:
         return change

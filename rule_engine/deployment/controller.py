@@ -30,6 +30,7 @@ from rule_engine.deployment.gating import Gate, GateKeeper, GateQuestion
 from rule_engine.deployment.holds import HoldWatch, cause_of
 from rule_engine.deployment.hooks import HookPoint
 from rule_engine.deployment.publisher import Publisher
+from rule_engine.deployment.shadow_judge import ShadowJudge
 from rule_engine.errors import InvalidTransitionError
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.report import ExperimentReport, build_experiment_report
@@ -63,6 +64,7 @@ class Controller:
         self._config = config
         self._convergence = convergence  # the fleet gate (deployment/fleet.py), consulted before a stage advances
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
+        self._shadow = ShadowJudge(committer, publisher, ledger, clock, config)  # a rollout's shadow phase
         self._gate = GateKeeper()
         self._gate_hold: tuple[str, int, str] | None = None  # (candidate, stage index, the gate's reason)
         self._holds = HoldWatch()
@@ -148,9 +150,9 @@ class Controller:
         change = self._apply(_plan_end_experiment, "end-experiment")
         if change.events:
             actions.append("ended A/B test")
-        judged, held = self.judge_and_act()
-        actions.extend(judged)
-        holding.extend(held)
+        for done, held in (self._shadow.step(), self.judge_and_act()):  # shadow phase: deployment/shadow_judge.py
+            actions.extend(done)
+            holding.extend(held)
         actions.extend(self._check_progress())
         with self._committer.lock:
             state = self._publisher.state
@@ -218,7 +220,8 @@ class Controller:
             now = self._clock.now()
             self._ledger.flush(now)
             verdict = self.candidate_verdict(now)
-            status = rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback)
+            shadow = self._shadow.phase(state, now)
+            status = rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback, shadow=shadow)
             gate = self._gate_hold  # while the step is due and healthy, the gate is what holds it
             held = gate is not None and gate[:2] == (state.rollout.candidate, state.rollout.stage_index)
             if status is not None and gate is not None and held and not status.paused and verdict.healthy is True:

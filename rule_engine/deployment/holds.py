@@ -34,6 +34,8 @@ def cause_of(status: RolloutStatus, *, held_for_a_person: bool, step_hold: str |
         return "health"
     if step_hold is not None:
         return step_hold
+    if status.shadow is not None:  # a shadow phase holds until its verdict (control/shadowing.py)
+        return "shadow" if status.holding else None
     if status.strategy != "canary" or status.verdict.healthy is True:
         return None
     return "progress_deadline" if status.deadline_exceeded_at is not None else "health"

@@ -47,7 +47,7 @@ class DeploymentEvent:
     error: BaseException | None = None
     automatic: bool = False
     #: on-hold events (``action`` ``held`` or ``released``): what holds the rollout, or held it until now
-    #: (``paused``, ``health``, ``fleet``, ``gate``, ``progress_deadline``; deployment/holds.py).
+    #: (``paused``, ``health``, ``fleet``, ``gate``, ``shadow``, ``progress_deadline``; deployment/holds.py).
     cause: str = ""
 
 

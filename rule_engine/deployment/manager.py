@@ -118,6 +118,7 @@ class DeploymentManager(ManagerReads):
             with contextlib.suppress(StoreError):
                 self._health.flush(self._clock.now())
             self._fleet.leave()
+            self._publisher.stop_shadow()  # a shadow phase's worker (serving/shadow.py)
             self._store.close()
 
     def __enter__(self) -> DeploymentManager:

@@ -15,14 +15,17 @@ from collections.abc import Callable
 
 from rule_engine.bundle.models import RuleBundle, gc_paused
 from rule_engine.bundle.signing import TrustPolicy
-from rule_engine.control.records import ControlState, VersionRecord
+from rule_engine.control.records import ControlState, Rollout, VersionRecord
+from rule_engine.control.shadowing import in_shadow, shadow_options
 from rule_engine.control.signatures import check_loaded
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.health.ledger import HealthLedger
+from rule_engine.serving.decisionlog import Taps
 from rule_engine.serving.routing import Salt
+from rule_engine.serving.shadow import ShadowEvaluator
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import load_checked_bundle
@@ -58,6 +61,7 @@ class Publisher:
         self._tables: dict[str, RuleTable] = {}
         self._salts: dict[str, Salt] = {}
         self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
+        self.shadow: ShadowEvaluator | None = None  # the stored shadow phase's evaluator (control/shadowing.py)
 
     def publish(self, state: ControlState) -> None:
         """Build the snapshot for ``state`` and swap it in with one assignment.
@@ -67,6 +71,8 @@ class Publisher:
         stable = self._table_for(state, state.active) if state.active else None
         rollout = state.rollout if self.refuse_candidates is None else None  # refusing: all traffic on stable
         candidate = self._table_for(state, rollout.candidate) if rollout is not None else None
+        shadowed = candidate if in_shadow(rollout) else None  # decided in the shadow, served by nobody
+        candidate = None if shadowed is not None else candidate
         salt = self._salt(rollout.salt) if rollout is not None else None
         snapshot = ServingSnapshot.build(
             stable,
@@ -78,6 +84,7 @@ class Publisher:
             revision=state.revision,
             targeting=targeting_of(state, stable, candidate),  # scope and pins (control/targeting.py)
         )
+        self._follow_shadow(state, rollout, shadowed)
         self.cell.current = snapshot
         self.state = state
         keep = kept_compiled(state)
@@ -85,6 +92,35 @@ class Publisher:
         self._tables = {v: t for v, t in self._tables.items() if v in keep}
         self._ledger.forget_all_but(state.versions)
         self._salts = {k: v for k, v in self._salts.items() if rollout is not None and k == rollout.salt}
+
+    def _follow_shadow(self, state: ControlState, rollout: Rollout | None, table: RuleTable | None) -> None:
+        """Attach (or detach) the evaluator of the stored shadow phase: one per phase, started here.
+
+        It replaces a shadow started by hand (``start_shadow``) while the phase lasts. Its counts go to
+        the ledger's shadow bucket at every flush; once detached it is stopped (not joined: no wait).
+        """
+        record = state.versions.get(rollout.candidate) if rollout is not None and table is not None else None
+        options = shadow_options(record.strategy) if record is not None else None
+        current = self.shadow
+        wanted = (record.version_id, options.sample_rate) if record is not None and options is not None else None
+        if current is not None and (current.candidate.version_id, current.sample_rate) != wanted:
+            taps = self.cell.taps
+            if taps is not None and taps.shadow is current:
+                self.cell.attach(Taps(taps.log, None))
+            current.stop(timeout=0)
+            self.shadow = current = None
+        if current is None and options is not None and table is not None:
+            taps = self.cell.taps
+            log = taps.log if taps is not None else None
+            shadow = ShadowEvaluator(table, sample_rate=options.sample_rate, log=log)
+            shadow.start(owner=self)
+            self._ledger.watch_shadow(shadow)
+            self.cell.attach(Taps(log, shadow))
+            self.shadow = shadow
+
+    def stop_shadow(self) -> None:
+        """Detach and stop the stored shadow phase's evaluator, if any (the manager's ``close``)."""
+        self._follow_shadow(self.state, None, None)
 
     def publish_latest(self, attempts: int = 20) -> ControlState:
         """Load the stored state and publish it, re-reading if it changes under us.

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-from rule_engine.control.records import ControlState
+from rule_engine.control.records import ControlState, Rollout
 from rule_engine.control.states import DeploymentState
+from rule_engine.health.shadow import counts_of_report, report_of_counts, shadow_key
 from rule_engine.health.thresholds import HealthThresholds
 from rule_engine.health.verdict import Verdict, judge
 from rule_engine.logs import get_logger
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.serving.recorder import VersionRecorder
+from rule_engine.serving.shadow import ShadowEvaluator, ShadowReport
 from rule_engine.stores.base import StateStore
 
 __all__ = ["MAX_REPORTED_EVALUATIONS", "MAX_REPORTED_LATENCY_US", "HealthLedger"]
@@ -43,6 +45,7 @@ class HealthLedger:
         self._last_check: dict[str, float] = {}
         self._last_prune = float("-inf")
         self._analysis: dict[str, tuple[object, HealthThresholds]] = {}  # version -> (stored dict, parsed)
+        self._shadows: list[ShadowEvaluator] = []  # a stored shadow phase's evaluators (see watch_shadow)
 
     def recorder(self, version_id: str) -> VersionRecorder:
         """The hot path's counters for a version (created on first use)."""
@@ -63,9 +66,33 @@ class HealthLedger:
         """
         for version_id, recorder in list(self._recorders.items()):
             self._keep(version_id, recorder.drain(), now)
+        for shadow in self._shadows:
+            self.keep_shadow(shadow, now)
+        self._shadows = [s for s in self._shadows if s.running]
         if self._pending:
             self.store.add_health_many([(vid, start, delta) for (vid, start), delta in self._pending.items()])
             self._pending.clear()
+
+    def watch_shadow(self, shadow: ShadowEvaluator) -> None:
+        """Flush ``shadow``'s counts with every :meth:`flush` (into its shadow bucket) until it stops, then once more."""
+        if shadow not in self._shadows:
+            self._shadows.append(shadow)
+
+    def keep_shadow(self, shadow: ShadowEvaluator, now: float) -> None:
+        """Drain a shadow evaluator's new counts into the pending counts (no store I/O)."""
+        delta = shadow.drain()
+        if delta and shadow.candidate.version_id is not None:
+            key = (shadow_key(shadow.candidate.version_id), self.bucket(now))
+            self._pending[key] = self._pending.get(key, HealthCounts()) + counts_of_report(delta)
+
+    def shadow_report(self, state: ControlState, rollout: Rollout, sample_rate: float, now: float) -> ShadowReport:
+        """The fleet-wide shadow counts of ``rollout``'s candidate over its window, since the phase started."""
+        thresholds = self.thresholds_for(state, rollout.candidate)
+        size = self.thresholds.bucket_secs
+        since = max(self.bucket(now - max(thresholds.window_secs, size) + size), self.bucket(rollout.started_at))
+        key = shadow_key(rollout.candidate)
+        counts = self.store.health([key], since=since, until=now)[key]
+        return report_of_counts(rollout.candidate, sample_rate, counts)
 
     def keep_evicted(self, evicted: Sequence[str], now: float) -> None:
         """Drain versions leaving history into the pending counts (no store I/O: called after a commit)."""

@@ -9,17 +9,27 @@ clock) and answers a :class:`ShadowVerdict`:
 - ``proceed`` otherwise: the candidate may start its canary (``deploy VERSION --strategy canary``).
 
 Rates equal to a threshold pass, as replay's gate does.
+
+A stored shadow phase's counts (control/shadowing.py) travel through the stores' health buckets as
+a **shadow bucket**: a health row keyed :func:`shadow_key` (the candidate's id + ``#shadow``, which
+no version id can be: they end in a digit), its :class:`HealthCounts` carrying the report's counts
+(:func:`counts_of_report`, :func:`report_of_counts`). No store changes: memory, SQLite and
+PostgreSQL add the rows up and prune them like any health bucket.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Literal
 
-from rule_engine.serving.shadow import ShadowReport
+from rule_engine.serving.counts import HealthCounts
+from rule_engine.serving.shadow import MAX_GROUPS, OTHER, Group, ShadowReport
 
-__all__ = ["ShadowPolicy", "ShadowVerdict"]
+__all__ = ["ShadowPolicy", "ShadowVerdict", "counts_of_report", "report_of_counts", "shadow_key"]
+
+SHADOW_SUFFIX = "#shadow"
 
 Action = Literal["hold", "abort", "proceed"]
 
@@ -74,3 +84,71 @@ class ShadowPolicy:
         return ShadowVerdict(
             "proceed", f"disagreement {disagreement:.2%}, error rate {errors:.2%} on {report.compared} events"
         )
+
+
+def shadow_key(version_id: str) -> str:
+    """The health-bucket key of ``version_id``'s shadow counts."""
+    return version_id + SHADOW_SUFFIX
+
+
+def counts_of_report(report: ShadowReport) -> HealthCounts:
+    """A shadow report (a delta) as a shadow bucket's :class:`HealthCounts`.
+
+    ``evaluations``/``errors`` are the shadow's, ``fallbacks`` its ``baseline_errors``, ``decisions``
+    the disagreement groups (keyed by the JSON list ``[agent, flow, from, to]``), ``rules`` the other
+    counters by name.
+    """
+    named = {
+        "sampled": report.sampled,
+        "dropped": report.dropped,
+        "disagreements": report.disagreements,
+        "same_decision_other_rule": report.same_decision_other_rule,
+    }
+    return HealthCounts(
+        evaluations=report.evaluations,
+        errors=report.errors,
+        fallbacks=report.baseline_errors,
+        decisions={json.dumps(list(g)): n for g, n in report.groups.items()},  # ASCII: any label stores
+        rules={k: v for k, v in named.items() if v},
+    )
+
+
+def report_of_counts(version_id: str, sample_rate: float, counts: HealthCounts) -> ShadowReport:
+    """A shadow bucket's counts read back (from the store: checked) as a report.
+
+    Groups that do not decode are counted under ``(other)``; past :data:`MAX_GROUPS` (several
+    processes each counted their own), the smallest are folded into ``(other)`` too.
+    """
+    groups: dict[Group, int] = {}
+    other = (OTHER, OTHER, OTHER, OTHER)
+    for key, n in counts.decisions.items():
+        group = _group(key)
+        groups[group or other] = groups.get(group or other, 0) + max(int(n), 0)
+    if len(groups) > MAX_GROUPS:
+        ranked = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+        groups = dict(ranked[: MAX_GROUPS - 1])
+        folded = sum(n for _, n in ranked[MAX_GROUPS - 1 :])
+        groups[other] = groups.get(other, 0) + folded
+    named = counts.rules
+    return ShadowReport(
+        version_id,
+        sample_rate,
+        sampled=max(int(named.get("sampled", 0)), 0),
+        dropped=max(int(named.get("dropped", 0)), 0),
+        evaluations=max(counts.evaluations, 0),
+        errors=min(max(counts.errors, 0), max(counts.evaluations, 0)),
+        baseline_errors=max(counts.fallbacks, 0),
+        disagreements=max(int(named.get("disagreements", 0)), 0),
+        same_decision_other_rule=max(int(named.get("same_decision_other_rule", 0)), 0),
+        groups=groups,
+    )
+
+
+def _group(key: str) -> Group | None:
+    try:
+        value = json.loads(key)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(value, list) and len(value) == 4 and all(isinstance(v, str) for v in value):
+        return value[0], value[1], value[2], value[3]
+    return None

@@ -206,8 +206,11 @@ def event_name(event: DeploymentEvent) -> str:
     candidate_after = event.serving_after[1]
     if event.action in ("rollback", "abort"):
         return "rollout.rolled_back"
-    if event.action == "activate":
-        return "rollout.started" if candidate_after else "deployment.activated"
+    if (
+        event.action == "activate"
+    ):  # a rollout starts with a candidate serving, or in its shadow phase (stable unchanged)
+        shadowing = event.version_id is not None and event.serving_after[0] != event.version_id
+        return "rollout.started" if candidate_after or shadowing else "deployment.activated"
     if event.action == "advance":
         return "rollout.advanced" if candidate_after else "rollout.completed"
     if event.action == "promote":

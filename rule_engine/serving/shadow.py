@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from random import random
@@ -32,9 +33,10 @@ from rule_engine.evaluation.table import RuleTable
 from rule_engine.serving.decisionlog import DecisionLog, LoggedDecision, Taps, check_sampling, counted
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot, SnapshotSource
 
-__all__ = ["MAX_GROUPS", "ShadowEvaluator", "ShadowReport", "shadow_of", "start_shadow", "stop_shadow"]
+__all__ = ["MAX_GROUPS", "MAX_LABEL", "ShadowEvaluator", "ShadowReport", "shadow_of", "start_shadow", "stop_shadow"]
 
 MAX_GROUPS = 1_000
+MAX_LABEL = 128  # an agent, flow or decision longer than this is cut (events are hostile)
 OTHER = "(other)"
 _POLL_SECS = 0.1
 
@@ -90,9 +92,30 @@ class ShadowReport:
             "groups": [{"agent": a, "flow": f, "from": b, "to": c, "count": n} for (a, f, b, c), n in ranked],
         }
 
+    def minus(self, earlier: ShadowReport) -> ShadowReport:
+        """What was counted since ``earlier`` (a report of the same evaluator taken before this one)."""
+        groups = {g: n - earlier.groups.get(g, 0) for g, n in self.groups.items()}
+        return ShadowReport(
+            self.version_id,
+            self.sample_rate,
+            self.sampled - earlier.sampled,
+            self.dropped - earlier.dropped,
+            self.evaluations - earlier.evaluations,
+            self.errors - earlier.errors,
+            self.baseline_errors - earlier.baseline_errors,
+            self.disagreements - earlier.disagreements,
+            self.same_decision_other_rule - earlier.same_decision_other_rule,
+            {g: n for g, n in groups.items() if n > 0},
+        )
+
+    def __bool__(self) -> bool:
+        return self.sampled > 0 or self.dropped > 0 or self.evaluations > 0
+
 
 def _label(value: Any) -> str:
-    return value if isinstance(value, str) else "(none)" if value is None else OTHER
+    if isinstance(value, str):
+        return value if len(value) <= MAX_LABEL else value[: MAX_LABEL - 3] + "..."
+    return "(none)" if value is None else OTHER
 
 
 class ShadowEvaluator:
@@ -124,6 +147,8 @@ class ShadowEvaluator:
         self._groups: dict[Group, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._owner: weakref.ref[Any] | None = None
+        self._drained = ShadowReport(candidate.version_id, self.sample_rate)
 
     def put(self, snapshot: ServingSnapshot, key: Any, event: Any, decision: Any) -> None:
         """Enqueue an event stable decided (hot path): never blocks; a full queue drops and counts."""
@@ -133,10 +158,11 @@ class ShadowEvaluator:
         except queue.Full:
             next(self._dropped)
 
-    def start(self) -> None:
-        """Start the worker thread (once)."""
+    def start(self, owner: object | None = None) -> None:
+        """Start the worker thread (once); with ``owner``, it also ends once ``owner`` is garbage collected."""
         if self._thread is not None:
             raise RuntimeError("the shadow evaluator is already started")
+        self._owner = weakref.ref(owner) if owner is not None else None
         self._thread = threading.Thread(target=self._run, name="rule-engine-shadow", daemon=True)
         self._thread.start()
 
@@ -146,6 +172,11 @@ class ShadowEvaluator:
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop`."""
+        return self._thread is not None
 
     def run_pending(self, limit: int = 1_000_000) -> int:
         """Decide up to ``limit`` queued events on the calling thread; how many were decided."""
@@ -170,8 +201,25 @@ class ShadowEvaluator:
                 dict(self._groups),
             )
 
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until every event queued so far is decided (by the worker or :meth:`run_pending`); False on timeout."""
+        pending = self._queue
+        with pending.all_tasks_done:  # waits in slices: a frozen clock (freezegun) cannot stretch the bound
+            for _ in range(max(int(timeout / _POLL_SECS), 1)):
+                if not pending.unfinished_tasks:
+                    return True
+                pending.all_tasks_done.wait(_POLL_SECS)
+            return not pending.unfinished_tasks
+
+    def drain(self) -> ShadowReport:
+        """What was counted since the last drain (for the health ledger, which flushes it to the store)."""
+        report = self.report()
+        delta, self._drained = report.minus(self._drained), report
+        return delta
+
     def _run(self) -> None:
-        while not self._stop.is_set():
+        owner = self._owner
+        while not self._stop.is_set() and (owner is None or owner() is not None):
             self._one(_POLL_SECS)
 
     def _one(self, timeout: float) -> bool:
@@ -179,6 +227,13 @@ class ShadowEvaluator:
             snapshot, key, event, stable = self._queue.get(True, timeout)
         except queue.Empty:
             return False
+        try:
+            self._decide(snapshot, key, event, stable)
+        finally:
+            self._queue.task_done()
+        return True
+
+    def _decide(self, snapshot: ServingSnapshot, key: Any, event: Any, stable: Any) -> None:
         message = ""
         start = perf_counter_ns()
         try:
@@ -195,14 +250,13 @@ class ShadowEvaluator:
                 self._baseline_errors += 1
             elif decision.decision != stable.decision:
                 self._disagreements += 1
-                self._count(event, stable.decision, decision.decision)
+                self._count(event, _label(stable.decision), _label(decision.decision))
             elif decision.rule_id != stable.rule_id:
                 self._other_rule += 1
         log = self.log
         if log is not None and (decision is None or random() < log.sample_rate):
             shown = decision if decision is not None else self.candidate.error_decision(message)
             log.put(LoggedDecision(time(), snapshot, self.candidate, "shadow", key, event, shown, elapsed))
-        return True
 
     def _count(self, event: Any, before: str, after: str) -> None:
         try:
