@@ -26,6 +26,12 @@ PYTHON_TO_CLI: tuple[tuple[str, str], ...] = (
     ("promote()", "'rule-engine promote'"),
     ("rollback()", "'rule-engine rollback'"),
     ("supersede=True", "--supersede"),
+    ("replace_policy=True", "--replace-policy"),
+    (
+        "name one with deployment=NAME",
+        "name one with 'rule-engine --deployment NAME ...' ('rule-engine deployments' lists them)",
+    ),
+    ("(deployment=", "(--deployment "),
     ("tick()", "'rule-engine controller'"),
 )
 
