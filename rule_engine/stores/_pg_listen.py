@@ -102,13 +102,11 @@ class PostgresListener:
             conn = self._conn
             assert conn is not None
             with self._watchdog.guard(conn, timeout + self._target.timeout) as guard:
-                seen: list[int] = []
                 mine = self._deployment()
-                for note in conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
-                    seen.append(_revision_of(note.payload, mine))
-                if seen:
-                    for note in conn.notifies(timeout=0.0):  # drain what already arrived
-                        seen.append(_revision_of(note.payload, mine))
+                notes = list(conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
+                if notes:
+                    notes += conn.notifies(timeout=0.0)  # drain what already arrived
+                seen = [r for r in (_revision_of(n.payload, mine) for n in notes) if r is not None]
                 pushed = bool(seen) and min(seen) >= 0
                 revision = max(seen) if pushed else self._read_revision(conn)
             self._last_ok = time.monotonic()
@@ -189,14 +187,16 @@ class PostgresListener:
         return f"PostgresListener({self._target.display!r}, revision={self._revision})"
 
 
-def _revision_of(payload: str, deployment: str | None) -> int:
-    """The revision a notification carries (-1 if it is not about ``deployment``, or not ours: then the
-    revision is read)."""
+def _revision_of(payload: str, deployment: str | None) -> int | None:
+    """The revision a notification about ``deployment`` carries; None for another deployment's commit
+    (ignored); -1 for a payload not ours, or while no deployment is bound (then the revision is read)."""
     try:
         data = json.loads(payload)
         revision = data["revision"] if isinstance(data, dict) else None
-        if deployment is None or data.get("deployment") != deployment:
-            return -1
-    except (ValueError, KeyError, AttributeError):
+    except (ValueError, KeyError):
         return -1
+    if deployment is None:
+        return -1
+    if data.get("deployment") != deployment:
+        return None
     return revision if isinstance(revision, int) and not isinstance(revision, bool) and revision >= 0 else -1

@@ -125,10 +125,15 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
         return cls(url, create=create, deployment=deployment)
 
     def scoped(self, name: str) -> PostgresStore:
-        """A handle on deployment ``name`` of this database (its own pool; close it when done)."""
+        """A handle on deployment ``name`` of this database (its own pool, the same ``create``; close it when done)."""
         timeout, pool_size = self._options
         return PostgresStore(
-            self._address, timeout=timeout, pool_size=pool_size, channel=self.channel, create=False, deployment=name
+            self._address,
+            timeout=timeout,
+            pool_size=pool_size,
+            channel=self.channel,
+            create=self._create,
+            deployment=name,
         )
 
     def _scope(self, conn: Conn, *, lenient: bool = False) -> str:

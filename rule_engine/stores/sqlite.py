@@ -108,6 +108,7 @@ class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
         self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection is on
         self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
         self._closed = False
+        self._create = create
         if create or self.path.exists() or self.path.is_symlink():
             with self._lock:
                 self._connect(create=create)
@@ -136,8 +137,8 @@ class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
         return cls(rest, timeout=timeout, create=create, deployment=deployment)
 
     def scoped(self, name: str) -> SQLiteStore:
-        """A handle on deployment ``name`` of this file (its own connection)."""
-        return SQLiteStore(self.path, timeout=self.timeout, create=False, deployment=name)
+        """A handle on deployment ``name`` of this file (its own connection, the same ``create``)."""
+        return SQLiteStore(self.path, timeout=self.timeout, create=self._create, deployment=name)
 
     # --- connection -----------------------------------------------------------------------------
 
