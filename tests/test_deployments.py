@@ -120,5 +120,5 @@ def test_opening_picks_the_only_deployment_and_names_the_ones_there_are(tmp_path
     other.close()
     with pytest.raises(AmbiguousDeploymentError, match="2 deployments \\('fraud-screen', 'gateway-access'\\)"):
         _open(store_url)
-    with pytest.raises(DeploymentNotFoundError, match="no deployment 'nope'.*'fraud-screen', 'gateway-access'"):
+    with pytest.raises(DeploymentNotFoundError, match=r"no deployment 'nope'.*'fraud-screen', 'gateway-access'"):
         _open(store_url, "nope", create=False)
