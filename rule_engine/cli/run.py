@@ -51,17 +51,30 @@ def stdout_reader_gone() -> bool:
 def controller(
     ctx: click.Context, /, interval: float, once: bool, auto_rollback: bool, as_json: bool, **analysis: Any
 ) -> None:
-    """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped."""
+    """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped.
+
+    Ticks every deployment in the store (each in turn), or only the one --deployment names.
+    """
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     with managed(ctx) as state:
-        manager = state.open(follow=not once, auto_rollback=auto_rollback)
-        thresholds = thresholds_from(manager.config.thresholds, analysis)
-        if thresholds is not None:  # defaults for versions deployed without their own analysis settings
-            manager.configure(thresholds=thresholds)
+        configured: set[str] = set()
+
+        def managers() -> dict[str, Any]:
+            """Every deployment to tick (re-listed each tick: a deployment added meanwhile joins)."""
+            found = state.open_each(follow=not once, auto_rollback=auto_rollback)
+            for name, manager in found.items():
+                if name not in configured:
+                    configured.add(name)
+                    thresholds = thresholds_from(manager.config.thresholds, analysis)
+                    if thresholds is not None:  # defaults for versions deployed without their own analysis settings
+                        manager.configure(thresholds=thresholds)
+            return found
+
+        ticking = managers()
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -69,29 +82,28 @@ def controller(
         try:
             if not as_json:
                 pace = "one tick" if once else f"ticking every {interval:g}s (Ctrl-C to stop)"
-                echo(f"controller on {state.shown_url}, {pace}")
-            last_holding: tuple[str, ...] = ()
+                which = f" ({', '.join(n for n in ticking if n)})" if len(ticking) > 1 else ""
+                echo(f"controller on {state.shown_url}{which}, {pace}")
+            last_holding: dict[str, tuple[str, ...]] = {}
             ticks = 0
             while True:
                 ticks += 1
-                try:
-                    report = manager.tick()
-                except (RuleEngineError, OSError) as exc:  # a busy or unreachable store: try again next tick
-                    if once:
-                        raise
-                    report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
-                now = when(time.time())
-                if as_json:
-                    click.echo(
-                        json.dumps({"time": now, "actions": list(report.actions), "holding": list(report.holding)})
-                    )
-                else:
-                    for action in report.actions:
-                        echo(f"{now}  {action}")
-                    if report.holding != last_holding:
-                        for why in report.holding:
-                            echo(f"{now}  holding {cli_text(why)}")
-                last_holding = report.holding
+                if ticks > 1 and state.deployment is None:
+                    ticking = _relisted(managers, ticking)
+                for name, manager in ticking.items():
+                    report = _tick(manager, once)
+                    now = when(time.time())
+                    label = f"[{name}] " if len(ticking) > 1 else ""
+                    if as_json:
+                        line = {"time": now, "deployment": name or None, "actions": list(report.actions)}
+                        click.echo(json.dumps({**line, "holding": list(report.holding)}))
+                    else:
+                        for action in report.actions:
+                            echo(f"{now}  {label}{action}")
+                        if report.holding != last_holding.get(name, ()):
+                            for why in report.holding:
+                                echo(f"{now}  {label}holding {cli_text(why)}")
+                    last_holding[name] = report.holding
                 if stdout_reader_gone():  # nobody reads what we print: stop as if signalled, quietly
                     return
                 if once or stop.wait(interval):
@@ -101,6 +113,26 @@ def controller(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+
+def _tick(manager: Any, once: bool) -> TickReport:
+    """One tick; a busy or unreachable store is reported (and tried again next tick) unless ``once``."""
+    try:
+        report: TickReport = manager.tick()
+    except (RuleEngineError, OSError) as exc:
+        if once:
+            raise
+        report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
+    return report
+
+
+def _relisted(managers: Any, ticking: dict[str, Any]) -> dict[str, Any]:
+    """The deployments to tick now; the last list while the store cannot be read (tried again next tick)."""
+    try:
+        found: dict[str, Any] = managers()
+    except (RuleEngineError, OSError):
+        return ticking
+    return found
 
 
 def _demo_line(line: str) -> None:
