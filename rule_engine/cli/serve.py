@@ -85,21 +85,27 @@ def serve(
     hooks = load_webhooks(webhooks_file) if webhooks_file else []
     with managed(ctx) as state:
         trust = state.trust()
-        manager = state.open(follow=True, trust=trust) if trust is not None else state.open(follow=True)
-        notifier = Notifier(hooks).attach(manager) if hooks else None
+        # every deployment of the store (or the one --deployment names), each at ?deployment=NAME
+        opened = state.open_each(follow=True, trust=trust) if trust is not None else state.open_each(follow=True)
+        managers = {name or "default": manager for name, manager in opened.items()}
+        notifier = Notifier(hooks) if hooks else None
+        for manager in managers.values():
+            notifier = notifier.attach(manager) if notifier is not None else None
         gates = Gates(hooks)
-        gated = GatedController(manager, gates, notifier=notifier) if gates else None
+        gated = {name: GatedController(m, gates, notifier=notifier) for name, m in managers.items()} if gates else {}
         settings = ServerSettings(
             tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=redact_url(state.url)
         )
-        app = create_app(manager, settings, notifier=notifier, gates=gated)
-        loop: BackgroundLoop | None = None
-        if run_controller and gated is not None:
-            loop = BackgroundLoop("rule-engine-gated-controller", interval, gated.step)
-            loop.start()
+        one_gate = next(iter(gated.values())) if len(gated) == 1 else None  # the dashboard shows one gate's hold
+        app = create_app(managers, settings, notifier=notifier, gates=one_gate)
+        loops: list[BackgroundLoop] = []
+        if run_controller and gated:
+            loops = [BackgroundLoop(f"rule-engine-gated-controller-{n}", interval, g.step) for n, g in gated.items()]
+            for gated_loop in loops:
+                gated_loop.start()
         elif run_controller:
-            loop = manager.start_controller(interval)
-        elif gated is not None:
+            loops = [m.start_controller(interval) for m in managers.values()]
+        elif gated:
             click.echo("note: gate webhooks hold the controller's steps; run it here with --controller", err=True)
         shown = f"[{host}]" if ":" in host else host
         click.echo(
@@ -121,8 +127,8 @@ def serve(
                 server_header=False,
             )
         finally:
-            if loop is not None:
-                loop.stop()
+            for running in loops:
+                running.stop()
             if notifier is not None:
                 notifier.close()
 

@@ -34,6 +34,7 @@ from rule_engine.server.limits import BodyLimit
 from rule_engine.server.operations import OPERATIONS, DeployBody, Operation, OperationBody, deploy
 from rule_engine.server.problems import ApiProblem
 from rule_engine.serving.engine import RuleEngine
+from rule_engine.stores.deployments import summarize
 
 __all__ = ["MAX_BATCH", "ServerSettings", "create_app"]
 
@@ -109,7 +110,19 @@ def create_app(
     app.add_middleware(BodyLimit, limit=chosen.max_body_bytes)
 
     def deployment(deployment: Annotated[str | None, Query(max_length=128)] = None) -> str:
-        name = deployment or (DEFAULT_DEPLOYMENT if DEFAULT_DEPLOYMENT in by_name else next(iter(by_name)))
+        """``?deployment=NAME``; left out (or ``default`` on a server of one): the only one, else a 400 naming them."""
+        if deployment == DEFAULT_DEPLOYMENT and len(by_name) == 1:
+            deployment = None
+        name = deployment or (
+            next(iter(by_name)) if len(by_name) == 1 else DEFAULT_DEPLOYMENT if DEFAULT_DEPLOYMENT in by_name else None
+        )
+        if name is None:
+            raise ApiProblem(
+                400,
+                "deployment-required",
+                f"this server serves {len(by_name)} deployments {sorted(by_name)}; name one with ?deployment=NAME",
+                deployments=sorted(by_name),
+            )
         if name not in by_name:
             raise ApiProblem(404, "deployment-not-found", f"no deployment {name!r}; known: {sorted(by_name)}")
         return name
@@ -175,10 +188,10 @@ def create_app(
 
     @app.get("/api/v1/deployments", tags=["reads"])
     def deployments(_: Reader) -> dict[str, Any]:
-        """The deployments this server manages, with what each serves."""
+        """The deployments this server manages, with what each serves (as ``rule-engine deployments --json``)."""
         return {
             "deployments": [
-                {"name": n, "active_version": m.get_active_version_id(), "revision": m.snapshot.revision}
+                {**summarize(n, m.state).to_dict(), "active_version": m.get_active_version_id()}
                 for n, m in by_name.items()
             ]
         }
