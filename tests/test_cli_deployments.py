@@ -124,3 +124,19 @@ def test_an_old_store_file_works_from_the_cli(tmp_path: Path) -> None:
 def test_deployments_on_a_new_store_says_there_is_none(url: str) -> None:
     """No store yet: the one-line "no store" error; an empty one: no deployment yet."""
     assert "no store at" in _error(run(url, "deployments"))
+
+
+def test_completion_offers_deployment_names_and_the_named_ones_versions(two: str) -> None:
+    """--deployment completes the store's names; version ids are those of the deployment given on the line."""
+    from rule_engine.cli.completion import complete_deployments, complete_versions
+
+    ctx = cli.make_context("rule-engine", ["--store", two], resilient_parsing=True)
+    option = next(p for p in cli.params if p.name == "deployment")
+    assert [i.value for i in complete_deployments(ctx, option, "")] == ["fraud-screen", "gateway-access"]
+    assert [i.value for i in complete_deployments(ctx, option, "fr")] == ["fraud-screen"]
+    ctx = cli.make_context(
+        "rule-engine", ["--store", two, "--deployment", "fraud-screen", "cancel"], resilient_parsing=True
+    )
+    versions = [i.value for i in complete_versions(ctx, cli.commands["cancel"].params[0], "")]
+    assert versions
+    assert all(v.startswith("fraud-screen@") for v in versions)

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from rule_engine.bundle.signing import TrustPolicy
+from rule_engine.cli.completion import complete_deployments
 from rule_engine.cli.hints import cli_message
 from rule_engine.cli.logs import cli_logging, level_for
 from rule_engine.cli.output import clean
@@ -310,6 +311,7 @@ by_option = click.option(
     default=None,
     envvar="RULE_ENGINE_DEPLOYMENT",
     metavar="NAME",
+    shell_complete=complete_deployments,
     help="The deployment (policy) to act on; optional when the store holds one  [default: $RULE_ENGINE_DEPLOYMENT]",
 )
 @click.option(
