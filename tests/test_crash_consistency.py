@@ -50,8 +50,9 @@ def _verify(db: Path, side_files: list[Path]) -> int:
         store.close()
     conn = sqlite3.connect(db, isolation_level=None)
     conn.execute("BEGIN")  # one snapshot: every retained version can be served again
-    (text,) = conn.execute("SELECT json FROM state").fetchone()
-    retained = {v["version_id"] for v in json.loads(text)["versions"]}
+    row = conn.execute("SELECT json FROM state").fetchone()  # none while no worker has committed yet
+    assert row is not None or state.revision == 0
+    retained = {v["version_id"] for v in json.loads(row[0])["versions"]} if row is not None else set()
     assert retained <= {v for (v,) in conn.execute("SELECT version_id FROM bundles")}
     conn.execute("COMMIT")
     audit = {(action, version_id, revision) for action, version_id, revision in conn.execute(
