@@ -140,3 +140,26 @@ def test_completion_offers_deployment_names_and_the_named_ones_versions(two: str
     versions = [i.value for i in complete_versions(ctx, cli.commands["cancel"].params[0], "")]
     assert versions
     assert all(v.startswith("fraud-screen@") for v in versions)
+
+
+def test_store_migrate_names_the_old_files_deployment(tmp_path: Path) -> None:
+    """store migrate on the schema 2 file: 2 -> 3, then nothing to do."""
+    path = tmp_path / "old.db"
+    shutil.copyfile(CASES / "store_schema2.db", path)
+    os.chmod(path, 0o600)
+    url = f"sqlite:///{path}"
+    assert ok(run(url, "store", "migrate")).strip() == f"{url}: schema 2 -> 3"
+    assert ok(run(url, "store", "migrate", "--json"))["changed"] is False
+
+
+def test_a_mirror_copies_the_named_deployment(two: str, tmp_path: Path) -> None:
+    """--deployment NAME mirror: the local file holds that deployment, under its name; unnamed, several refuse."""
+    local = f"sqlite:///{tmp_path / 'mirror.db'}"
+    copied = ok(run(two, "--deployment", "fraud-screen", "mirror", "--from", two, "--to", local, "--once", "--json"))
+    assert copied["copied"] is True
+    rows = ok(run(local, "deployments", "--json"))["deployments"]
+    assert [(d["name"], d["revision"]) for d in rows] == [("fraud-screen", 2)]
+    assert ok(run(local, "audit", "verify", "--json"))["ok"] is True
+    assert "2 deployments" in _error(
+        run(two, "mirror", "--from", two, "--to", f"sqlite:///{tmp_path / 'm2.db'}", "--once")
+    )

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from freezegun import freeze_time
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rule_engine import Canary, DeploymentManager, PolicyMismatchError, RuleEngine
 from rule_engine.errors import AmbiguousDeploymentError, DeploymentNotFoundError
@@ -122,3 +124,31 @@ def test_opening_picks_the_only_deployment_and_names_the_ones_there_are(tmp_path
         _open(store_url)
     with pytest.raises(DeploymentNotFoundError, match=r"no deployment 'nope'.*'fraud-screen', 'gateway-access'"):
         _open(store_url, "nope", create=False)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=12), st.sampled_from(["memory", "sqlite"]))
+def test_interleaved_commits_never_leak_between_deployments(order: list[str], backend: str) -> None:
+    """For every interleaving: each deployment's revision is its own commit count, its audit and chain its own."""
+    import tempfile
+
+    from rule_engine.stores.sqlite import SQLiteStore
+    from rule_engine.testing import audit_entry, control_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root: StateStore = MemoryStore() if backend == "memory" else SQLiteStore(Path(tmp) / "state.db")
+        handles = {name: root.scoped(name) for name in "abc"}
+        for name in order:
+            handle = handles[name]
+            handle.commit(handle.revision(), control_state(), audit=[audit_entry(f"{name}-v")])
+        for name, handle in handles.items():
+            assert handle.revision() == order.count(name)
+            assert {e.version_id for e in handle.audit_log()} <= {f"{name}-v"}
+            assert len(handle.audit_log()) == order.count(name)
+            check = handle.verify_audit()
+            assert check.ok
+            assert check.checked == order.count(name)
+        assert root.deployment_names() == sorted(set(order))
+        for handle in handles.values():
+            handle.close()
+        root.close()
