@@ -163,3 +163,13 @@ def test_a_mirror_copies_the_named_deployment(two: str, tmp_path: Path) -> None:
     assert "2 deployments" in _error(
         run(two, "mirror", "--from", two, "--to", f"sqlite:///{tmp_path / 'm2.db'}", "--once")
     )
+
+
+def test_evaluate_and_fleet_answer_for_the_named_deployment(two: str) -> None:
+    """evaluate decides on the named deployment's serving version; fleet lists that deployment's instances."""
+    event = json.dumps({"amount": 10, "user_id": "u-1"})
+    fraud = ok(run(two, "--deployment", "fraud-screen", "evaluate", event, "--json"))
+    assert fraud["version_id"].startswith("fraud-screen@")
+    gateway = ok(run(two, "--deployment", "gateway-access", "evaluate", event, "--json"))
+    assert gateway["version_id"].startswith("gateway-access@")
+    assert ok(run(two, "--deployment", "fraud-screen", "fleet", "--json"))["instances"] == []
