@@ -464,3 +464,16 @@ def test_text_sqlite_cannot_store_is_a_store_error_and_writes_nothing(tmp_path: 
     assert store.audit_log() == []
     assert store.verify_audit().ok
     store.close()
+
+
+def test_state_without_its_deployments_row_is_corrupt(tmp_path: Path) -> None:
+    """A deployment's state with its `deployments` row deleted is a StoreError, never an empty store."""
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    store.commit(0, kit.state("v1"), audit=[kit.entry()])
+    store.close()
+    _raw(path, "DELETE FROM deployments")
+    fresh = SQLiteStore(path, create=False, deployment="mini")
+    with pytest.raises(StoreError, match="deployments row of 'mini' .* is missing"):
+        fresh.load()
+    fresh.close()

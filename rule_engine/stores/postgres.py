@@ -321,6 +321,8 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
             if revision:  # every commit writes the state row: without it the store is corrupt
                 raise StoreError(f"the state row of {self.url!r} is missing at revision {revision}")
             return ControlState(revision=0)
+        if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
+            raise StoreError(f"the deployments row of {self.deployment!r} in {self.url!r} is missing: it holds state")
         return decode_state(doc, revision, repr(self.url))
 
     def revision(self) -> int:

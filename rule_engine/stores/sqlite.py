@@ -291,6 +291,8 @@ class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
             if revision:  # every commit writes the state row: without it the store is corrupt
                 raise StoreError(f"the state row of {str(self.path)!r} is missing at revision {revision}")
             return ControlState(revision=revision)
+        if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
+            raise StoreError(f"the deployments row of {meta.scope!r} in {str(self.path)!r} is missing: it holds state")
         return decode_state(row[0], revision, repr(str(self.path)))
 
     def revision(self) -> int:
