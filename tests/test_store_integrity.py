@@ -474,6 +474,6 @@ def test_state_without_its_deployments_row_is_corrupt(tmp_path: Path) -> None:
     store.close()
     _raw(path, "DELETE FROM deployments")
     fresh = SQLiteStore(path, create=False, deployment="mini")
-    with pytest.raises(StoreError, match="deployments row of 'mini' .* is missing"):
+    with pytest.raises(StoreError, match=r"deployments row of 'mini' .* is missing"):
         fresh.load()
     fresh.close()
