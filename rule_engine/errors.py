@@ -145,8 +145,28 @@ class PolicyMismatchError(DeploymentError):
         super().__init__(
             f"bundle {bundle_id!r} is another policy than the one this deployment serves "
             f"({serving_bundle_id!r}, version {serving_version_id!r}); deploying it would replace that whole "
-            f"policy: deploy it with replace_policy=True if that is meant"
+            f"policy: deploy it as a deployment of its own (deployment={bundle_id!r}), "
+            f"or with replace_policy=True if replacing that policy is meant"
         )
+
+
+class DeploymentNotFoundError(DeploymentError, LookupError):
+    """The store holds no deployment of that name (``names``: the ones it holds)."""
+
+    def __init__(self, name: str, names: list[str], where: str = "the store") -> None:
+        self.name = name
+        self.names = names
+        held = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "") if names else "none"
+        super().__init__(f"{where} holds no deployment {name!r} (deployments: {held})")
+
+
+class AmbiguousDeploymentError(DeploymentError):
+    """The store holds several deployments and none was named (``names``: the ones it holds)."""
+
+    def __init__(self, names: list[str], where: str = "the store") -> None:
+        self.names = names
+        held = ", ".join(repr(n) for n in names[:20]) + (" ..." if len(names) > 20 else "")
+        super().__init__(f"{where} holds {len(names)} deployments ({held}); name one with deployment=NAME")
 
 
 class StoreError(RuleEngineError):

@@ -24,14 +24,14 @@ def _pg_url(conninfo: str) -> str:
 
 
 def test_store_migrate_upgrades_a_schema_1_sqlite_file_once(tmp_path: Path) -> None:
-    """A schema 1 SQLite file is upgraded in place (schema 1 -> 2); a second run has nothing to do."""
+    """A schema 1 SQLite file is upgraded in place (schema 1 -> 3); a second run has nothing to do."""
     path = tmp_path / "state.db"
     _schema_1_store(path)
     first = _run("store", "migrate", "--store", f"sqlite:///{path}")
     assert first.exit_code == 0, first.output
-    assert first.output.strip() == f"sqlite:///{path}: schema 1 -> 2"
+    assert first.output.strip() == f"sqlite:///{path}: schema 1 -> 3"
     again = _run("--store", f"sqlite:///{path}", "store", "migrate", "--json")
-    assert json.loads(again.output) == {"store": f"sqlite:///{path}", "from": 2, "to": 2, "changed": False}
+    assert json.loads(again.output) == {"store": f"sqlite:///{path}", "from": 3, "to": 3, "changed": False}
 
 
 def test_store_migrate_on_a_missing_sqlite_file_is_one_error_line(tmp_path: Path) -> None:
@@ -65,12 +65,12 @@ def test_audit_verify_says_ok_and_names_a_broken_entry(tmp_path: Path) -> None:
 
 
 def test_store_migrate_and_audit_verify_on_postgresql(pg_database: str) -> None:
-    """An empty database is migrated 0 -> 3 (then nothing to do); audit verify checks what deploy wrote."""
+    """An empty database is migrated 0 -> 4 (then nothing to do); audit verify checks what deploy wrote."""
     url = _pg_url(pg_database)
     first = _run("--store", url, "store", "migrate")
     assert first.exit_code == 0, first.output
-    assert first.output.strip().endswith("schema 0 -> 3")
-    assert _run("--store", url, "store", "migrate").output.strip().endswith("schema 3 -> 3 (nothing to do)")
+    assert first.output.strip().endswith("schema 0 -> 4")
+    assert _run("--store", url, "store", "migrate").output.strip().endswith("schema 4 -> 4 (nothing to do)")
     assert _run("--store", url, "audit", "verify").output.startswith("audit chain ok: 0 entries checked")
     assert _run("--store", url, "deploy", str(BUNDLES / "gateway-v1.json")).exit_code == 0
     verdict = json.loads(_run("--store", url, "audit", "verify", "--json").output)

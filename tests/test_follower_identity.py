@@ -188,7 +188,7 @@ def test_a_follower_refuses_a_revision_that_went_backwards() -> None:
     writer = DeploymentManager.open(original, follow=False)
     writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1))
     older = MemoryStore()
-    older._identity = original.identity()  # a backup of the same store, taken before v2
+    older._memory.identity = original.identity()  # a backup of the same store, taken before v2
     restored = DeploymentManager.open(older, follow=False)
     restored.activate_deployment(restored.prepare_deployment(GATEWAY_V1))
     writer.activate_deployment(writer.prepare_deployment(GATEWAY_V2))

@@ -16,7 +16,7 @@ from tests import _support_stores as kit
 if TYPE_CHECKING:
     from rule_engine.stores.postgres import PostgresStore
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @pytest.fixture(autouse=True)
@@ -157,7 +157,7 @@ def test_a_schema_1_database_is_migrated_in_place_keeping_its_history(pg_databas
     assert store.health(["v0"]) == {"v0": HealthCounts(5, 1, 0, 10.0)}
     with _connect(pg_database) as conn:
         rows = conn.execute("SELECT version, description FROM schema_migrations ORDER BY version").fetchall()
-    assert [v for v, _ in rows] == [1, 2, 3]
+    assert [v for v, _ in rows] == [1, 2, 3, 4]
     store.close()
 
 

@@ -123,7 +123,7 @@ def test_the_password_never_shows(
 
 
 def test_commit_notifies_the_revision_and_ids_only_and_only_when_it_commits(store: object, pg_database: str) -> None:
-    """A commit sends one NOTIFY with ``{"revision", "ids"}``; a conflicting commit sends none."""
+    """A commit sends one NOTIFY with ``{"deployment", "revision", "ids"}``; a conflicting commit sends none."""
     from rule_engine.stores.postgres import CHANNEL, PostgresStore
 
     assert isinstance(store, PostgresStore)
@@ -135,7 +135,10 @@ def test_commit_notifies_the_revision_and_ids_only_and_only_when_it_commits(stor
         store.commit(1, _state(), evicted=["v1"], audit=[_entry("v1", "evict")])
         payloads = [json.loads(n.payload) for n in conn.notifies(timeout=2.0, stop_after=2)]
         assert list(conn.notifies(timeout=0.2)) == []
-    assert payloads == [{"revision": 1, "ids": ["v1"]}, {"revision": 2, "ids": ["v1"]}]
+    assert payloads == [
+        {"deployment": "b", "revision": 1, "ids": ["v1"]},
+        {"deployment": "b", "revision": 2, "ids": ["v1"]},
+    ]
 
 
 def test_the_audit_table_refuses_update_delete_and_truncate_by_trigger(store: object, pg_database: str) -> None:
@@ -162,7 +165,7 @@ def test_an_application_role_with_the_documented_grants_commits_but_cannot_rewri
 
     assert APP_GRANTS.format(role="rule_engine_app").strip() in (DOCS / "fleet.md").read_text()
     owner = PostgresStore(pg_database)
-    assert owner.migrate() == (0, 3)
+    assert owner.migrate() == (0, 4)
     owner.close()
     role = f"re_app_{abs(hash(pg_database)) % 10**8}"
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
@@ -218,7 +221,12 @@ def test_migrate_is_recorded_idempotent_and_refuses_a_newer_schema(pg_database: 
     assert store.migrate() == (SCHEMA_VERSION, SCHEMA_VERSION)
     store.close()
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [(1,), (2,), (3,)]
+        assert conn.execute("SELECT version FROM schema_migrations ORDER BY version").fetchall() == [
+            (1,),
+            (2,),
+            (3,),
+            (4,),
+        ]
         conn.execute("INSERT INTO schema_migrations (version, description) VALUES (7, 'from the future')")
     newer = PostgresStore(pg_database)
     for call in (newer.revision, newer.migrate):
@@ -239,7 +247,7 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(pg_database: s
     assert errors == []
     assert revisions == [0] * 8
     with _admin(pg_database) as conn:  # type: ignore[attr-defined]
-        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (3,)
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (4,)
         assert conn.execute("SELECT count(DISTINCT store_id) FROM meta").fetchone() == (1,)
 
 

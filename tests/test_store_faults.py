@@ -106,7 +106,7 @@ def test_store_restored_from_an_older_backup_is_refused(
         "UPDATE state SET json = 'null'",
         "UPDATE state SET json = CAST(x'c328' AS TEXT)",  # not UTF-8
         'UPDATE state SET json = replace(json, \'"active":\', \'"active":7,"x":\')',
-        "UPDATE meta SET revision = 'abc'",
+        "UPDATE deployments SET revision = 'abc'",
         "UPDATE meta SET store_id = NULL",
     ],
 )
@@ -118,7 +118,7 @@ def test_corrupt_rows_make_followers_stale_and_readers_fail(
     before = _served(follower)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("DROP TRIGGER meta_identity_is_fixed")
-    conn.execute("UPDATE meta SET revision = revision + 1")
+    conn.execute("UPDATE deployments SET revision = revision + 1")
     conn.execute(statement)
     conn.close()
     _assert_stale_and_serving(follower, before, "StoreError")
@@ -130,7 +130,7 @@ def test_a_valid_change_made_outside_is_followed(deployed: tuple[DeploymentManag
     """The control for the test above: a revision moved with a sound state is followed, not stale."""
     _, follower, path = deployed
     conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("UPDATE meta SET revision = revision + 1")
+    conn.execute("UPDATE deployments SET revision = revision + 1")
     conn.close()
     assert follower.refresh() is True
     assert follower.stale is None

@@ -201,9 +201,9 @@ def test_a_stored_bundle_is_checked_against_its_recorded_digest() -> None:
         ('UPDATE state SET json = replace(json, \'"active":"v1"\', \'"active":"ghost"\')', "load", "ghost"),
         ('UPDATE state SET json = replace(json, \'"bundle_id":"mini"\', \'"bundle_id":7\')', "load", "not text"),
         ("UPDATE state SET json = x'00ff'", "load", "not text"),
-        ("UPDATE meta SET revision = 'abc'", "revision", "revision is not a non-negative integer"),
-        ("UPDATE meta SET revision = -1", "load", "revision is not a non-negative integer"),
-        ("UPDATE meta SET audit_chain_from = 'x'", "verify_audit", "audit_chain_from"),
+        ("UPDATE deployments SET revision = 'abc'", "revision", "revision is not a non-negative integer"),
+        ("UPDATE deployments SET revision = -1", "load", "revision is not a non-negative integer"),
+        ("UPDATE deployments SET audit_chain_from = 'x'", "verify_audit", "audit_chain_from"),
         ("DELETE FROM meta", "revision", "meta row .* is missing"),
         ("UPDATE health_lifetime SET counts = '[]'", "health", "health counters are corrupt"),
         ("UPDATE bundles SET json = x'00'", "bundle", "not text"),
@@ -276,7 +276,8 @@ def test_insert_or_replace_cannot_overwrite_an_audit_entry(tmp_path: Path) -> No
     store = _store_with_history(path, 1)
     attack = (
         "INSERT OR REPLACE INTO audit (seq, at, action, version_id, from_state, to_state, actor, reason,"
-        " strategy, revision) VALUES (1, 1.0, 'prepare', 'v1', NULL, 'staged', 'mallory', '', NULL, 1)"
+        " strategy, revision, deployment) VALUES (1, 1.0, 'prepare', 'v1', NULL, 'staged', 'mallory', '', NULL, 1,"
+        " (SELECT name FROM deployments))"
     )
     for sql in (attack, attack.replace("INSERT OR REPLACE", "REPLACE")):
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
@@ -295,11 +296,11 @@ def test_insert_or_replace_cannot_overwrite_an_audit_entry(tmp_path: Path) -> No
         (["UPDATE audit SET reason = 'forged', hash = NULL WHERE seq = 3"], 3),
         (["DELETE FROM audit WHERE seq = 2"], 3),
         (["DELETE FROM audit WHERE seq = 3"], 3),
-        (["INSERT INTO audit (seq, at, action, version_id, to_state, actor, reason, revision, hash)"
-          " VALUES (4, 9.0, 'activate', 'v1', 'active', 'mallory', '', 3, 'deadbeef')"], 4),
+        (["INSERT INTO audit (seq, at, action, version_id, to_state, actor, reason, revision, hash, deployment)"
+          " VALUES (4, 9.0, 'activate', 'v1', 'active', 'mallory', '', 3, 'deadbeef', (SELECT name FROM deployments))"], 4),
         (["UPDATE audit SET revision = 9 WHERE seq = 1"], 1),
-        (["UPDATE meta SET audit_head = 'feed'"], 4),
-        (["UPDATE meta SET audit_chain_from = 3"], 3),
+        (["UPDATE deployments SET audit_head = 'feed'"], 4),
+        (["UPDATE deployments SET audit_chain_from = 3"], 3),
     ],
 )  # fmt: skip
 def test_every_audit_rewrite_is_detected(tmp_path: Path, statements: list[str], first_bad: int) -> None:
@@ -325,7 +326,7 @@ def test_a_full_chain_rewrite_changes_the_head(tmp_path: Path) -> None:
     for entry, revision in zip(forged, (1, 2), strict=True):
         previous = audit_hash(previous, entry, revision)
         statements.append(f"UPDATE audit SET actor = '{entry.actor}', hash = '{previous}' WHERE seq = {entry.seq}")
-    statements.append(f"UPDATE meta SET audit_head = '{previous}'")
+    statements.append(f"UPDATE deployments SET audit_head = '{previous}'")
     _raw(path, *statements)
     check = store.verify_audit()
     assert check.ok
@@ -463,3 +464,16 @@ def test_text_sqlite_cannot_store_is_a_store_error_and_writes_nothing(tmp_path: 
     assert store.audit_log() == []
     assert store.verify_audit().ok
     store.close()
+
+
+def test_state_without_its_deployments_row_is_corrupt(tmp_path: Path) -> None:
+    """A deployment's state with its `deployments` row deleted is a StoreError, never an empty store."""
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    store.commit(0, kit.state("v1"), audit=[kit.entry()])
+    store.close()
+    _raw(path, "DELETE FROM deployments")
+    fresh = SQLiteStore(path, create=False, deployment="mini")
+    with pytest.raises(StoreError, match=r"deployments row of 'mini' .* is missing"):
+        fresh.load()
+    fresh.close()

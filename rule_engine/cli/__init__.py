@@ -3,7 +3,9 @@
 Every command prints for people by default and one JSON object with ``--json``. On success the exit
 status is 0; on any failure it is 1 (2 for a usage error) and stderr holds exactly one line starting
 with ``error:``, never a traceback (set ``RULE_ENGINE_DEBUG=1`` to see one for unexpected errors).
-The state store is ``--store URL``, else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``.
+The state store is ``--store URL``, else ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``;
+a store holds one deployment per policy: ``--deployment NAME`` (else ``$RULE_ENGINE_DEPLOYMENT``) picks
+the one to act on, optional while the store holds one (``rule-engine deployments`` lists them).
 With ``--trust FILE`` (else ``$RULE_ENGINE_TRUST``) ``deploy`` and ``validate`` refuse bundles without a
 trusted signature (``BUNDLE.sig``); ``keygen`` and ``sign`` make keys and signatures (docs/cli.md).
 """
@@ -19,6 +21,7 @@ from rule_engine.cli._common import cli
 from rule_engine.cli.analysis import check, lint, preview, replay
 from rule_engine.cli.bundles import diff, evaluate, schema, validate
 from rule_engine.cli.deploy import advance, conclude, deploy, promote, rollback
+from rule_engine.cli.deployments import deployments
 from rule_engine.cli.fleet import fleet, mirror
 from rule_engine.cli.lifecycle import abort, activate, cancel, pause, resume, retry, undo
 from rule_engine.cli.run import controller, demo
@@ -70,6 +73,7 @@ cli.add_command(mirror)
 cli.add_command(store)
 cli.add_command(audit)
 cli.add_command(trust)
+cli.add_command(deployments)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -12,13 +12,14 @@ import socket
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
 
 from rule_engine.bundle.signing import TrustPolicy
+from rule_engine.cli.completion import complete_deployments
 from rule_engine.cli.hints import cli_message
 from rule_engine.cli.logs import cli_logging, level_for
 from rule_engine.cli.output import clean
@@ -31,7 +32,8 @@ from rule_engine.errors import (
     StoreError,
 )
 from rule_engine.stores._pg_conninfo import redact_url
-from rule_engine.stores.base import store_url_from_env
+from rule_engine.stores.base import StateStore, open_deployment, store_url_from_env
+from rule_engine.stores.deployments import check_name
 
 __all__ = [
     "CliContext",
@@ -63,9 +65,11 @@ class CliContext:
     """What every command shares: the store URL, output mode, and the manager once opened."""
 
     store_url: str | None = None
+    deployment: str | None = None  # --deployment / $RULE_ENGINE_DEPLOYMENT (None: the only one)
     trust_file: str | None = None
     manager: DeploymentManager | None = None  # preset (tests, embedding) or opened on first use
     owns_manager: bool = False
+    others: dict[str, DeploymentManager] = field(default_factory=dict)  # open_each's, by deployment
 
     @property
     def url(self) -> str:
@@ -113,17 +117,49 @@ class CliContext:
                 )
             return self.manager
         try:
-            manager = DeploymentManager.open(self.url, follow=follow, create=create, **kwargs)
+            manager = DeploymentManager.open(
+                self.url, deployment=self.deployment, follow=follow, create=create, **kwargs
+            )
         except ImportError as exc:
             raise StoreError(f"cannot open store {self.shown_url!r}: its backend is not available ({exc})") from exc
         self.manager = manager
         self.owns_manager = True
         return manager
 
+    def store(self, *, create: bool = False) -> StateStore:
+        """The store handle on the deployment in effect (``--deployment``, else the only one); the caller closes it."""
+        try:
+            return open_deployment(self.url, self.deployment, create=create)
+        except ImportError as exc:
+            raise StoreError(f"cannot open store {self.shown_url!r}: its backend is not available ({exc})") from exc
+
+    def open_each(self, **kwargs: Any) -> dict[str, DeploymentManager]:
+        """A manager per deployment to act on, by name: the named (or preset) one, else each the store holds.
+
+        Each is opened once (closed with the context); call again to pick up deployments added since. A
+        store that holds none yet gives its one unbound manager (under ``""``).
+        """
+        if self.deployment is not None or (self.manager is not None and not self.owns_manager):
+            manager = self.open(**kwargs)
+            return {manager.store.deployment or self.deployment or "": manager}
+        with closing(self.store(create=True)) as opened:  # as open() would: a writing command creates the store
+            names = opened.deployment_names()
+        if not names:
+            manager = self.open(**kwargs)
+            return {manager.store.deployment or "": manager}
+        found = {self.manager.store.deployment or "": self.manager} if self.manager is not None else {}
+        for name in names:
+            if name not in found and name not in self.others:
+                self.others[name] = DeploymentManager.open(self.url, deployment=name, **kwargs)
+        return {name: m for name, m in {**found, **self.others}.items() if name}
+
     def close(self) -> None:
         """Close the manager if this context opened it."""
         if self.manager is not None and self.owns_manager:
             manager, self.manager, self.owns_manager = self.manager, None, False
+            manager.close()
+        others, self.others = self.others, {}
+        for manager in others.values():
             manager.close()
 
 
@@ -272,6 +308,15 @@ by_option = click.option(
     help="State store: sqlite:///path/state.db or memory://  [default: $RULE_ENGINE_STORE, else sqlite:///.rule-engine/state.db]",
 )
 @click.option(
+    "--deployment",
+    "deployment",
+    default=None,
+    envvar="RULE_ENGINE_DEPLOYMENT",
+    metavar="NAME",
+    shell_complete=complete_deployments,
+    help="The deployment (policy) to act on; optional when the store holds one  [default: $RULE_ENGINE_DEPLOYMENT]",
+)
+@click.option(
     "--trust",
     "trust_file",
     default=None,
@@ -282,11 +327,18 @@ by_option = click.option(
 @click.option("-v", "--verbose", count=True, help="Log library events to stderr (-v info, -vv debug).")
 @click.version_option(package_name="rule_engine", prog_name="rule-engine")
 @click.pass_context
-def cli(ctx: click.Context, store_url: str | None, trust_file: str | None, verbose: int) -> None:
+def cli(
+    ctx: click.Context, store_url: str | None, deployment: str | None, trust_file: str | None, verbose: int
+) -> None:
     """Ship rule bundles to live evaluators: validate, deploy by strategy, watch health, roll back."""
     state = ctx.ensure_object(CliContext)
     if store_url is not None:
         state.store_url = store_url
+    if deployment:
+        try:
+            state.deployment = check_name(deployment)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--deployment'") from None
     if trust_file:
         state.trust_file = trust_file
     ctx.with_resource(cli_logging(level_for(verbose)))

@@ -9,12 +9,13 @@ from typing import Any
 
 import click
 
-from rule_engine.cli._common import CommandFailed, json_option, managed
+from rule_engine.cli._common import CliContext, CommandFailed, json_option, managed
 from rule_engine.cli.output import echo, emit
 from rule_engine.deployment.mirror import Mirror
 from rule_engine.errors import StoreError
 from rule_engine.observability.views import fleet_view, redact_url
 from rule_engine.stores.base import open_store
+from rule_engine.stores.deployments import pick
 from rule_engine.stores.sqlite import SQLiteStore
 
 __all__ = ["fleet", "mirror"]
@@ -52,8 +53,15 @@ def fleet(ctx: click.Context, as_json: bool) -> None:
 @click.option("--once", is_flag=True, help="Sync once and exit.")
 @click.option("--for", "duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS", help="Stop after.")
 @json_option
+@click.pass_context
 def mirror(
-    upstream_url: str, local_url: str, interval: float, once: bool, duration: float | None, as_json: bool
+    ctx: click.Context,
+    upstream_url: str,
+    local_url: str,
+    interval: float,
+    once: bool,
+    duration: float | None,
+    as_json: bool,
 ) -> None:
     """Keep a read-only local SQLite copy of a store current, for this host's evaluator processes to follow.
 
@@ -64,8 +72,14 @@ def mirror(
         raise CommandFailed(f"--to must be an SQLite URL (sqlite:///path/to/mirror.db), got {local_url!r}")
     if redact_url(upstream_url) == redact_url(local_url):
         raise CommandFailed("--from and --to name the same store")
-    upstream = open_store(upstream_url)
-    local = SQLiteStore.from_url(local_url, create=True)
+    wanted = ctx.ensure_object(CliContext).deployment  # one deployment per mirror: --deployment, else the only one
+    upstream = open_store(upstream_url, deployment=wanted)
+    try:
+        name = wanted or pick(None, upstream.deployment_names(), redact_url(upstream.url)) or None
+    except BaseException:
+        upstream.close()
+        raise
+    local = SQLiteStore.from_url(local_url, create=True, deployment=name)
     copy = Mirror(upstream, local)
     try:
         copy.open()

@@ -8,7 +8,7 @@ Python spellings with the commands that do the same thing.
 from __future__ import annotations
 
 from rule_engine.cli.output import when
-from rule_engine.errors import ActivationTimeNotReachedError, RolloutInProgressError
+from rule_engine.errors import ActivationTimeNotReachedError, PolicyMismatchError, RolloutInProgressError
 
 __all__ = ["PYTHON_TO_CLI", "cli_message", "cli_text"]
 
@@ -26,6 +26,10 @@ PYTHON_TO_CLI: tuple[tuple[str, str], ...] = (
     ("promote()", "'rule-engine promote'"),
     ("rollback()", "'rule-engine rollback'"),
     ("supersede=True", "--supersede"),
+    (
+        "name one with deployment=NAME",
+        "name one with 'rule-engine --deployment NAME ...' ('rule-engine deployments' lists them)",
+    ),
     ("tick()", "'rule-engine controller'"),
 )
 
@@ -42,6 +46,13 @@ def cli_message(exc: Exception) -> str:
         return (
             f"{exc.version_id!r} is scheduled for {when(exc.activation_time)}; "
             "'rule-engine controller' activates it then"
+        )
+    if isinstance(exc, PolicyMismatchError):
+        return (
+            f"bundle {exc.bundle_id!r} is another policy than the one this deployment serves "
+            f"({exc.serving_bundle_id!r}, version {exc.serving_version_id!r}): deploy it as a deployment of its own "
+            f"('rule-engine --deployment {exc.bundle_id} deploy ...'), or with --replace-policy if replacing that "
+            "policy is meant"
         )
     return cli_text(str(exc))
 

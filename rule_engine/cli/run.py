@@ -61,7 +61,10 @@ def controller(
     as_json: bool,
     **analysis: Any,
 ) -> None:
-    """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped."""
+    """Run the controller: tick() every INTERVAL (scheduled activations, canary stages, rollbacks) until stopped.
+
+    Ticks every deployment in the store (each in turn), or only the one --deployment names.
+    """
     from rule_engine.observability.gates import install_gates
     from rule_engine.observability.webhooks import Notifier, load_webhooks
 
@@ -72,12 +75,24 @@ def controller(
         stop.set()
 
     with managed(ctx) as state:
-        manager = state.open(follow=not once, auto_rollback=auto_rollback)
-        thresholds = thresholds_from(manager.config.thresholds, analysis)
-        if thresholds is not None:  # defaults for versions deployed without their own analysis settings
-            manager.configure(thresholds=thresholds)
-        install_gates(manager, hooks)  # gate webhooks: asked before each automatic step
-        notifier = Notifier(hooks).attach(manager) if hooks else None
+        configured: set[int] = set()  # managers (by identity: an unbound one is named by its first commit)
+        notifiers: list[Notifier] = []
+
+        def managers() -> dict[str, Any]:
+            """Every deployment to tick (re-listed each tick: a deployment added meanwhile joins)."""
+            found = state.open_each(follow=not once, auto_rollback=auto_rollback)
+            for name, manager in found.items():
+                if id(manager) not in configured:
+                    configured.add(id(manager))
+                    thresholds = thresholds_from(manager.config.thresholds, analysis)
+                    if thresholds is not None:  # defaults for versions deployed without their own analysis settings
+                        manager.configure(thresholds=thresholds)
+                    install_gates(manager, hooks, name or "default")  # gate webhooks: asked before each automatic step
+                    if hooks:
+                        notifiers.append(Notifier(hooks, deployment=name or "default").attach(manager))
+            return found
+
+        ticking = managers()
         previous: dict[signal.Signals, Any] = {}
         if not once and threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
@@ -85,29 +100,28 @@ def controller(
         try:
             if not as_json:
                 pace = "one tick" if once else f"ticking every {interval:g}s (Ctrl-C to stop)"
-                echo(f"controller on {state.shown_url}, {pace}")
-            last_holding: tuple[str, ...] = ()
+                which = f" ({', '.join(n for n in ticking if n)})" if len(ticking) > 1 else ""
+                echo(f"controller on {state.shown_url}{which}, {pace}")
+            last_holding: dict[str, tuple[str, ...]] = {}
             ticks = 0
             while True:
                 ticks += 1
-                try:
-                    report = manager.tick()
-                except (RuleEngineError, OSError) as exc:  # a busy or unreachable store: try again next tick
-                    if once:
-                        raise
-                    report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
-                now = when(time.time())
-                if as_json:
-                    click.echo(
-                        json.dumps({"time": now, "actions": list(report.actions), "holding": list(report.holding)})
-                    )
-                else:
-                    for action in report.actions:
-                        echo(f"{now}  {action}")
-                    if report.holding != last_holding:
-                        for why in report.holding:
-                            echo(f"{now}  holding {cli_text(why)}")
-                last_holding = report.holding
+                if ticks > 1 and state.deployment is None:
+                    ticking = _relisted(managers, ticking)
+                for name, manager in ticking.items():
+                    report = _tick(manager, once)
+                    now = when(time.time())
+                    label = f"[{name}] " if len(ticking) > 1 else ""
+                    if as_json:
+                        line = {"time": now, "deployment": name or None, "actions": list(report.actions)}
+                        click.echo(json.dumps({**line, "holding": list(report.holding)}))
+                    else:
+                        for action in report.actions:
+                            echo(f"{now}  {label}{action}")
+                        if report.holding != last_holding.get(name, ()):
+                            for why in report.holding:
+                                echo(f"{now}  {label}holding {cli_text(why)}")
+                    last_holding[name] = report.holding
                 if stdout_reader_gone():  # nobody reads what we print: stop as if signalled, quietly
                     return
                 if once or stop.wait(interval):
@@ -117,9 +131,29 @@ def controller(
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if notifier is not None:  # deliver what is queued (bounded), then stop
+            for notifier in notifiers:  # deliver what is queued (bounded), then stop
                 notifier.wait_idle(NOTIFY_ON_EXIT_SECS)
                 notifier.close()
+
+
+def _tick(manager: Any, once: bool) -> TickReport:
+    """One tick; a busy or unreachable store is reported (and tried again next tick) unless ``once``."""
+    try:
+        report: TickReport = manager.tick()
+    except (RuleEngineError, OSError) as exc:
+        if once:
+            raise
+        report = TickReport((), (f"tick failed, retrying: {' '.join(str(exc).split())}",))
+    return report
+
+
+def _relisted(managers: Any, ticking: dict[str, Any]) -> dict[str, Any]:
+    """The deployments to tick now; the last list while the store cannot be read (tried again next tick)."""
+    try:
+        found: dict[str, Any] = managers()
+    except (RuleEngineError, OSError):
+        return ticking
+    return found
 
 
 def _demo_line(line: str) -> None:

@@ -85,17 +85,19 @@ def serve(
     hooks = load_webhooks(webhooks_file) if webhooks_file else []
     with managed(ctx) as state:
         trust = state.trust()
-        manager = state.open(follow=True, trust=trust) if trust is not None else state.open(follow=True)
-        notifier = Notifier(hooks).attach(manager) if hooks else None
-        gated = install_gates(manager, hooks)  # asked by this process's controller before each automatic step
+        # every deployment of the store (or the one --deployment names), each at ?deployment=NAME
+        opened = state.open_each(follow=True, trust=trust) if trust is not None else state.open_each(follow=True)
+        managers = {name or "default": manager for name, manager in opened.items()}
+        notifiers = {name: Notifier(hooks, deployment=name).attach(m) for name, m in managers.items()} if hooks else {}
+        gated = [install_gates(m, hooks, name) for name, m in managers.items()]  # asked by each one's controller
         settings = ServerSettings(
             tokens=tokens, read_auth=read_auth, max_body_bytes=max_body_bytes, store_url=redact_url(state.url)
         )
-        app = create_app(manager, settings, notifier=notifier)
-        loop: BackgroundLoop | None = None
+        app = create_app(managers, settings, notifier=notifiers or None)
+        loops: list[BackgroundLoop] = []
         if run_controller:
-            loop = manager.start_controller(interval)
-        elif gated:
+            loops = [m.start_controller(interval) for m in managers.values()]
+        elif any(gated):
             click.echo(
                 "note: gate webhooks are asked by the controller; run it here with --controller "
                 "(or 'rule-engine controller --webhooks FILE')",
@@ -121,9 +123,9 @@ def serve(
                 server_header=False,
             )
         finally:
-            if loop is not None:
-                loop.stop()
-            if notifier is not None:
+            for running in loops:
+                running.stop()
+            for notifier in notifiers.values():
                 notifier.close()
 
 

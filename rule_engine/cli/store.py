@@ -2,8 +2,9 @@
 
 ``store migrate`` brings a store's schema to the version this library writes: on PostgreSQL it applies
 the missing migrations (``PostgresStore.migrate``; run it as the schema owner, see docs/fleet.md), on
-SQLite it is the in-place upgrade opening the file does (schema 1 -> 2), and a ``memory://`` store has
-nothing to migrate. ``audit verify`` checks the audit hash chain (``StateStore.verify_audit``).
+SQLite it is the in-place upgrade opening the file does (schema 1 or 2 -> 3), and a ``memory://`` store has
+nothing to migrate. ``audit verify`` checks the audit hash chain of the deployment (``--deployment``,
+else the only one; ``StateStore.verify_audit``).
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ def _migrate(url: str) -> tuple[int, int]:
         from rule_engine.stores.sqlite import SCHEMA_VERSION, SQLiteStore
 
         before = _sqlite_schema(url)
-        opened = SQLiteStore.from_url(url, create=False)  # opening upgrades a schema 1 file in place
+        opened = SQLiteStore.from_url(url, create=False)  # opening upgrades a schema 1 or 2 file in place
         try:
-            opened.revision()
+            opened.identity()
         finally:
             opened.close()
         return (before if before is not None else SCHEMA_VERSION), SCHEMA_VERSION
@@ -100,8 +101,8 @@ def audit() -> None:
 def verify(ctx: click.Context, store_url: str | None, as_json: bool) -> None:
     """Check the audit hash chain: exit 0 when every entry verifies, 1 naming the first that does not."""
     with managed(ctx) as state:
-        url = _url(state, store_url)
-        opened: StateStore = open_store(url, create=False)
+        _url(state, store_url)
+        opened: StateStore = state.store()
         try:
             check = opened.verify_audit()
         finally:

@@ -38,7 +38,7 @@ from rule_engine.deployment.reads import ManagerReads
 from rule_engine.errors import StoreError
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.health.thresholds import HealthThresholds
-from rule_engine.stores.base import StateStore, open_store, store_url_from_env
+from rule_engine.stores.base import StateStore, open_deployment
 from rule_engine.stores.memory import MemoryStore
 
 __all__ = ["DeploymentManager"]
@@ -90,15 +90,22 @@ class DeploymentManager(ManagerReads):
 
     @classmethod
     def open(
-        cls, url: str | StateStore | None = None, *, follow: bool = True, create: bool = True, **kwargs: Any
+        cls,
+        url: str | StateStore | None = None,
+        *,
+        deployment: str | None = None,
+        follow: bool = True,
+        create: bool = True,
+        **kwargs: Any,
     ) -> DeploymentManager:
-        """A manager on the store at ``url`` (default ``$RULE_ENGINE_STORE``, else ``sqlite:///.rule-engine/state.db``).
+        """A manager on deployment ``deployment`` of the store at ``url`` (default ``$RULE_ENGINE_STORE``, else
+        ``sqlite:///.rule-engine/state.db``); None: the only one, or the first deploy's policy (docs/deployment.md).
 
-        Loads the stored state (``create=False``: a missing store is a :class:`StoreError`); ``follow`` picks up
+        Loads the stored state (``create=False``: a missing store or deployment is an error); ``follow`` picks up
         what other processes commit every ``poll_interval`` seconds (a keyword, default 0.02).
         """
         poll_interval = kwargs.pop("poll_interval", 0.02)
-        store = url if isinstance(url, StateStore) else open_store(store_url_from_env(url), create=create)
+        store = open_deployment(url, deployment, create=create)
         try:
             manager = cls(store=store, **kwargs)
             manager._follower.load()

@@ -33,6 +33,7 @@ from rule_engine.server.limits import BodyLimit
 from rule_engine.server.operations import OPERATIONS, DeployBody, Operation, OperationBody, deploy
 from rule_engine.server.problems import ApiProblem
 from rule_engine.serving.engine import RuleEngine
+from rule_engine.stores.deployments import summarize
 
 __all__ = ["MAX_BATCH", "ServerSettings", "create_app"]
 
@@ -71,9 +72,12 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     clock: Clock | None = None,
-    notifier: DeliverySource | None = None,
+    notifier: DeliverySource | Mapping[str, DeliverySource] | None = None,
 ) -> FastAPI:
-    """The application over one manager (deployment ``default``) or several by name."""
+    """The application over one manager (deployment ``default``) or several by name.
+
+    ``notifier``: the webhook deliveries shown in status and metrics, one for all, or one per deployment name.
+    """
     chosen = settings if settings is not None else ServerSettings()
     by_name: dict[str, DeploymentManager] = (
         dict(managers) if isinstance(managers, Mapping) else {DEFAULT_DEPLOYMENT: managers}
@@ -82,11 +86,15 @@ def create_app(
         raise ValueError("create_app needs at least one manager")
     engines = {name: RuleEngine(manager) for name, manager in by_name.items()}
     registry = CollectorRegistry(auto_describe=True)
+    notifiers: Mapping[str, DeliverySource] = (
+        notifier if isinstance(notifier, Mapping) else {} if notifier is None else dict.fromkeys(by_name, notifier)
+    )
     for name, manager in by_name.items():
-        register(manager, registry, deployment=name, notifier=notifier)
+        register(manager, registry, deployment=name, notifier=notifiers.get(name))
 
     def extra(name: str) -> dict[str, Any]:
-        return {} if notifier is None else webhook_state(notifier)
+        delivering = notifiers.get(name)
+        return {} if delivering is None else webhook_state(delivering)
 
     feed = DashboardFeed(by_name, chosen.store_url, clock or SystemClock(), chosen.events_interval, extra)
 
@@ -102,7 +110,19 @@ def create_app(
     app.add_middleware(BodyLimit, limit=chosen.max_body_bytes)
 
     def deployment(deployment: Annotated[str | None, Query(max_length=128)] = None) -> str:
-        name = deployment or (DEFAULT_DEPLOYMENT if DEFAULT_DEPLOYMENT in by_name else next(iter(by_name)))
+        """``?deployment=NAME``; left out (or ``default`` on a server of one): the only one, else a 400 naming them."""
+        if deployment == DEFAULT_DEPLOYMENT and len(by_name) == 1:
+            deployment = None
+        name = deployment or (
+            next(iter(by_name)) if len(by_name) == 1 else DEFAULT_DEPLOYMENT if DEFAULT_DEPLOYMENT in by_name else None
+        )
+        if name is None:
+            raise ApiProblem(
+                400,
+                "deployment-required",
+                f"this server serves {len(by_name)} deployments {sorted(by_name)}; name one with ?deployment=NAME",
+                deployments=sorted(by_name),
+            )
         if name not in by_name:
             raise ApiProblem(404, "deployment-not-found", f"no deployment {name!r}; known: {sorted(by_name)}")
         return name
@@ -168,10 +188,10 @@ def create_app(
 
     @app.get("/api/v1/deployments", tags=["reads"])
     def deployments(_: Reader) -> dict[str, Any]:
-        """The deployments this server manages, with what each serves."""
+        """The deployments this server manages, with what each serves (as ``rule-engine deployments --json``)."""
         return {
             "deployments": [
-                {"name": n, "active_version": m.get_active_version_id(), "revision": m.snapshot.revision}
+                {**summarize(n, m.state).to_dict(), "active_version": m.get_active_version_id()}
                 for n, m in by_name.items()
             ]
         }
@@ -180,8 +200,9 @@ def create_app(
     def status(name: Name, _: Reader) -> dict[str, Any]:
         """What serves now, the rollout in progress and why it holds (the JSON of ``status --json``, and webhooks)."""
         view = status_view(by_name[name], chosen.store_url)
-        if notifier is not None:
-            view["webhooks"] = webhook_state(notifier)["webhook_state"]
+        delivering = notifiers.get(name)
+        if delivering is not None:
+            view["webhooks"] = webhook_state(delivering)["webhook_state"]
         return view
 
     @app.get("/api/v1/history", tags=["reads"])

@@ -1,7 +1,8 @@
 """The PostgreSQL store's fleet rows (a mixin of :class:`~rule_engine.stores.postgres.PostgresStore`).
 
-One additive table, ``instances(instance_id text PRIMARY KEY, last_seen double precision, doc jsonb)``,
-one row per serving process (:class:`~rule_engine.control.instances.InstanceInfo` JSON). Writes are
+One additive table, ``instances(instance_id text PRIMARY KEY, last_seen double precision, doc jsonb,
+deployment text)`` (the deployment column since schema 4: a handle lists and expires its own deployment's
+rows, and rows written before the store held a deployment, under ``''``), one row per serving process (:class:`~rule_engine.control.instances.InstanceInfo` JSON). Writes are
 single-row upserts (``INSERT ... ON CONFLICT DO UPDATE``): about one per process per second. The table
 is created by :data:`FLEET_SQL` (``IF NOT EXISTS``, so also by the first registration of a role that
 may create tables); a role set up as in docs/fleet.md gets :data:`FLEET_GRANTS` on it.
@@ -38,6 +39,7 @@ class PgFleet:
     if TYPE_CHECKING:
 
         def _run(self, what: str, work: Callable[[Any], T], *, write: bool = False, check_schema: bool = True) -> T: ...
+        def _scope(self, conn: Any) -> str: ...
 
     def _ensure_fleet_table(self, conn: Any) -> None:
         if not self._fleet_table_ok:
@@ -51,9 +53,10 @@ class PgFleet:
         def work(conn: Any) -> None:
             self._ensure_fleet_table(conn)
             conn.execute(
-                "INSERT INTO instances (instance_id, last_seen, doc) VALUES (%s, %s, %s::jsonb)"
-                " ON CONFLICT (instance_id) DO UPDATE SET last_seen = excluded.last_seen, doc = excluded.doc",
-                (info.instance_id, info.last_seen, doc),
+                "INSERT INTO instances (instance_id, last_seen, doc, deployment) VALUES (%s, %s, %s::jsonb, %s)"
+                " ON CONFLICT (instance_id) DO UPDATE SET last_seen = excluded.last_seen, doc = excluded.doc,"
+                " deployment = excluded.deployment",
+                (info.instance_id, info.last_seen, doc, self._scope(conn)),
             )
 
         self._run("registering an instance", work, write=True)
@@ -64,7 +67,9 @@ class PgFleet:
         def work(conn: Any) -> list[Any]:
             if conn.execute("SELECT to_regclass('instances')").fetchone()[0] is None:
                 return []
-            return list(conn.execute("SELECT doc FROM instances").fetchall())
+            return list(
+                conn.execute("SELECT doc FROM instances WHERE deployment IN (%s, '')", (self._scope(conn),)).fetchall()
+            )
 
         rows = self._run("listing instances", work)
         try:
@@ -86,6 +91,11 @@ class PgFleet:
 
         def work(conn: Any) -> int:
             self._ensure_fleet_table(conn)
-            return int(conn.execute("DELETE FROM instances WHERE last_seen < %s", (last_seen_before,)).rowcount)
+            return int(
+                conn.execute(
+                    "DELETE FROM instances WHERE deployment IN (%s, '') AND last_seen < %s",
+                    (self._scope(conn), last_seen_before),
+                ).rowcount
+            )
 
         return self._run("forgetting expired instances", work, write=True)

@@ -15,6 +15,10 @@ session, and PgBouncer's transaction pooling does not carry it), used by one fol
             if (listener.last_round_trip_age() or 0.0) > STALE_AFTER:
                 ...  # a hung server raises nothing for a while: staleness comes from this age
 
+A listener follows one deployment (``deployment()``, the handle's current binding): a notification of
+another deployment's commit is not a change; it only makes the wait end early with one ``SELECT`` of
+this deployment's revision (cheap, and harmless: the revision did not move, so nothing reloads).
+
 Notifications sent while the connection was down are lost, so after every (re)connect the revision is
 read again and reported if it changed. Every call ends with a round trip (the notification itself,
 or a ``SELECT`` of the revision when none came within ``timeout``), so a lost notification is caught
@@ -26,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -46,8 +51,11 @@ class PostgresListener:
     :meth:`wait_for_change` connects.
     """
 
-    def __init__(self, conninfo: str, target: PgTarget, *, channel: str) -> None:
+    def __init__(
+        self, conninfo: str, target: PgTarget, *, channel: str, deployment: Callable[[], str | None] = lambda: None
+    ) -> None:
         self._conninfo = conninfo
+        self._deployment = deployment
         self._target = target
         self._channel = channel
         self._watchdog = Watchdog("rule-engine-pg-listen")
@@ -94,12 +102,11 @@ class PostgresListener:
             conn = self._conn
             assert conn is not None
             with self._watchdog.guard(conn, timeout + self._target.timeout) as guard:
-                seen: list[int] = []
-                for note in conn.notifies(timeout=max(timeout, 0.0), stop_after=1):
-                    seen.append(_revision_of(note.payload))
-                if seen:
-                    for note in conn.notifies(timeout=0.0):  # drain what already arrived
-                        seen.append(_revision_of(note.payload))
+                mine = self._deployment()
+                notes = list(conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
+                if notes:
+                    notes += conn.notifies(timeout=0.0)  # drain what already arrived
+                seen = [r for r in (_revision_of(n.payload, mine) for n in notes) if r is not None]
                 pushed = bool(seen) and min(seen) >= 0
                 revision = max(seen) if pushed else self._read_revision(conn)
             self._last_ok = time.monotonic()
@@ -124,14 +131,22 @@ class PostgresListener:
         self._connections += 1
         self._fresh = True
 
-    @staticmethod
-    def _read_revision(conn: psycopg.Connection[tuple[Any, ...]]) -> int:
-        """The stored revision (0 while the database has no schema yet: a new store is at revision 0)."""
-        row = conn.execute("SELECT CASE WHEN to_regclass('meta') IS NULL THEN 0 END").fetchone()
+    def _read_revision(self, conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+        """The deployment's stored revision (0 while the database has no schema, or no such deployment, yet).
+
+        Unbound (no deployment yet): the only deployment's revision, 0 if there is none or several.
+        """
+        row = conn.execute("SELECT CASE WHEN to_regclass('deployments') IS NULL THEN 0 END").fetchone()
         if row is not None and row[0] == 0:
             return 0
-        row = conn.execute("SELECT revision FROM meta WHERE id = 1").fetchone()
-        return int(row[0]) if row is not None else 0
+        name = self._deployment()
+        if name is None:
+            row = conn.execute(
+                "SELECT CASE WHEN count(*) = 1 THEN max(revision) ELSE 0 END FROM deployments"
+            ).fetchone()
+        else:
+            row = conn.execute("SELECT revision FROM deployments WHERE name = %s", (name,)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
 
     def _report(self, revision: int, via: str) -> int | None:
         if revision == self._revision:
@@ -172,11 +187,16 @@ class PostgresListener:
         return f"PostgresListener({self._target.display!r}, revision={self._revision})"
 
 
-def _revision_of(payload: str) -> int:
-    """The revision a notification carries (-1 if the payload is not ours: then the revision is read)."""
+def _revision_of(payload: str, deployment: str | None) -> int | None:
+    """The revision a notification about ``deployment`` carries; None for another deployment's commit
+    (ignored); -1 for a payload not ours, or while no deployment is bound (then the revision is read)."""
     try:
         data = json.loads(payload)
         revision = data["revision"] if isinstance(data, dict) else None
-    except ValueError:
+    except (ValueError, KeyError):
         return -1
+    if deployment is None:
+        return -1
+    if data.get("deployment") != deployment:
+        return None
     return revision if isinstance(revision, int) and not isinstance(revision, bool) and revision >= 0 else -1

@@ -34,12 +34,13 @@ __all__ = [
 ]
 
 MAX_NOTIFY_BYTES = 4000  # PostgreSQL's limit is 8000; the ids are a hint, the revision is what counts
-META_COLUMNS = "revision, store_id, audit_chain_from, audit_head"
-META_SELECT = f"SELECT {META_COLUMNS} FROM meta WHERE id = 1"
+META_COLUMNS = "d.revision, m.store_id, d.audit_chain_from, d.audit_head"
+# The store's identity and one deployment's revision and chain bounds (NULLs: not committed yet).
+META_SELECT = f"SELECT {META_COLUMNS} FROM meta m LEFT JOIN deployments d ON d.name = %s WHERE m.id = 1"
 AUDIT_COLUMNS = (
     "seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy", "origin"
 )  # fmt: skip
-AUDIT_SELECT = f"SELECT {', '.join(AUDIT_COLUMNS)}, revision, hash FROM audit"
+AUDIT_SELECT = f"SELECT {', '.join(AUDIT_COLUMNS)}, revision, hash FROM audit WHERE deployment = %s"
 HEALTH_SELECT = (
     "version_id, evaluations, errors, timeouts, latency_sum_us, histogram, decisions, rules, fallbacks, fallback_errors"
 )
@@ -59,6 +60,8 @@ def meta_of(row: Sequence[Any] | None, where: str) -> Meta:
     if row is None:
         raise StoreError(f"the meta row of {where} is missing: the store is corrupt (was it emptied by hand?)")
     revision, store_id, chain_from, head = row
+    if revision is None and chain_from is None and head is None:
+        revision, chain_from = 0, 1  # a deployment not committed yet
     problem = meta_problem(revision, store_id, chain_from, head)
     if problem is not None:
         raise StoreError(f"the meta row of {where} is corrupt: {problem}")
@@ -109,16 +112,17 @@ def health_columns(c: HealthCounts) -> tuple[object, ...]:
     )
 
 
-def notify_payload(revision: int, touched: Sequence[str]) -> str:
-    """``{"revision": R, "ids": [...]}``, the ids cut (and ``"truncated": true``) past MAX_NOTIFY_BYTES."""
+def notify_payload(revision: int, touched: Sequence[str], deployment: str = "") -> str:
+    """``{"deployment": D, "revision": R, "ids": [...]}``, the ids cut (and ``"truncated": true``) past MAX_NOTIFY_BYTES."""
     ids: list[str] = []
-    size = 0
+    size = len(deployment.encode())
+    head: dict[str, object] = {"deployment": deployment, "revision": revision}
     for version_id in dict.fromkeys(touched):
         size += len(version_id.encode()) + 4
         if size > MAX_NOTIFY_BYTES:
-            return json.dumps({"revision": revision, "ids": ids, "truncated": True}, separators=(",", ":"))
+            return json.dumps({**head, "ids": ids, "truncated": True}, separators=(",", ":"))
         ids.append(version_id)
-    return json.dumps({"revision": revision, "ids": ids}, separators=(",", ":"))
+    return json.dumps({**head, "ids": ids}, separators=(",", ":"))
 
 
 def sha256(text: str) -> str:

@@ -14,12 +14,15 @@ add up without any read-modify-write in the client.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from rule_engine.errors import StoreError
 from rule_engine.stores._pg_fleet import FLEET_GRANTS, FLEET_SQL
+from rule_engine.stores.deployments import UNBOUND, migrated_name
 
 __all__ = ["ADVISORY_LOCK", "APP_GRANTS", "MIGRATIONS", "SCHEMA_VERSION", "apply_migrations", "schema_version"]
 
@@ -141,13 +144,64 @@ ALTER TABLE health_lifetime ADD COLUMN fallbacks bigint NOT NULL DEFAULT 0;
 ALTER TABLE health_lifetime ADD COLUMN fallback_errors bigint NOT NULL DEFAULT 0;
 """
 
-# (version, description, SQL). Append only.
 _V3 = "ALTER TABLE audit ADD COLUMN origin text;\n" + FLEET_SQL + ";"
 
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+# Schema 4: several deployments in one store. Every row gains its deployment; the revision and the
+# audit chain's bounds move to one row per deployment; meta keeps the identity and a store-wide commit
+# counter (its row lock serialises commits, so the store's one audit seq stays gap-free and ordered).
+# What the store held becomes one deployment named after its active policy (``migrated_name``).
+_V4_TABLE = """
+CREATE TABLE deployments (
+    name text PRIMARY KEY,
+    revision bigint NOT NULL CHECK (revision >= 0),
+    audit_chain_from bigint NOT NULL CHECK (audit_chain_from >= 1),
+    audit_head text
+)
+"""
+_V4_KEYS = {
+    "state": "deployment",
+    "bundles": "deployment, version_id",
+    "health": "deployment, version_id, bucket_start",
+    "health_lifetime": "deployment, version_id",
+}
+
+
+def _v4(conn: psycopg.Connection[Any]) -> None:
+    """Schema 3 -> 4 (see above); ``ADD COLUMN ... DEFAULT name`` names every existing row without an UPDATE."""
+    meta = conn.execute("SELECT revision, audit_chain_from, audit_head FROM meta WHERE id = 1").fetchone()
+    doc = conn.execute("SELECT doc::text FROM state WHERE id = 1").fetchone()
+    revision = int(meta[0]) if meta is not None else 0
+    name = migrated_name(doc[0] if doc is not None else None, revision)
+    conn.execute(_V4_TABLE.encode())
+    if name != UNBOUND and meta is not None:
+        conn.execute(
+            "INSERT INTO deployments (name, revision, audit_chain_from, audit_head) VALUES (%s, %s, %s, %s)",
+            (name, revision, meta[1], meta[2]),
+        )
+    named = sql.SQL("ALTER TABLE {} ADD COLUMN deployment text NOT NULL DEFAULT {}")
+    for table in ("state", "bundles", "health", "health_lifetime", "audit"):
+        conn.execute(named.format(sql.Identifier(table), sql.Literal(name)))
+        conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN deployment DROP DEFAULT").format(sql.Identifier(table)))
+    conn.execute("ALTER TABLE state DROP COLUMN id")  # its primary key and CHECK (id = 1) go with it
+    for table, key in _V4_KEYS.items():
+        if table != "state":
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier(table), sql.Identifier(f"{table}_pkey")))  # fmt: skip
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(sql.Identifier(table), sql.SQL(key)))
+    conn.execute("DROP INDEX audit_by_version")
+    conn.execute("CREATE INDEX audit_by_version ON audit (deployment, version_id, seq)")
+    conn.execute("CREATE INDEX audit_by_deployment ON audit (deployment, seq)")
+    conn.execute(named.format(sql.Identifier("instances"), sql.Literal("")))
+    conn.execute(sql.SQL("UPDATE instances SET deployment = {}").format(sql.Literal(name)))
+    conn.execute("ALTER TABLE meta DROP COLUMN audit_chain_from, DROP COLUMN audit_head")
+
+
+# (version, description, SQL or a function of the connection). Append only.
+MIGRATIONS: tuple[tuple[int, str, str | Callable[[psycopg.Connection[Any]], None]], ...] = (
     (1, "initial schema: meta, state, bundles, audit, health", _V1),
     (2, "store identity, audit hash chain, fallbacks in health", _V2),
     (3, "audit origin (OS account and host), fleet instances", _V3),
+    (4, "several deployments in one store", _v4),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -174,14 +228,14 @@ HEALTH_ADD = """
     fallback_errors = t.fallback_errors + excluded.fallback_errors
 """
 UPSERT_BUCKET = f"""
-INSERT INTO health AS t (version_id, bucket_start, {HEALTH_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
-ON CONFLICT (version_id, bucket_start) DO UPDATE SET {HEALTH_ADD}
+INSERT INTO health AS t (deployment, version_id, bucket_start, {HEALTH_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
+ON CONFLICT (deployment, version_id, bucket_start) DO UPDATE SET {HEALTH_ADD}
 """
 UPSERT_LIFETIME = f"""
-INSERT INTO health_lifetime AS t (version_id, {HEALTH_COLUMNS})
-VALUES (%s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
-ON CONFLICT (version_id) DO UPDATE SET {HEALTH_ADD}
+INSERT INTO health_lifetime AS t (deployment, version_id, {HEALTH_COLUMNS})
+VALUES (%s, %s, %s, %s, %s, %s, %s::bigint[], %s::jsonb, %s::jsonb, %s, %s)
+ON CONFLICT (deployment, version_id) DO UPDATE SET {HEALTH_ADD}
 """
 
 # What the application role needs (schemas 1 and 2) (docs/fleet.md; tests/test_postgres_store.py runs it).
@@ -191,6 +245,7 @@ APP_GRANTS = """
 GRANT USAGE ON SCHEMA public TO {role};
 GRANT SELECT ON schema_migrations TO {role};
 GRANT SELECT, UPDATE ON meta TO {role};
+GRANT SELECT, INSERT, UPDATE ON deployments TO {role};
 GRANT SELECT, INSERT, UPDATE ON state TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON bundles TO {role};
 GRANT SELECT, INSERT ON audit TO {role};
@@ -226,9 +281,12 @@ def apply_migrations(conn: psycopg.Connection[Any], url: str) -> tuple[int, int]
                     f"the database at {url!r} holds rule_engine schema {found}, newer than schema {SCHEMA_VERSION} "
                     "that this version of rule_engine knows; upgrade rule_engine"
                 )
-            for version, description, sql in MIGRATIONS:
+            for version, description, step in MIGRATIONS:
                 if version > found:
-                    conn.execute(sql.encode())
+                    if callable(step):
+                        step(conn)
+                    else:
+                        conn.execute(step.encode())
                     conn.execute(
                         "INSERT INTO schema_migrations (version, description) VALUES (%s, %s)", (version, description)
                     )

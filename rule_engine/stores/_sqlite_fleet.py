@@ -3,11 +3,13 @@
 Additive tables, created by the first write that needs them (``CREATE TABLE IF NOT EXISTS``: older
 versions of the library ignore them, and the schema version does not move)::
 
-    instances(instance_id, last_seen, doc)          one row per serving process (InstanceInfo JSON)
-    mirror(id = 1, upstream, upstream_identity,     present only in a mirror file: the store it copies
-           audit_seq)                               and the last upstream audit seq copied
+    instances(instance_id, last_seen, doc,          one row per serving process (InstanceInfo JSON), under
+              deployment)                           the deployment it serves ('' before the store held one)
+    mirror(id = 1, upstream, upstream_identity,     present only in a mirror file: the store it copies (the
+           audit_seq)                               last upstream audit seq copied is per deployment, in
+                                                    ``deployments.mirrored_seq``)
     health_outbox(seq, version_id, bucket_start,    in a mirror, health deltas flushed by local processes,
-                  counts)                           waiting for the mirror process to forward them upstream
+                  counts, deployment)               waiting for the mirror process to forward them upstream
 
 A mirror file refuses :meth:`commit` with a :class:`StoreError` naming its upstream; only
 :meth:`replicate` (the mirror process) writes its state.
@@ -35,11 +37,12 @@ if TYPE_CHECKING:
 __all__ = ["MirrorMark", "SQLiteFleet"]
 
 _FLEET_TABLES = (
-    "CREATE TABLE IF NOT EXISTS instances (instance_id TEXT PRIMARY KEY, last_seen REAL NOT NULL, doc TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS instances (instance_id TEXT PRIMARY KEY, last_seen REAL NOT NULL, doc TEXT NOT NULL,"
+    " deployment TEXT NOT NULL DEFAULT '')",
     "CREATE TABLE IF NOT EXISTS mirror (id INTEGER PRIMARY KEY CHECK (id = 1), upstream TEXT NOT NULL,"
     " upstream_identity TEXT NOT NULL, audit_seq INTEGER NOT NULL DEFAULT 0)",
     "CREATE TABLE IF NOT EXISTS health_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, version_id TEXT NOT NULL,"
-    " bucket_start REAL NOT NULL, counts TEXT NOT NULL)",
+    " bucket_start REAL NOT NULL, counts TEXT NOT NULL, deployment TEXT NOT NULL DEFAULT '')",
 )
 
 
@@ -64,6 +67,10 @@ class SQLiteFleet:
         def _reading(self, what: str, *, create: bool = False) -> AbstractContextManager[sqlite3.Connection]: ...
         def _writing(self, what: str, *, create: bool = False) -> AbstractContextManager[sqlite3.Connection]: ...
         def _read_meta(self, conn: sqlite3.Connection) -> _MetaLike: ...
+        def _scope(self, conn: sqlite3.Connection) -> str: ...
+
+        deployment: str | None
+
         def _write_state(
             self,
             conn: sqlite3.Connection,
@@ -72,7 +79,7 @@ class SQLiteFleet:
             bundles: dict[str, str],
             audit: Sequence[AuditEntry],
             evicted: Sequence[str],
-        ) -> None: ...
+        ) -> str: ...
 
     # --- fleet rows -------------------------------------------------------------------------------
 
@@ -101,19 +108,21 @@ class SQLiteFleet:
                 with self._writing("registering an instance") as conn:
                     _ensure_tables(conn)
                     conn.execute(
-                        "INSERT OR REPLACE INTO instances (instance_id, last_seen, doc) VALUES (?, ?, ?)",
-                        (info.instance_id, info.last_seen, doc),
+                        "INSERT OR REPLACE INTO instances (instance_id, last_seen, doc, deployment) VALUES (?, ?, ?, ?)",
+                        (info.instance_id, info.last_seen, doc, self._scope(conn)),
                     )
             finally:
                 conn.execute("PRAGMA synchronous=FULL")
                 conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
 
     def instances(self) -> list[InstanceInfo]:
-        """Every registered instance (a row that does not decode raises :class:`StoreError`)."""
+        """Every registered instance of this deployment (a row that does not decode raises :class:`StoreError`)."""
         with self._reading("listing instances") as conn:
             if not _has_table(conn, "instances"):
                 return []
-            rows = conn.execute("SELECT doc FROM instances").fetchall()
+            rows = conn.execute(
+                "SELECT doc FROM instances WHERE deployment IN (?, '')", (self._scope(conn),)
+            ).fetchall()
         return [_decode(row[0], str(self.path)) for row in rows]
 
     def forget_instance(self, instance_id: str) -> None:
@@ -127,14 +136,21 @@ class SQLiteFleet:
         with self._writing("forgetting expired instances") as conn:
             if not _has_table(conn, "instances"):
                 return 0
-            return conn.execute("DELETE FROM instances WHERE last_seen < ?", (last_seen_before,)).rowcount
+            return conn.execute(
+                "DELETE FROM instances WHERE deployment IN (?, '') AND last_seen < ?",
+                (self._scope(conn), last_seen_before),
+            ).rowcount
 
     # --- mirror mode ------------------------------------------------------------------------------
 
     def mirror_of(self) -> MirrorMark | None:
         """What this file mirrors, or None for an ordinary store."""
         with self._reading("reading the mirror mark") as conn:
-            return _mirror_mark(conn)
+            mark = _mirror_mark(conn)
+            if mark is None:
+                return None
+            row = conn.execute("SELECT mirrored_seq FROM deployments WHERE name = ?", (self._scope(conn),)).fetchone()
+            return replace(mark, audit_seq=int(row[0]) if row is not None else 0)
 
     def make_mirror(self, upstream: str, upstream_identity: str) -> MirrorMark:
         """Mark this file a mirror of ``upstream`` (creating the store if needed); returns the mark.
@@ -153,7 +169,7 @@ class SQLiteFleet:
                     )
                 conn.execute("UPDATE mirror SET upstream = ? WHERE id = 1", (upstream,))
                 return replace(found, upstream=upstream)
-            if self._read_meta(conn).mark.revision != 0:
+            if conn.execute("SELECT count(*) FROM deployments WHERE revision > 0").fetchone()[0] != 0:
                 raise StoreError(
                     f"{str(self.path)!r} is an ordinary store holding state; a mirror needs a new file "
                     "(`rule-engine mirror --to` creates it)"
@@ -188,10 +204,12 @@ class SQLiteFleet:
                         "it was restored from an older copy; remove the mirror file to start over"
                     )
                 copied = [replace(e, seq=None) for e in audit]
-                self._write_state(conn, meta, state, bundles, copied, evicted)
+                self.deployment = name = self._write_state(conn, meta, state, bundles, copied, evicted)
                 last = max((e.seq for e in audit if e.seq is not None), default=None)
                 if last is not None:
-                    conn.execute("UPDATE mirror SET audit_seq = MAX(audit_seq, ?) WHERE id = 1", (last,))
+                    conn.execute(
+                        "UPDATE deployments SET mirrored_seq = MAX(mirrored_seq, ?) WHERE name = ?", (last, name)
+                    )
             self._seen = StoreMark(meta.mark.identity, state.revision)
         return state
 
@@ -201,7 +219,9 @@ class SQLiteFleet:
             if not _has_table(conn, "health_outbox"):
                 return []
             rows = conn.execute(
-                "SELECT seq, version_id, bucket_start, counts FROM health_outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, version_id, bucket_start, counts FROM health_outbox WHERE deployment = ?"
+                " ORDER BY seq LIMIT ?",
+                (self._scope(conn), limit),
             ).fetchall()
         try:
             return [(int(s), str(v), float(b), HealthCounts.from_dict(json.loads(c))) for s, v, b, c in rows]
@@ -211,7 +231,9 @@ class SQLiteFleet:
     def ack_outbox(self, through_seq: int) -> None:
         """Drop outbox rows up to ``through_seq`` (forwarded upstream)."""
         with self._writing("acknowledging the health outbox") as conn:
-            conn.execute("DELETE FROM health_outbox WHERE seq <= ?", (through_seq,))
+            conn.execute(
+                "DELETE FROM health_outbox WHERE deployment = ? AND seq <= ?", (self._scope(conn), through_seq)
+            )
 
     # --- hooks called by SQLiteStore inside its transactions -------------------------------------------
 
@@ -226,9 +248,10 @@ class SQLiteFleet:
     def _queue_for_upstream(self, conn: sqlite3.Connection, deltas: Sequence[tuple[str, float, HealthCounts]]) -> None:
         if _mirror_mark(conn) is None:
             return
+        scope = self._scope(conn)
         conn.executemany(
-            "INSERT INTO health_outbox (version_id, bucket_start, counts) VALUES (?, ?, ?)",
-            [(v, b, json.dumps(d.to_dict(), separators=(",", ":"))) for v, b, d in deltas],
+            "INSERT INTO health_outbox (version_id, bucket_start, counts, deployment) VALUES (?, ?, ?, ?)",
+            [(v, b, json.dumps(d.to_dict(), separators=(",", ":")), scope) for v, b, d in deltas],
         )
 
 

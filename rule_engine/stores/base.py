@@ -1,8 +1,12 @@
 """The state store interface (the contract every backend honours).
 
-A store keeps four things: the :class:`ControlState` document (one revision number for the whole
-state), the bundle text of every retained version, an append-only audit trail, and health counters
-in time buckets. Its contract:
+A store holds any number of named deployments (:mod:`rule_engine.stores.deployments`), and a store
+object is a handle on one of them: bound to a name (``open_store(url, deployment=NAME)``,
+:meth:`StateStore.scoped`), or unbound, binding itself to the only one the store holds. For its
+deployment a handle keeps four things: the :class:`ControlState` document (one revision number for
+the deployment's whole state), the bundle text of every retained version, an append-only audit
+trail, and health counters in time buckets. Its contract (each point is per deployment: a commit to
+one deployment never moves another's revision, audit chain, bundles or health):
 
 - :meth:`commit` is atomic: the new state, the new bundles, the audit entries and the evictions are
   all written or none is. It succeeds only if the stored revision still equals
@@ -24,6 +28,8 @@ in time buckets. Its contract:
   upsert one row per serving process, :meth:`instances` lists them, :meth:`forget_instance` /
   :meth:`forget_instances` drop them. These rows are not part of the state: writing them never moves
   the revision nor the audit. A store that keeps no fleet (the defaults below) lists none.
+- :meth:`deployment_names` / :meth:`deployment_states` / :meth:`deployments` list the store's
+  deployments (those committed at least once), whatever the handle is bound to.
 - Backend failures surface as :class:`StoreError` (raised ``from`` the backend's exception), and
   so does anything read back that does not decode (a corrupt state row, a mistyped revision).
 """
@@ -36,19 +42,48 @@ from collections.abc import Sequence
 
 from rule_engine.control.instances import InstanceInfo
 from rule_engine.control.records import AuditEntry, ControlState
-from rule_engine.errors import StoreURLError
+from rule_engine.errors import StoreError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
+from rule_engine.stores.deployments import DeploymentSummary, check_name, name_for, require, summaries
 from rule_engine.stores.integrity import AuditCheck, StoreMark
 
-__all__ = ["DEFAULT_STORE_URL", "StateStore", "open_store", "store_url_from_env"]
+__all__ = ["DEFAULT_STORE_URL", "StateStore", "open_deployment", "open_store", "store_url_from_env"]
 
 DEFAULT_STORE_URL = "sqlite:///.rule-engine/state.db"
 
 
 class StateStore(ABC):
-    """Where one deployment's state lives."""
+    """A handle on one deployment's state in a store that may hold several."""
 
     url: str = ""
+    deployment: str | None = None  # the deployment this handle is bound to (None: not bound yet)
+
+    def scoped(self, name: str) -> StateStore:
+        """A handle on deployment ``name`` of the same store (new or existing); close it when done.
+
+        The built-in backends hold many; a store that holds one deployment (the default here) refuses
+        any other name.
+        """
+        if name == self._single_name():
+            return self
+        raise StoreError(f"the store {self.url!r} holds one deployment, {self._single_name()!r}; not {name!r}")
+
+    def deployment_names(self) -> list[str]:
+        """The names of the store's deployments (those committed at least once), sorted."""
+        return [self._single_name()] if self.revision() else []
+
+    def deployment_states(self) -> dict[str, ControlState]:
+        """Every deployment's current state, by name, read in one snapshot (O(deployments))."""
+        state = self.load()
+        return {self._single_name(): state} if state.revision else {}
+
+    def _single_name(self) -> str:
+        """The name of a one-deployment store: its handle's, else its active policy's (``name_for``)."""
+        return self.deployment or name_for(self.load())
+
+    def deployments(self) -> list[DeploymentSummary]:
+        """A summary of each deployment (name, revision, active version, rollout), by name."""
+        return summaries(self.deployment_states())
 
     @abstractmethod
     def load(self) -> ControlState:
@@ -153,8 +188,11 @@ def store_url_from_env(url: str | None = None) -> str:
     return url or os.environ.get("RULE_ENGINE_STORE") or DEFAULT_STORE_URL
 
 
-def open_store(url: str, *, create: bool = False) -> StateStore:
+def open_store(url: str, *, create: bool = False, deployment: str | None = None) -> StateStore:
     """Open the store a URL names: ``memory://``, ``sqlite:///path/to/state.db`` or ``postgresql://...``.
+
+    The handle is bound to ``deployment`` (a valid name, see :func:`check_name`), or unbound when None
+    (see :mod:`rule_engine.stores.deployments`).
 
     Without ``create`` a store that does not exist is not created: reading it raises
     :class:`StoreError` ("no store at ..."), and only a commit creates it. Writing commands pass
@@ -164,21 +202,42 @@ def open_store(url: str, *, create: bool = False) -> StateStore:
     """
     from rule_engine.stores.memory import MemoryStore
 
+    name = None if deployment is None else check_name(deployment)
     if url in ("memory://", "memory:"):
-        return MemoryStore()
+        return MemoryStore(deployment=name)
     if url.startswith("sqlite://"):
         from rule_engine.stores.sqlite import SQLiteStore
 
-        store: StateStore = SQLiteStore.from_url(url, create=create)
+        store: StateStore = SQLiteStore.from_url(url, create=create, deployment=name)
         return store
     if url.startswith(("postgresql://", "postgres://")):
         try:
             from rule_engine.stores.postgres import PostgresStore
         except ImportError as exc:
             raise ImportError(f"{exc}; install it with: pip install 'rule_engine[postgres]'") from exc
-        return PostgresStore.from_url(url, create=create)
+        return PostgresStore.from_url(url, create=create, deployment=name)
     scheme = url.split("://", 1)[0] if "://" in url else url
     raise StoreURLError(
         f"unsupported store URL {url!r} (scheme {scheme!r}); "
         "use sqlite:///path/to/state.db, postgresql://user@host/db or memory://"
     )
+
+
+def open_deployment(url: str | StateStore | None, deployment: str | None = None, *, create: bool = False) -> StateStore:
+    """The handle ``DeploymentManager.open`` works on: deployment ``deployment`` of the store at ``url``.
+
+    ``url`` None: ``$RULE_ENGINE_STORE``, else the default file; a store object is used as it is, or
+    :meth:`~StateStore.scoped` to ``deployment``. ``deployment`` None: unbound (the only one; see
+    :mod:`rule_engine.stores.deployments`). Without ``create`` a named deployment the store does not
+    hold is a :class:`~rule_engine.errors.DeploymentNotFoundError` listing those it holds.
+    """
+    if isinstance(url, StateStore):
+        return url if deployment is None or deployment == url.deployment else url.scoped(check_name(deployment))
+    store = open_store(store_url_from_env(url), create=create, deployment=deployment)
+    if deployment is not None and not create:
+        try:
+            require(deployment, store.deployment_names(), repr(store.url))
+        except BaseException:
+            store.close()
+            raise
+    return store

@@ -7,10 +7,15 @@ Install with ``pip install 'rule_engine[postgres]'`` (psycopg 3 and psycopg-pool
 variables and ``~/.pgpass``, as with ``psql``. Two options of ours may be added to a URL: ``timeout``
 (seconds, default 5) and ``pool_size`` (default 4). Layout: see :mod:`rule_engine.stores._pg_schema`.
 
-- :meth:`PostgresStore.commit` is one transaction: ``UPDATE meta SET revision = revision + 1 WHERE
-  revision = expected`` (no row: :class:`ConflictError`, nothing written), the state document, new
-  bundles, evictions, audit rows and a ``NOTIFY rule_engine`` whose payload is
-  ``{"revision": R, "ids": [version ids touched]}`` (delivered by the server only if it commits).
+- A handle works on one deployment (see :mod:`rule_engine.stores.deployments`): every row has a
+  ``deployment`` column, and each deployment has its own revision and audit chain (``deployments``).
+- :meth:`PostgresStore.commit` is one transaction: ``UPDATE meta SET revision = revision + 1`` (the
+  store-wide commit counter: its row lock serialises commits, so the one audit seq stays ordered),
+  then ``UPDATE deployments SET revision = revision + 1 WHERE name = D AND revision = expected`` (no
+  row: :class:`ConflictError`, nothing written; the first commit inserts the row), the state
+  document, new bundles, evictions, audit rows and a ``NOTIFY rule_engine`` whose payload is
+  ``{"deployment": D, "revision": R, "ids": [version ids touched]}`` (delivered by the server only if
+  it commits; a follower of another deployment ignores it).
 - Health deltas are upserts that add columns in SQL; nothing is read back and rewritten.
 - The audit table refuses ``UPDATE``, ``DELETE`` and ``TRUNCATE`` by trigger, and a role set up as in
   ``docs/fleet.md`` has only ``INSERT, SELECT`` on it.
@@ -37,33 +42,29 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError
-from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores._pg_conninfo import libpq_conninfo, parse_target
 from rule_engine.stores._pg_fleet import PgFleet
+from rule_engine.stores._pg_health import PgHealth
 from rule_engine.stores._pg_listen import PostgresListener
 from rule_engine.stores._pg_rows import (
     AUDIT_COLUMNS,
     AUDIT_SELECT,
-    HEALTH_SELECT,
     META_COLUMNS,
     META_SELECT,
     Meta,
     audit_rows,
-    health_columns,
-    health_of,
     meta_of,
     notify_payload,
     sha256,
 )
 from rule_engine.stores._pg_schema import (
     SCHEMA_VERSION,
-    UPSERT_BUCKET,
-    UPSERT_LIFETIME,
     apply_migrations,
     schema_version,
 )
 from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.deployments import UNBOUND, check_name, name_for, pick
 from rule_engine.stores.integrity import (
     AuditCheck,
     StoreMark,
@@ -81,7 +82,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
 
 
-class PostgresStore(PgFleet, StateStore):
+class PostgresStore(PgHealth, PgFleet, StateStore):
     """State in a PostgreSQL database, shared by any number of processes and hosts.
 
     Constructing does no I/O: the pool connects on the first call, which also checks (and if needed
@@ -101,7 +102,10 @@ class PostgresStore(PgFleet, StateStore):
         pool_size: int | None = None,
         channel: str = CHANNEL,
         create: bool = True,
+        deployment: str | None = None,
     ) -> None:
+        self.deployment = None if deployment is None else check_name(deployment)
+        self._address, self._options = address, (timeout, pool_size)
         self._target = parse_target(address, timeout=timeout, pool_size=pool_size)
         self.url = self._target.display
         self.timeout = self._target.timeout
@@ -116,9 +120,46 @@ class PostgresStore(PgFleet, StateStore):
         self._watchdog = Watchdog("rule-engine-pg")
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = False) -> PostgresStore:
+    def from_url(cls, url: str, *, create: bool = False, deployment: str | None = None) -> PostgresStore:
         """``postgresql://user@host/db?timeout=5&pool_size=4`` (or ``postgres://``), or a conninfo string."""
-        return cls(url, create=create)
+        return cls(url, create=create, deployment=deployment)
+
+    def scoped(self, name: str) -> PostgresStore:
+        """A handle on deployment ``name`` of this database (its own pool, the same ``create``; close it when done)."""
+        timeout, pool_size = self._options
+        return PostgresStore(
+            self._address,
+            timeout=timeout,
+            pool_size=pool_size,
+            channel=self.channel,
+            create=self._create,
+            deployment=name,
+        )
+
+    def _scope(self, conn: Conn, *, lenient: bool = False) -> str:
+        """The deployment this call works on; binds an unbound handle to the only one (see ``deployments``)."""
+        if self.deployment is not None:
+            return self.deployment
+        names = [str(r[0]) for r in conn.execute("SELECT name FROM deployments ORDER BY name").fetchall()]
+        if lenient and len(names) > 1:
+            return UNBOUND
+        scope = pick(None, names, repr(self.url))
+        if scope != UNBOUND:
+            self.deployment = scope
+        return scope
+
+    def deployment_names(self) -> list[str]:
+        """The deployments this database holds, sorted."""
+        rows = self._run(
+            "listing deployments", lambda c: c.execute("SELECT name FROM deployments ORDER BY name").fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    def deployment_states(self) -> dict[str, ControlState]:
+        """Every deployment's state, read in one statement (one snapshot)."""
+        sql = "SELECT d.name, d.revision, s.doc::text FROM deployments d LEFT JOIN state s ON s.deployment = d.name"
+        rows = self._run("listing deployments", lambda c: c.execute(sql).fetchall())
+        return {str(n): decode_state(doc, int(r), f"{self.url!r} (deployment {n!r})") for n, r, doc in rows}
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -255,9 +296,9 @@ class PostgresStore(PgFleet, StateStore):
                 self._seen = meta.mark
         return meta
 
-    def _meta(self, what: str) -> Meta:
+    def _meta(self, what: str, *, lenient: bool = False) -> Meta:
         before = self._seen
-        row = self._run(what, lambda conn: conn.execute(META_SELECT).fetchone())
+        row = self._run(what, lambda conn: conn.execute(META_SELECT, (self._scope(conn, lenient=lenient),)).fetchone())
         return self._adopt(meta_of(row, repr(self.url)), before)
 
     def load(self) -> ControlState:
@@ -265,9 +306,11 @@ class PostgresStore(PgFleet, StateStore):
         before = self._seen
 
         def work(conn: Conn) -> tuple[Any, ...] | None:
+            scope = self._scope(conn)
             return conn.execute(
-                f"SELECT {', '.join('m.' + c for c in META_COLUMNS.split(', '))}, s.doc::text"
-                " FROM meta m LEFT JOIN state s ON s.id = 1 WHERE m.id = 1"
+                f"SELECT {META_COLUMNS}, s.doc::text FROM meta m LEFT JOIN deployments d ON d.name = %s"
+                " LEFT JOIN state s ON s.deployment = %s WHERE m.id = 1",
+                (scope, scope),
             ).fetchone()
 
         row = self._run("loading the state", work)
@@ -278,6 +321,8 @@ class PostgresStore(PgFleet, StateStore):
             if revision:  # every commit writes the state row: without it the store is corrupt
                 raise StoreError(f"the state row of {self.url!r} is missing at revision {revision}")
             return ControlState(revision=0)
+        if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
+            raise StoreError(f"the deployments row of {self.deployment!r} in {self.url!r} is missing: it holds state")
         return decode_state(doc, revision, repr(self.url))
 
     def revision(self) -> int:
@@ -286,7 +331,7 @@ class PostgresStore(PgFleet, StateStore):
 
     def identity(self) -> str:
         """The store's id (``meta.store_id``), drawn in the transaction that created the tables."""
-        return self._meta("reading the identity").mark.identity
+        return self._meta("reading the identity", lenient=True).mark.identity
 
     def mark(self) -> StoreMark:
         """Identity and revision, read together."""
@@ -298,10 +343,11 @@ class PostgresStore(PgFleet, StateStore):
 
         def work(conn: Conn) -> AuditCheck:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            meta = self._adopt(meta_of(conn.execute(META_SELECT).fetchone(), repr(self.url)), before)
+            scope = self._scope(conn)
+            meta = self._adopt(meta_of(conn.execute(META_SELECT, (scope,)).fetchone(), repr(self.url)), before)
             with conn.cursor(name="rule_engine_verify_audit") as cur:
                 cur.itersize = 1000
-                cur.execute(f"{AUDIT_SELECT} ORDER BY seq")
+                cur.execute(f"{AUDIT_SELECT} ORDER BY seq", (scope,))
                 return verify_chain(audit_rows(cur), meta.chain_from, meta.head)
 
         return self._run("verifying the audit log", work, write=True)
@@ -327,17 +373,30 @@ class PostgresStore(PgFleet, StateStore):
             (version_id, record.digest if (record := committed.versions.get(version_id)) else sha256(text), text)
             for version_id, text in (bundles or {}).items()
         ]
-        payload = notify_payload(committed.revision, [*(bundles or {}), *evicted, *(e.version_id for e in audit)])
+        touched = [*(bundles or {}), *evicted, *(e.version_id for e in audit)]
         before = self._seen
         where = repr(self.url)
 
-        def work(conn: Conn) -> Meta:
+        def work(conn: Conn) -> tuple[Meta, str]:
+            conn.execute(
+                "UPDATE meta SET revision = revision + 1 WHERE id = 1"
+            )  # commits of all deployments queue here
+            scope = self._scope(conn)
+            name = scope if scope != UNBOUND else name_for(committed)
             found = conn.execute(
-                f"UPDATE meta SET revision = revision + 1 WHERE id = 1 AND revision = %s RETURNING {META_COLUMNS}",
-                (expected_revision,),
+                "UPDATE deployments d SET revision = d.revision + 1 FROM meta m WHERE d.name = %s AND d.revision = %s"
+                f" AND m.id = 1 RETURNING {META_COLUMNS}",
+                (name, expected_revision),
             ).fetchone()
+            if found is None and expected_revision == 0:
+                found = conn.execute(
+                    "INSERT INTO deployments AS d (name, revision, audit_chain_from) VALUES (%s, 1, 1)"
+                    " ON CONFLICT (name) DO NOTHING RETURNING d.revision, (SELECT store_id FROM meta WHERE id = 1),"
+                    " d.audit_chain_from, d.audit_head",
+                    (name,),
+                ).fetchone()
             if found is None:
-                current = self._adopt(meta_of(conn.execute(META_SELECT).fetchone(), where), before)
+                current = self._adopt(meta_of(conn.execute(META_SELECT, (name,)).fetchone(), where), before)
                 raise ConflictError(
                     f"state changed concurrently: expected revision {expected_revision}, found {current.mark.revision}"
                 )
@@ -346,32 +405,35 @@ class PostgresStore(PgFleet, StateStore):
             if reason is not None:
                 raise StoreError(f"{self.url!r}: {reason}")
             conn.execute(
-                "INSERT INTO state (id, doc) VALUES (1, %s::jsonb) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (doc,),
+                "INSERT INTO state (deployment, doc) VALUES (%s, %s::jsonb)"
+                " ON CONFLICT (deployment) DO UPDATE SET doc = excluded.doc",
+                (name, doc),
             )
             seq_row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
             chained, head = chain_entries(audit, int(seq_row[0]) if seq_row else 0, meta.head, committed.revision)
-            entries = [(*(getattr(e, c) for c in AUDIT_COLUMNS), committed.revision, h) for e, h in chained]
+            entries = [(*(getattr(e, c) for c in AUDIT_COLUMNS), committed.revision, h, name) for e, h in chained]
             with conn.cursor() as many:
                 if rows:
                     many.executemany(
-                        "INSERT INTO bundles (version_id, digest, doc) VALUES (%s, %s, %s) ON CONFLICT (version_id)"
-                        " DO UPDATE SET digest = excluded.digest, doc = excluded.doc",
-                        rows,
+                        "INSERT INTO bundles (deployment, version_id, digest, doc) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT (deployment, version_id) DO UPDATE SET digest = excluded.digest, doc = excluded.doc",
+                        [(name, *row) for row in rows],
                     )
                 if evicted:
-                    many.execute("DELETE FROM bundles WHERE version_id = ANY(%s)", (list(evicted),))
+                    many.execute(
+                        "DELETE FROM bundles WHERE deployment = %s AND version_id = ANY(%s)", (name, list(evicted))
+                    )
                 if entries:
                     many.executemany(
-                        f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}, revision, hash) OVERRIDING SYSTEM VALUE"
-                        f" VALUES ({', '.join(['%s'] * (len(AUDIT_COLUMNS) + 2))})",
+                        f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}, revision, hash, deployment) OVERRIDING SYSTEM"
+                        f" VALUE VALUES ({', '.join(['%s'] * (len(AUDIT_COLUMNS) + 3))})",
                         entries,
                     )
-                    many.execute("UPDATE meta SET audit_head = %s WHERE id = 1", (head,))
-            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, payload))
-            return meta
+                    many.execute("UPDATE deployments SET audit_head = %s WHERE name = %s", (head, name))
+            conn.execute("SELECT pg_notify(%s, %s)", (self.channel, notify_payload(committed.revision, touched, name)))
+            return meta, name
 
-        meta = self._run("committing the state", work, write=True, create=True)
+        meta, self.deployment = self._run("committing the state", work, write=True, create=True)
         self._adopt(Meta(StoreMark(meta.mark.identity, committed.revision), meta.chain_from, None), before)
         return committed
 
@@ -379,7 +441,9 @@ class PostgresStore(PgFleet, StateStore):
         """The canonical bundle JSON of a retained version (None if unknown)."""
 
         def work(conn: Conn) -> tuple[Any, ...] | None:
-            return conn.execute("SELECT doc FROM bundles WHERE version_id = %s", (version_id,)).fetchone()
+            return conn.execute(
+                "SELECT doc FROM bundles WHERE deployment = %s AND version_id = %s", (self._scope(conn), version_id)
+            ).fetchone()
 
         row = self._run("reading a bundle", work)
         if row is None:
@@ -393,7 +457,7 @@ class PostgresStore(PgFleet, StateStore):
         sql = AUDIT_SELECT
         params: list[object] = []
         if version_id is not None:
-            sql += " WHERE version_id = %s"
+            sql += " AND version_id = %s"
             params.append(version_id)
         sql += " ORDER BY seq DESC"
         if limit:
@@ -401,7 +465,7 @@ class PostgresStore(PgFleet, StateStore):
             params.append(limit)
 
         def work(conn: Conn) -> list[tuple[Any, ...]]:
-            return conn.execute(sql.encode(), params).fetchall()
+            return conn.execute(sql.encode(), [self._scope(conn), *params]).fetchall()
 
         entries = []
         for decoded in audit_rows(reversed(self._run("reading the audit log", work))):
@@ -410,75 +474,12 @@ class PostgresStore(PgFleet, StateStore):
             entries.append(decoded.entry)
         return entries
 
-    def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
-        """Add ``delta`` to the bucket and to the lifetime totals (one transaction)."""
-        self.add_health_many([(version_id, bucket_start, delta)])
-
-    def add_health_many(self, deltas: Sequence[tuple[str, float, HealthCounts]]) -> None:
-        """Add several deltas in one transaction, as upserts that add columns in SQL.
-
-        Deltas for the same row are summed first, and rows are written in key order, so concurrent
-        flushes from many processes never deadlock.
-        """
-        buckets: dict[tuple[str, float], HealthCounts] = {}
-        lifetime: dict[str, HealthCounts] = {}
-        for version_id, bucket_start, delta in deltas:
-            key = (version_id, float(bucket_start))
-            buckets[key] = buckets.get(key, HealthCounts()) + delta
-            lifetime[version_id] = lifetime.get(version_id, HealthCounts()) + delta
-        if not buckets:
-            return
-        bucket_rows = [(v, b, *health_columns(c)) for (v, b), c in sorted(buckets.items())]
-        lifetime_rows = [(v, *health_columns(c)) for v, c in sorted(lifetime.items())]
-
-        def work(conn: Conn) -> None:
-            with conn.cursor() as many:
-                many.executemany(UPSERT_BUCKET, bucket_rows)
-                many.executemany(UPSERT_LIFETIME, lifetime_rows)
-
-        self._run("adding health counters", work, write=True)
-
-    def health(
-        self, version_ids: Sequence[str], since: float | None = None, until: float | None = None
-    ) -> dict[str, HealthCounts]:
-        """Each version's counters over buckets starting in ``[since, until]`` (lifetime if both are None)."""
-        totals = {v: HealthCounts() for v in version_ids}
-        if not totals:
-            return totals
-        if since is None and until is None:
-            sql = f"SELECT {HEALTH_SELECT} FROM health_lifetime WHERE version_id = ANY(%s)"
-            params: tuple[object, ...] = (list(totals),)
-        else:
-            low = float("-inf") if since is None else since
-            high = float("inf") if until is None else until
-            sql = (
-                f"SELECT {HEALTH_SELECT} FROM health"
-                " WHERE version_id = ANY(%s) AND bucket_start >= %s AND bucket_start <= %s"
-            )
-            params = (list(totals), low, high)
-
-        def work(conn: Conn) -> list[tuple[Any, ...]]:
-            return conn.execute(sql.encode(), params).fetchall()
-
-        for row in self._run("reading health counters", work):
-            version_id, counts = health_of(row, repr(self.url))
-            totals[version_id] = totals[version_id] + counts
-        return totals
-
-    def prune_health(self, before: float) -> None:
-        """Drop health buckets that start before ``before`` (lifetime totals are kept)."""
-
-        def work(conn: Conn) -> None:
-            conn.execute("DELETE FROM health WHERE bucket_start < %s", (before,))
-
-        self._run("pruning health buckets", work, write=True)
-
     # --- followers ------------------------------------------------------------------------------
 
     def listen(self) -> PostgresListener:
         """A listener on its own session connection (not pooled) for one follower thread; see
         :class:`PostgresListener`. Close it (or use it as a context manager) when done."""
-        return PostgresListener(self._conninfo, self._target, channel=self.channel)
+        return PostgresListener(self._conninfo, self._target, channel=self.channel, deployment=lambda: self.deployment)
 
     def close(self) -> None:
         """Close the pool and stop the watchdog (idempotent)."""

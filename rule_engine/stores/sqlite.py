@@ -1,15 +1,19 @@
 """The SQLite store: durable state on one file, shared by the processes of one host.
 
-Layout (schema version 2; a schema 1 file is upgraded in place when opened, see ``sqlite_schema``)::
+Layout (schema version 3; a schema 1 or 2 file is upgraded in place when opened, see ``sqlite_schema``)::
 
-    meta(id = 1, schema_version, revision,       one row; `revision` is what followers poll;
-         store_id, audit_chain_from, audit_head) the store's identity and the audit chain's bounds
-    state(id = 1, json)                          the ControlState document (without bundles)
-    bundles(version_id, digest, json)            canonical bundle JSON of every retained version
+    meta(id = 1, schema_version, store_id)       one row: the store's identity
+    deployments(name, revision, audit_chain_from, one row per deployment: `revision` is what its
+                audit_head, mirrored_seq)        followers poll; its audit chain's bounds
+    state(deployment, json)                      each deployment's ControlState document (without bundles)
+    bundles(deployment, version_id, digest, json) canonical bundle JSON of every retained version
     audit(seq, at, action, ..., revision, hash,  append-only (triggers refuse UPDATE, DELETE, reused seq);
-          origin)                                `origin` is the OS account and host that ran the operation
-    health(version_id, bucket_start, counts)     HealthCounts JSON per time bucket
-    health_lifetime(version_id, counts)          lifetime totals (kept when buckets are pruned)
+          origin, deployment)                    `origin` is the OS account and host that ran the operation
+    health(deployment, version_id, bucket_start, counts)  HealthCounts JSON per time bucket
+    health_lifetime(deployment, version_id, counts)       lifetime totals (kept when buckets are pruned)
+
+Audit ``seq`` numbers are the store's (one sequence); each deployment's entries form their own hash
+chain. A handle's every query names its deployment (see :mod:`rule_engine.stores.deployments`).
 
 Every write is one ``BEGIN IMMEDIATE`` transaction (the database's write lock is taken before
 anything is read, so a read-compare-write cannot interleave with another process's), in WAL mode
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -37,9 +40,10 @@ from urllib.parse import parse_qs
 
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError, StoreURLError
-from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores._sqlite_fleet import SQLiteFleet
+from rule_engine.stores._sqlite_health import SQLiteHealth
 from rule_engine.stores.base import StateStore
+from rule_engine.stores.deployments import UNBOUND, check_name, name_for, pick
 from rule_engine.stores.integrity import (
     AuditCheck,
     AuditRow,
@@ -58,7 +62,11 @@ DEFAULT_TIMEOUT = 5.0
 _AUDIT_COLUMNS = (
     "seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy", "origin"
 )  # fmt: skip
-_AUDIT_SELECT = f"SELECT {', '.join(_AUDIT_COLUMNS)}, revision, hash FROM audit"
+_AUDIT_SELECT = f"SELECT {', '.join(_AUDIT_COLUMNS)}, revision, hash FROM audit WHERE deployment = ?"
+_META_SELECT = (
+    "SELECT d.revision, m.store_id, d.audit_chain_from, d.audit_head FROM meta m"
+    " LEFT JOIN deployments d ON d.name = ? WHERE m.id = 1"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +74,10 @@ class _Meta:
     mark: StoreMark
     chain_from: int
     head: str | None
+    scope: str  # the deployment this call works on (UNBOUND: none yet)
 
 
-class SQLiteStore(SQLiteFleet, StateStore):
+class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
     """State in one SQLite file (WAL mode), shared safely by threads and processes.
 
     One connection, guarded by a lock (the manager calls from its lock and from its follower
@@ -80,8 +89,16 @@ class SQLiteStore(SQLiteFleet, StateStore):
     creates one again nor adopts another (see the contract in ``stores/base.py``).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        create: bool = True,
+        deployment: str | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.deployment = None if deployment is None else check_name(deployment)
         if str(path) == ":memory:" or not str(path):
             raise StoreURLError("an SQLite store needs a file path (use memory:// for an in-process store)")
         self.url = f"sqlite:///{self.path}"
@@ -91,12 +108,13 @@ class SQLiteStore(SQLiteFleet, StateStore):
         self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection is on
         self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
         self._closed = False
+        self._create = create
         if create or self.path.exists() or self.path.is_symlink():
             with self._lock:
                 self._connect(create=create)
 
     @classmethod
-    def from_url(cls, url: str, *, create: bool = False) -> SQLiteStore:
+    def from_url(cls, url: str, *, create: bool = False, deployment: str | None = None) -> SQLiteStore:
         """``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db``, optionally ``?timeout=SECONDS``."""
         if not url.startswith("sqlite:///"):
             raise StoreURLError(f"not an SQLite store URL: {url!r} (use sqlite:///path/to/state.db)")
@@ -116,7 +134,11 @@ class SQLiteStore(SQLiteFleet, StateStore):
                 timeout = float(options["timeout"][-1])
             except ValueError as exc:
                 raise StoreURLError(f"timeout must be a number of seconds in {url!r}") from exc
-        return cls(rest, timeout=timeout, create=create)
+        return cls(rest, timeout=timeout, create=create, deployment=deployment)
+
+    def scoped(self, name: str) -> SQLiteStore:
+        """A handle on deployment ``name`` of this file (its own connection, the same ``create``)."""
+        return SQLiteStore(self.path, timeout=self.timeout, create=self._create, deployment=name)
 
     # --- connection -----------------------------------------------------------------------------
 
@@ -137,17 +159,17 @@ class SQLiteStore(SQLiteFleet, StateStore):
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
-            if row is not None and row[0] == 1:
+            if row is not None and row[0] in (1, 2):
                 upgrade(conn)
                 row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
             if row is None or row[0] != SCHEMA_VERSION:
                 raise StoreError(
                     f"{str(self.path)!r} holds state schema {row[0] if row else None!r}; "
-                    f"this version of rule_engine reads schemas 1 and {SCHEMA_VERSION}"
+                    f"this version of rule_engine reads schemas 1 to {SCHEMA_VERSION}"
                 )
             if _file_id(self.path) != file_id:
                 raise StoreError(f"the state file {str(self.path)!r} was replaced while it was being opened")
-            self._read_meta(conn)  # refuses another store than the one this object used
+            self._read_meta(conn, lenient=True)  # refuses another store than the one this object used
         except (sqlite3.Error, UnicodeError) as exc:
             if conn is not None:
                 conn.close()
@@ -190,12 +212,30 @@ class SQLiteStore(SQLiteFleet, StateStore):
         assert self._conn is not None
         return self._conn
 
-    def _read_meta(self, conn: sqlite3.Connection) -> _Meta:
-        """The meta row, checked (types, and continuity with what this object read before)."""
-        row = conn.execute("SELECT revision, store_id, audit_chain_from, audit_head FROM meta WHERE id = 1").fetchone()
+    def _scope(self, conn: sqlite3.Connection, *, lenient: bool = False) -> str:
+        """The deployment this call works on; binds an unbound handle to the only one (see ``deployments``).
+
+        ``lenient``: an unbound handle on a file of several deployments reads none (opening it, to list them).
+        """
+        if self.deployment is not None:
+            return self.deployment
+        names = [str(r[0]) for r in conn.execute("SELECT name FROM deployments ORDER BY name")]
+        if lenient and len(names) > 1:
+            return UNBOUND
+        scope = pick(None, names, repr(str(self.path)))
+        if scope != UNBOUND:
+            self.deployment = scope
+        return scope
+
+    def _read_meta(self, conn: sqlite3.Connection, *, lenient: bool = False) -> _Meta:
+        """The store's and the deployment's meta, checked (types, and continuity with what this object read)."""
+        scope = self._scope(conn, lenient=lenient)
+        row = conn.execute(_META_SELECT, (scope,)).fetchone()
         if row is None:
             raise StoreError(f"the meta row of {str(self.path)!r} is missing: the store is corrupt")
         revision, store_id, chain_from, head = row
+        if revision is None and chain_from is None and head is None:
+            revision, chain_from = 0, 1  # a deployment not committed yet
         problem = meta_problem(revision, store_id, chain_from, head)
         if problem is not None:
             raise StoreError(f"the meta row of {str(self.path)!r} is corrupt: {problem} ({row!r})")
@@ -204,7 +244,7 @@ class SQLiteStore(SQLiteFleet, StateStore):
         if reason is not None:
             raise StoreError(f"{str(self.path)!r}: {reason}")
         self._seen = mark
-        return _Meta(mark, chain_from, head)
+        return _Meta(mark, chain_from, head, scope)
 
     @contextmanager
     def _reading(self, what: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
@@ -246,12 +286,15 @@ class SQLiteStore(SQLiteFleet, StateStore):
     def load(self) -> ControlState:
         """The current state (an empty state at revision 0 for a new store)."""
         with self._snapshot("loading the state") as conn:
-            revision = self._read_meta(conn).mark.revision
-            row = conn.execute("SELECT json FROM state WHERE id = 1").fetchone()
+            meta = self._read_meta(conn)
+            revision = meta.mark.revision
+            row = conn.execute("SELECT json FROM state WHERE deployment = ?", (meta.scope,)).fetchone()
         if row is None:
             if revision:  # every commit writes the state row: without it the store is corrupt
                 raise StoreError(f"the state row of {str(self.path)!r} is missing at revision {revision}")
             return ControlState(revision=revision)
+        if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
+            raise StoreError(f"the deployments row of {meta.scope!r} in {str(self.path)!r} is missing: it holds state")
         return decode_state(row[0], revision, repr(str(self.path)))
 
     def revision(self) -> int:
@@ -262,7 +305,7 @@ class SQLiteStore(SQLiteFleet, StateStore):
     def identity(self) -> str:
         """The store's id (``meta.store_id``), written when the file was made a store."""
         with self._reading("reading the identity") as conn:
-            return self._read_meta(conn).mark.identity
+            return self._read_meta(conn, lenient=True).mark.identity
 
     def mark(self) -> StoreMark:
         """Identity and revision, read together."""
@@ -273,7 +316,8 @@ class SQLiteStore(SQLiteFleet, StateStore):
         """Check the audit hash chain in one read snapshot, one row at a time."""
         with self._snapshot("verifying the audit log") as conn:
             meta = self._read_meta(conn)
-            return verify_chain(_audit_rows(conn.execute(f"{_AUDIT_SELECT} ORDER BY seq")), meta.chain_from, meta.head)
+            rows = conn.execute(f"{_AUDIT_SELECT} ORDER BY seq", (meta.scope,))
+            return verify_chain(_audit_rows(rows), meta.chain_from, meta.head)
 
     def commit(
         self,
@@ -298,7 +342,7 @@ class SQLiteStore(SQLiteFleet, StateStore):
                     )
                 self._refuse_if_mirror(conn)
                 committed = replace(state, revision=expected_revision + 1)
-                self._write_state(conn, meta, committed, bundles or {}, audit, evicted)
+                self.deployment = self._write_state(conn, meta, committed, bundles or {}, audit, evicted)
             self._seen = StoreMark(meta.mark.identity, committed.revision)
         return committed
 
@@ -310,36 +354,47 @@ class SQLiteStore(SQLiteFleet, StateStore):
         bundles: dict[str, str],
         audit: Sequence[AuditEntry],
         evicted: Sequence[str],
-    ) -> None:
-        """Write the state at ``committed.revision``, its bundles, evictions and chained audit (in a transaction)."""
+    ) -> str:
+        """Write the state at ``committed.revision``, its bundles, evictions and chained audit (in a transaction).
+
+        Returns the deployment written: the handle's, or for an unbound handle on an empty store a new
+        one named by :func:`name_for`.
+        """
+        name = meta.scope if meta.scope != UNBOUND else name_for(committed)
         conn.execute(
-            "INSERT INTO state (id, json) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET json = excluded.json",
-            (json.dumps(committed.to_dict(), separators=(",", ":")),),
+            "INSERT INTO state (deployment, json) VALUES (?, ?)"
+            " ON CONFLICT (deployment) DO UPDATE SET json = excluded.json",
+            (name, json.dumps(committed.to_dict(), separators=(",", ":"))),
         )
         for version_id, text in bundles.items():
             record = committed.versions.get(version_id)
             digest = record.digest if record is not None else hashlib.sha256(text.encode()).hexdigest()
             conn.execute(
-                "INSERT OR REPLACE INTO bundles (version_id, digest, json) VALUES (?, ?, ?)",
-                (version_id, digest, text),
+                "INSERT OR REPLACE INTO bundles (deployment, version_id, digest, json) VALUES (?, ?, ?, ?)",
+                (name, version_id, digest, text),
             )
-        conn.executemany("DELETE FROM bundles WHERE version_id = ?", [(v,) for v in evicted])
+        conn.executemany("DELETE FROM bundles WHERE deployment = ? AND version_id = ?", [(name, v) for v in evicted])
         seq = int(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM audit").fetchone()[0])
         chained, head = chain_entries(audit, seq, meta.head, committed.revision)
-        rows = [(*(getattr(e, c) for c in _AUDIT_COLUMNS), committed.revision, h) for e, h in chained]
+        rows = [(*(getattr(e, c) for c in _AUDIT_COLUMNS), committed.revision, h, name) for e, h in chained]
         conn.executemany(
-            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash) VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 2))})",
+            f"INSERT INTO audit ({', '.join(_AUDIT_COLUMNS)}, revision, hash, deployment)"
+            f" VALUES ({', '.join('?' * (len(_AUDIT_COLUMNS) + 3))})",
             rows,
         )
         conn.execute(
-            "UPDATE meta SET revision = ?, audit_head = ? WHERE id = 1",
-            (committed.revision, head if rows else meta.head),
+            "INSERT INTO deployments (name, revision, audit_chain_from, audit_head) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET revision = excluded.revision, audit_head = excluded.audit_head",
+            (name, committed.revision, meta.chain_from, head if rows else meta.head),
         )
+        return name
 
     def bundle_json(self, version_id: str) -> str | None:
         """The canonical bundle JSON of a retained version (None if unknown)."""
         with self._reading("reading a bundle") as conn:
-            row = conn.execute("SELECT json FROM bundles WHERE version_id = ?", (version_id,)).fetchone()
+            row = conn.execute(
+                "SELECT json FROM bundles WHERE deployment = ? AND version_id = ?", (self._scope(conn), version_id)
+            ).fetchone()
         if row is None:
             return None
         if not isinstance(row[0], str):
@@ -350,14 +405,14 @@ class SQLiteStore(SQLiteFleet, StateStore):
         """Audit entries in the order they were written, optionally of one version, the last ``limit``."""
         sql, params = _AUDIT_SELECT, list[object]()
         if version_id is not None:
-            sql += " WHERE version_id = ?"
+            sql += " AND version_id = ?"
             params.append(version_id)
         sql += " ORDER BY seq DESC"
         if limit:
             sql += " LIMIT ?"
             params.append(limit)
         with self._reading("reading the audit log") as conn:
-            rows = conn.execute(sql, params).fetchall()
+            rows = conn.execute(sql, [self._scope(conn), *params]).fetchall()
         entries = []
         for row in reversed(rows):
             decoded = _audit_row(row)
@@ -366,57 +421,23 @@ class SQLiteStore(SQLiteFleet, StateStore):
             entries.append(decoded.entry)
         return entries
 
-    def add_health(self, version_id: str, bucket_start: float, delta: HealthCounts) -> None:
-        """Add ``delta`` to the bucket and to the lifetime totals (one transaction)."""
-        self.add_health_many([(version_id, bucket_start, delta)])
+    def deployment_names(self) -> list[str]:
+        """The deployments this file holds, sorted."""
+        with self._reading("listing deployments") as conn:
+            return [str(r[0]) for r in conn.execute("SELECT name FROM deployments ORDER BY name")]
 
-    def add_health_many(self, deltas: Sequence[tuple[str, float, HealthCounts]]) -> None:
-        """Add several deltas in one transaction: all are counted or none is."""
-        if not deltas:
-            return
-        with self._writing("adding health counters") as conn:
-            self._queue_for_upstream(conn, deltas)
-            for version_id, bucket_start, delta in deltas:
-                row = conn.execute(
-                    "SELECT counts FROM health WHERE version_id = ? AND bucket_start = ?", (version_id, bucket_start)
-                ).fetchone()
-                conn.execute(
-                    "INSERT OR REPLACE INTO health (version_id, bucket_start, counts) VALUES (?, ?, ?)",
-                    (version_id, bucket_start, _dump(_counts(row) + delta)),
-                )
-                row = conn.execute("SELECT counts FROM health_lifetime WHERE version_id = ?", (version_id,)).fetchone()
-                conn.execute(
-                    "INSERT OR REPLACE INTO health_lifetime (version_id, counts) VALUES (?, ?)",
-                    (version_id, _dump(_counts(row) + delta)),
-                )
-
-    def health(
-        self, version_ids: Sequence[str], since: float | None = None, until: float | None = None
-    ) -> dict[str, HealthCounts]:
-        """Each version's counters summed over buckets starting within ``[since, until]`` (lifetime if both None)."""
-        totals = {v: HealthCounts() for v in version_ids}
-        if not totals:
-            return totals
-        marks = ",".join("?" * len(totals))
-        with self._reading("reading health counters") as conn:
-            if since is None and until is None:
-                rows = conn.execute(
-                    f"SELECT version_id, counts FROM health_lifetime WHERE version_id IN ({marks})", list(totals)
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT version_id, counts FROM health WHERE version_id IN ({marks})"
-                    " AND bucket_start >= ? AND bucket_start <= ?",
-                    [*totals, -math.inf if since is None else since, math.inf if until is None else until],
-                ).fetchall()
-        for version_id, counts in rows:
-            totals[version_id] = totals[version_id] + _counts((counts,))
-        return totals
-
-    def prune_health(self, before: float) -> None:
-        """Drop health buckets that start before ``before`` (lifetime totals are kept)."""
-        with self._writing("pruning health buckets") as conn:
-            conn.execute("DELETE FROM health WHERE bucket_start < ?", (before,))
+    def deployment_states(self) -> dict[str, ControlState]:
+        """Every deployment's state, read in one snapshot."""
+        with self._snapshot("listing deployments") as conn:
+            rows = conn.execute(
+                "SELECT d.name, d.revision, s.json FROM deployments d LEFT JOIN state s ON s.deployment = d.name"
+                " ORDER BY d.name"
+            ).fetchall()
+        where = repr(str(self.path))
+        return {
+            str(name): decode_state(text, int(revision), f"{where} (deployment {name!r})")
+            for name, revision, text in rows
+        }
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check`` verdict (``"ok"`` when the file is sound)."""
@@ -435,18 +456,6 @@ class SQLiteStore(SQLiteFleet, StateStore):
         return f"SQLiteStore({str(self.path)!r})"
 
 
-def _counts(row: Sequence[object] | None) -> HealthCounts:
-    if row is None:
-        return HealthCounts()
-    try:
-        data = json.loads(str(row[0]))
-        if not isinstance(data, dict):
-            raise TypeError(f"a JSON {type(data).__name__}, not an object")
-        return HealthCounts.from_dict(data)
-    except (ValueError, TypeError, AttributeError, RecursionError, OverflowError) as exc:
-        raise StoreError(f"stored health counters are corrupt: {exc}") from exc
-
-
 def _file_id(path: Path) -> tuple[int, int]:
     found = os.lstat(path)  # lstat: a symbolic link put in place of the file is another file
     return found.st_dev, found.st_ino
@@ -462,10 +471,6 @@ def _audit_row(row: Sequence[object]) -> AuditRow | BaseException:
 def _audit_rows(cursor: sqlite3.Cursor) -> Iterator[AuditRow | BaseException]:
     for row in cursor:
         yield _audit_row(row)
-
-
-def _dump(counts: HealthCounts) -> str:
-    return json.dumps(counts.to_dict(), separators=(",", ":"))
 
 
 def _describe(exc: sqlite3.Error | UnicodeError, timeout: float) -> str:

@@ -27,28 +27,35 @@ import uuid
 from pathlib import Path
 
 from rule_engine.errors import StoreError
+from rule_engine.stores.deployments import UNBOUND, migrated_name
 
 __all__ = ["SCHEMA_VERSION", "check_files", "create_schema", "open_file", "upgrade"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     schema_version INTEGER NOT NULL,
+    store_id TEXT
+);
+CREATE TABLE IF NOT EXISTS deployments (
+    name TEXT PRIMARY KEY,
     revision INTEGER NOT NULL,
-    store_id TEXT,
     audit_chain_from INTEGER,
-    audit_head TEXT
+    audit_head TEXT,
+    mirrored_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS state (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
+    deployment TEXT PRIMARY KEY,
     json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS bundles (
-    version_id TEXT PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    version_id TEXT NOT NULL,
     digest TEXT NOT NULL,
-    json TEXT NOT NULL
+    json TEXT NOT NULL,
+    PRIMARY KEY (deployment, version_id)
 );
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,21 +69,28 @@ CREATE TABLE IF NOT EXISTS audit (
     strategy TEXT,
     revision INTEGER NOT NULL,
     hash TEXT,
-    origin TEXT
+    origin TEXT,
+    deployment TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_by_version ON audit (version_id, seq);
 CREATE TABLE IF NOT EXISTS health (
+    deployment TEXT NOT NULL,
     version_id TEXT NOT NULL,
     bucket_start REAL NOT NULL,
     counts TEXT NOT NULL,
-    PRIMARY KEY (version_id, bucket_start)
+    PRIMARY KEY (deployment, version_id, bucket_start)
 );
-CREATE INDEX IF NOT EXISTS health_by_start ON health (bucket_start);
 CREATE TABLE IF NOT EXISTS health_lifetime (
-    version_id TEXT PRIMARY KEY,
-    counts TEXT NOT NULL
+    deployment TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    PRIMARY KEY (deployment, version_id)
 );
 """
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS audit_by_deployment ON audit (deployment, seq)",
+    "CREATE INDEX IF NOT EXISTS audit_by_version ON audit (deployment, version_id, seq)",
+    "CREATE INDEX IF NOT EXISTS health_by_start ON health (bucket_start)",
+)
 
 _APPEND_ONLY = "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
 _TRIGGERS = (
@@ -102,20 +116,87 @@ def create_schema(conn: sqlite3.Connection) -> None:
     tables = [part for part in _TABLES.split(";") if part.strip()]
     _in_transaction(
         conn,
-        [*tables, *_TRIGGERS],
-        "INSERT OR IGNORE INTO meta (id, schema_version, revision, store_id, audit_chain_from)"
-        f" VALUES (1, {SCHEMA_VERSION}, 0, '{uuid.uuid4()}', 1)",
+        [*tables, *_INDEXES, *_TRIGGERS],
+        f"INSERT OR IGNORE INTO meta (id, schema_version, store_id) VALUES (1, {SCHEMA_VERSION}, '{uuid.uuid4()}')",
     )
 
 
 def upgrade(conn: sqlite3.Connection) -> None:
-    """Upgrade a schema 1 store in place: give it an identity and start the audit chain after its entries."""
+    """Upgrade a schema 1 or 2 store in place to schema 3 (each step once, whoever races)."""
     _in_transaction(
         conn,
         [*_UPGRADE_1, *_TRIGGERS],
-        f"UPDATE meta SET schema_version = {SCHEMA_VERSION}, store_id = '{uuid.uuid4()}',"
+        "UPDATE meta SET schema_version = 2, store_id = '" + str(uuid.uuid4()) + "',"
         " audit_chain_from = (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit) WHERE id = 1",
         only_if_schema=1,
+    )
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
+        if row is not None and row[0] == 2:
+            for statement in upgrade_2_statements(conn):
+                conn.execute(*statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def upgrade_2_statements(conn: sqlite3.Connection) -> list[tuple[str, tuple[object, ...]]]:
+    """Schema 2 -> 3: everything the store holds becomes one deployment, named after its active policy.
+
+    The name is the ``bundle_id`` of the active (else the newest) version, or ``default``; a store
+    that never committed gets no deployment (its first deploy names it). The revision, the audit
+    chain's bounds and every entry, bundle, health bucket and fleet row move to that deployment
+    unchanged, so the chain still verifies and the same versions serve.
+    """
+    revision, chain_from, head = conn.execute(
+        "SELECT revision, audit_chain_from, audit_head FROM meta WHERE id = 1"
+    ).fetchone()
+    row = conn.execute("SELECT json FROM state WHERE id = 1").fetchone()
+    name = migrated_name(row[0] if row is not None else None, int(revision))
+    mirrored = conn.execute("SELECT audit_seq FROM mirror WHERE id = 1").fetchone() if _has(conn, "mirror") else None
+    out: list[tuple[str, tuple[object, ...]]] = [(part, ()) for part in _TABLES.split(";") if "deployments" in part]
+    if name != UNBOUND:
+        out.append(
+            (
+                "INSERT INTO deployments (name, revision, audit_chain_from, audit_head, mirrored_seq) VALUES (?, ?, ?, ?, ?)",
+                (name, revision, chain_from, head, mirrored[0] if mirrored else 0),
+            )
+        )
+    moved = {"state": "json", "bundles": "version_id, digest, json", "health": "version_id, bucket_start, counts"}
+    moved["health_lifetime"] = "version_id, counts"
+    for table, columns in moved.items():
+        create = next(part for part in _TABLES.split(";") if f"EXISTS {table} (" in part)
+        out += [
+            (f"ALTER TABLE {table} RENAME TO {table}_v2", ()),
+            (create, ()),
+            (f"INSERT INTO {table} (deployment, {columns}) SELECT ?, {columns} FROM {table}_v2", (name,)),
+            (f"DROP TABLE {table}_v2", ()),
+        ]
+    out += [
+        ("ALTER TABLE audit ADD COLUMN deployment TEXT NOT NULL DEFAULT ''", ()),
+        ("DROP TRIGGER audit_no_update", ()),  # the one UPDATE the audit ever sees: naming its deployment
+        ("UPDATE audit SET deployment = ?", (name,)),
+        (_TRIGGERS[0], ()),
+        ("DROP INDEX IF EXISTS audit_by_version", ()),
+        *((index, ()) for index in _INDEXES),
+    ]
+    for table in ("instances", "health_outbox"):
+        if _has(conn, table):
+            out += [
+                (f"ALTER TABLE {table} ADD COLUMN deployment TEXT NOT NULL DEFAULT ''", ()),
+                (f"UPDATE {table} SET deployment = ?", (name,)),
+            ]
+    out += [(f"ALTER TABLE meta DROP COLUMN {c}", ()) for c in ("revision", "audit_chain_from", "audit_head")]
+    out.append((f"UPDATE meta SET schema_version = {SCHEMA_VERSION} WHERE id = 1", ()))
+    return out
+
+
+def _has(conn: sqlite3.Connection, table: str) -> bool:
+    return (
+        conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone() is not None
     )
 
 

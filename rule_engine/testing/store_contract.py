@@ -23,9 +23,10 @@ from dataclasses import replace
 
 import pytest
 
+from rule_engine.control.instances import InstanceInfo
 from rule_engine.control.records import ControlState
 from rule_engine.control.states import DeploymentState
-from rule_engine.errors import ConflictError
+from rule_engine.errors import AmbiguousDeploymentError, ConflictError, StoreURLError
 from rule_engine.serving.counts import HealthCounts
 from rule_engine.stores.base import StateStore
 from rule_engine.testing.builders import audit_entry, control_state, version_record
@@ -125,3 +126,88 @@ class StoreContractTests:
             [("v1", 0.0, HealthCounts(1)), ("v1", 5.0, HealthCounts(2)), ("v2", 0.0, HealthCounts(4))]
         )
         assert store.health(["v1", "v2"]) == {"v1": HealthCounts(3), "v2": HealthCounts(4)}
+
+    # --- several deployments in one store ------------------------------------------------------------
+
+    def test_deployments_keep_apart_everything_but_the_identity(self, store: StateStore) -> None:
+        """Two deployments: own revisions, states, bundles (same version id), audit chains, health, fleet rows."""
+        one, two = store.scoped("one"), store.scoped("two")
+        try:
+            first = control_state(version_record("v1", 1, DeploymentState.ACTIVE), active="v1")
+            one.commit(0, first, bundles={"v1": "one"}, audit=[audit_entry("v1")])
+            one.commit(1, first, audit=[audit_entry("v1", "activate")])
+            two.commit(0, control_state(version_record("v1", 1)), bundles={"v1": "two"}, audit=[audit_entry("v1")])
+            assert (one.revision(), two.revision()) == (2, 1)
+            assert one.load() == replace(first, revision=2)
+            assert (one.bundle_json("v1"), two.bundle_json("v1")) == ("one", "two")
+            assert [e.action for e in one.audit_log()] == ["prepare", "activate"]
+            assert [e.action for e in two.audit_log("v1")] == ["prepare"]
+            seqs = [e.seq for e in one.audit_log() + two.audit_log()]
+            assert len(set(seqs)) == 3  # the store numbers entries once for all its deployments
+            assert one.verify_audit().ok
+            assert two.verify_audit().ok
+            assert one.verify_audit().checked == 2
+            assert one.identity() == two.identity() == store.identity()
+            with pytest.raises(ConflictError):
+                two.commit(0, control_state())
+            assert one.revision() == 2
+            one.add_health("v1", 0.0, HealthCounts(5))
+            assert (one.health(["v1"])["v1"].evaluations, two.health(["v1"])["v1"].evaluations) == (5, 0)
+            two.prune_health(before=10.0)
+            assert one.health(["v1"], since=0.0)["v1"].evaluations == 5
+            assert store.deployment_names() == ["one", "two"]
+            assert [(d.name, d.revision, d.active_version_id) for d in store.deployments()] == [
+                ("one", 2, "v1"),
+                ("two", 1, None),
+            ]
+            assert store.deployment_states()["one"] == replace(first, revision=2)
+        finally:
+            one.close()
+            two.close()
+
+    def test_fleet_rows_belong_to_their_deployment(self, store: StateStore) -> None:
+        """An instance registered on one deployment is listed and expired there only."""
+        one, two = store.scoped("one"), store.scoped("two")
+        try:
+            one.commit(0, control_state())
+            two.commit(0, control_state())
+            one.register_instance(_instance("i1", 10.0))
+            two.register_instance(_instance("i2", 10.0))
+            assert [i.instance_id for i in one.instances()] == ["i1"]
+            assert two.forget_instances(last_seen_before=20.0) == 1
+            assert [i.instance_id for i in one.instances()] == ["i1"]
+            assert two.instances() == []
+        finally:
+            one.close()
+            two.close()
+
+    def test_an_unbound_handle_names_its_first_deployment_and_binds_to_the_only_one(self, store: StateStore) -> None:
+        """Unbound: empty until the first commit, which names the deployment after its policy; bound from then on."""
+        assert store.deployment is None
+        assert store.deployment_names() == []
+        store.commit(0, control_state(version_record("v1", 1, bundle_id="gateway")))
+        assert store.deployment == "gateway"  # the record's bundle_id
+        assert store.deployment_names() == ["gateway"]
+        other = store.scoped("other")
+        try:
+            other.commit(0, control_state())
+            assert store.revision() == 1  # still bound to "mini"
+        finally:
+            other.close()
+
+    def test_an_unbound_handle_on_several_deployments_names_them(self, store: StateStore) -> None:
+        """With several deployments and none named, a read says which there are; listing them works."""
+        for name in ("one", "two"):
+            handle = store.scoped(name)
+            handle.commit(0, control_state())
+            handle.close()
+        with pytest.raises(AmbiguousDeploymentError, match="'one', 'two'") as caught:
+            store.load()
+        assert caught.value.names == ["one", "two"]
+        assert store.deployment_names() == ["one", "two"]
+        with pytest.raises(StoreURLError, match="not a deployment name"):
+            store.scoped("no spaces")
+
+
+def _instance(instance_id: str, last_seen: float) -> InstanceInfo:
+    return InstanceInfo(instance_id, "host", 1, 0.0, "0", 1, None, 0, None, None, 0.0, (), last_seen)
