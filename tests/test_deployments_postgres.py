@@ -124,3 +124,34 @@ def test_two_policies_share_a_database_and_opening_without_a_name_lists_them(pg_
     fraud.close()
     with pytest.raises(AmbiguousDeploymentError, match="'fraud-screen', 'gateway-access'"):
         DeploymentManager.open(root, follow=False)
+
+
+def test_another_deployments_late_notification_does_not_turn_a_push_into_a_poll(pg_database: str) -> None:
+    """A wait that first receives only another deployment's notification keeps waiting for its own.
+
+    The full suite once saw `last_via == "poll"` here: a late notification of 'two' woke the wait
+    meant for 'one', which then read the revision instead of taking its own notification.
+    """
+    from types import SimpleNamespace
+
+    from rule_engine.stores.postgres import PostgresStore
+
+    root = PostgresStore(pg_database)
+    one, two = root.scoped("one"), root.scoped("two")
+    one.commit(0, kit.state("v1"))
+    with one.listen() as listener:
+        assert listener.wait_for_change(timeout=1.0) == 1
+        conn = listener._conn
+        assert conn is not None
+        real = conn.notifies
+        late = [[SimpleNamespace(payload=json.dumps({"deployment": "two", "revision": 7}))], []]
+
+        def notifies(**kwargs: Any) -> Any:
+            return late.pop(0) if late else real(**kwargs)
+
+        conn.notifies = notifies  # type: ignore[method-assign]
+        one.commit(1, kit.state("v1"))
+        assert listener.wait_for_change(timeout=5.0) == 2
+        assert listener.last_via == "notify"
+    for handle in (one, two, root):
+        handle.close()

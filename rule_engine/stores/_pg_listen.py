@@ -103,10 +103,14 @@ class PostgresListener:
             assert conn is not None
             with self._watchdog.guard(conn, timeout + self._target.timeout) as guard:
                 mine = self._deployment()
-                notes = list(conn.notifies(timeout=max(timeout, 0.0), stop_after=1))
-                if notes:
-                    notes += conn.notifies(timeout=0.0)  # drain what already arrived
-                seen = [r for r in (_revision_of(n.payload, mine) for n in notes) if r is not None]
+                deadline = time.monotonic() + max(timeout, 0.0)
+                while True:  # another deployment's notifications are skipped; bounded by the deadline
+                    notes = list(conn.notifies(timeout=max(deadline - time.monotonic(), 0.0), stop_after=1))
+                    if notes:
+                        notes += conn.notifies(timeout=0.0)  # drain what already arrived
+                    seen = [r for r in (_revision_of(n.payload, mine) for n in notes) if r is not None]
+                    if seen or not notes or time.monotonic() >= deadline:
+                        break
                 pushed = bool(seen) and min(seen) >= 0
                 revision = max(seen) if pushed else self._read_revision(conn)
             self._last_ok = time.monotonic()
