@@ -72,6 +72,8 @@ def test_a_command_needs_the_deployment_named_when_there_are_several(two: str) -
     assert "--deployment NAME" in line
     status = ok(run(two, "--deployment", "gateway-access", "status", "--json"))
     assert status["rollout"]["version_id"].startswith("gateway-access@2.0.0")
+    assert status["deployment"] == "gateway-access"
+    assert "(deployment fraud-screen)" in ok(run(two, "--deployment", "fraud-screen", "status")).splitlines()[0]
     history = ok(run(two, "history", "--json", env={"RULE_ENGINE_DEPLOYMENT": "fraud-screen"}))
     assert {v["version_id"].split("@")[0] for v in history["versions"]} == {"fraud-screen"}
     assert "no deployment 'nope'" in _error(run(two, "--deployment", "nope", "status"))

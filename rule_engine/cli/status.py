@@ -57,7 +57,8 @@ def status(ctx: click.Context, live: bool, interval: float, count: int | None, a
         scheduled = scheduled_versions(manager.state)
         data = status_view(manager, state.shown_url, infos)  # the one JSON shape of `status --json` and the API
         fleet = str(data["fleet"]["summary"])
-        emit(as_json, data, lambda: _print_status(state.shown_url, active, rollout, infos, scheduled, fleet))
+        where = state.shown_url + (f" (deployment {data['deployment']})" if data["deployment"] else "")
+        emit(as_json, data, lambda: _print_status(where, active, rollout, infos, scheduled, fleet))
 
 
 def _print_status(

@@ -53,6 +53,7 @@ def status_view(manager: DeploymentManager, store_url: str, kept: list[Deploymen
     serving = {active} | ({rollout.version_id} if rollout else set())
     return {
         "store": redact_url(store_url),
+        "deployment": manager.store.deployment,  # None: a store nothing was committed to yet
         "active_version": active,
         "rollout": rollout.to_dict() if rollout else None,
         "health": {i.version_id: i.health_metrics.to_dict() for i in kept if i.version_id in serving},
