@@ -94,8 +94,9 @@ def test_an_instance_that_stops_beating_goes_stale_then_is_forgotten(
     pid = silent.fleet.info(clock.now()).pid
     assert view.summary() == (
         f"2 of 3 instances serve revision {first.state.revision} "
-        f"(1 stale: {lag.instance.host}/pid {pid}, last seen {EXPIRE_AFTER + 2:.0f} s ago)"
+        f"(1 stale: {lag.instance.host}/pid {pid}, last seen {EXPIRE_AFTER + 2:.0f} s ago); waiting for 1 of 3 instances"
     )
+    assert view.to_dict()["waiting"] == "waiting for 1 of 3 instances"
     assert view.to_dict()["lagging"][0]["pid"] == silent.fleet.info(clock.now()).pid
     clock.advance(FleetPolicy().forget_after)
     beat(fleet[:2])
@@ -233,6 +234,7 @@ def test_fleet_and_status_commands_show_the_fleet(fleet: list[DeploymentManager]
         "converged": True,
         "serving_revision": revision,
         "lagging": [],
+        "waiting": None,
         "summary": f"3 of 3 instances serve revision {revision}",
     }
     text = runner.invoke(cli, ["--store", url, "status"]).output

@@ -46,6 +46,13 @@ class VersionRecord:
     held: str | None = None  # a due schedule the controller holds (D16), and why
     last_rollout: Rollout | None = None  # the aborted rollout ``retry`` restarts (its salt, its deadline)
     reinstated: bool = False  # made active again by ``undo``: never rolled back automatically while it bakes
+    converged_at: float | None = None  # when the whole fleet was first seen serving it as the active version
+
+    @property
+    def bake_from(self) -> float | None:
+        """When its bake time starts: when the fleet was first seen serving it, else its activation."""
+        converged, activated = self.converged_at, self.activated_at
+        return converged if converged is not None and activated is not None and converged >= activated else activated
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -71,6 +78,7 @@ class VersionRecord:
             "held": self.held,
             "last_rollout": self.last_rollout.to_dict() if self.last_rollout is not None else None,
             **({"reinstated": True} if self.reinstated else {}),
+            **({"converged_at": self.converged_at} if self.converged_at is not None else {}),
         }
 
     @classmethod
@@ -94,6 +102,7 @@ class VersionRecord:
             held=data.get("held"),
             last_rollout=Rollout.from_dict(data["last_rollout"]) if data.get("last_rollout") else None,
             reinstated=data.get("reinstated") is True,
+            converged_at=data.get("converged_at"),
         )
 
 

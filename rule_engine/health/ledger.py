@@ -196,7 +196,11 @@ class HealthLedger:
             return False
         record = state.versions.get(state.active)
         activated_at = record.activated_at if record is not None else None
-        if activated_at is None or abs(now - activated_at) > self.thresholds_for(state, state.active).bake_secs:
+        bake_from = record.bake_from if record is not None else None  # the fleet's convergence, when recorded
+        if activated_at is None or bake_from is None:
+            return False
+        bake_secs = self.thresholds_for(state, state.active).bake_secs
+        if now - bake_from > bake_secs or activated_at - now > bake_secs:
             return False
         return not any(
             r.state is DeploymentState.ROLLED_BACK and r.finished_at is not None and r.finished_at >= activated_at
