@@ -62,8 +62,10 @@ class PgFleet:
         """Every registered instance."""
 
         def work(conn: Any) -> list[Any]:
-            if conn.execute("SELECT to_regclass('instances')").fetchone()[0] is None:
-                return []
+            if not self._fleet_table_ok:  # once seen, the table stays: one statement per read from then on
+                if conn.execute("SELECT to_regclass('instances')").fetchone()[0] is None:
+                    return []
+                self._fleet_table_ok = True
             return list(conn.execute("SELECT doc FROM instances").fetchall())
 
         rows = self._run("listing instances", work)
