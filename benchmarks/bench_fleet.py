@@ -195,6 +195,14 @@ def bench_mirror(upstream_url: str, workdir: Path, commits: int, mode: str) -> d
     upstream = DeploymentManager.open(upstream_url, follow=False)
     upstream.activate_deployment(upstream.prepare_deployment(_bundle(0, 50)))
     source = open_store(upstream_url)
+    marks = [0]
+    real_mark = source.mark
+
+    def counted_mark() -> Any:
+        marks[0] += 1
+        return real_mark()
+
+    source.mark = counted_mark  # type: ignore[method-assign]
     copy = Mirror(source if mode == "push" else _Polled(source), SQLiteStore.from_url(local_url, create=True))  # type: ignore[arg-type]
     copy.open()
     copy.sync_once()
@@ -202,16 +210,28 @@ def bench_mirror(upstream_url: str, workdir: Path, commits: int, mode: str) -> d
     thread.start()
     proc = _spawn(["evaluator", local_url, str(commits), str(WAIT * 4)])
     started: dict[str, int] = {}
+    copied: dict[int, int] = {}  # upstream revision -> when the mirror file held it (monotonic ns)
+    real_copy = copy._copy
+
+    def timed_copy() -> None:
+        real_copy()
+        copied[copy.local.revision()] = time.monotonic_ns()
+
+    copy._copy = timed_copy  # type: ignore[method-assign]
+    revisions: dict[str, int] = {}
     try:
         assert proc.stdout is not None
         proc.stdout.readline()
         time.sleep(0.3)
+        began, marks_before = time.monotonic(), marks[0]
         for i in range(commits):
             version_id = upstream.prepare_deployment(_bundle(i, 60))
             time.sleep(0.15)
             started[version_id] = time.monotonic_ns()
             upstream.activate_deployment(version_id)
+            revisions[version_id] = upstream.state.revision
             time.sleep(0.15)
+        mark_rate = (marks[0] - marks_before) / (time.monotonic() - began)
         out, _ = proc.communicate(timeout=WAIT * 5)
     finally:
         copy.stop()
@@ -223,7 +243,15 @@ def bench_mirror(upstream_url: str, workdir: Path, commits: int, mode: str) -> d
         copy.local.close()
     got = dict(line.split() for line in out.splitlines() if line.strip())
     hops = [(int(got[v]) - t0) / 1e9 for v, t0 in started.items() if v in got]
-    return {"mode": mode, "commits": commits, "missing": commits - len(hops), "hop": _summary(hops)}
+    to_file = [(copied[revisions[v]] - t0) / 1e9 for v, t0 in started.items() if revisions[v] in copied]
+    return {
+        "mode": mode,
+        "commits": commits,
+        "missing": commits - len(hops),
+        "hop": _summary(hops),
+        "to_mirror_file": _summary(to_file),
+        "upstream_marks_per_s": mark_rate,
+    }
 
 
 def _postgres(conninfo: str | None) -> tuple[Any, str]:
@@ -289,11 +317,12 @@ def main() -> int:
                 )
                 row = bench_mirror(upstream, Path(tmp), args.mirror_commits, mode)
                 figures["mirror"].append(row)
-                h = row["hop"]
+                h, f = row["hop"], row["to_mirror_file"]
                 print(
                     f"mirror hop, mirror {mode} (upstream commit -> process behind the mirror serves it): "
                     f"p50 {h['p50_ms']:.1f} ms  p99 {h['p99_ms']:.1f} ms  max {h['max_ms']:.1f} ms"
-                    f"  ({row['missing']} missing)",
+                    f"  ({row['missing']} missing); commit -> mirror file holds it: p50 {f['p50_ms']:.1f} ms"
+                    f"  p99 {f['p99_ms']:.1f} ms; upstream mark() calls: {row['upstream_marks_per_s']:.0f}/s",
                     flush=True,
                 )
     finally:
