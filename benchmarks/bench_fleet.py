@@ -16,7 +16,7 @@
      LISTEN/NOTIFY, 1 s safety poll) and ``poll`` followers (the polling loop every 20 ms).
 2. **Mirror hop.** An upstream store, a :class:`Mirror` copying it into a local SQLite file (its
    ``run`` loop in this process, forwarding every 5 ms), and one evaluator *process* following the
-   local file (20 ms poll): upstream commit (``activate_deployment`` called) -> that process has
+   local file (20 ms poll; ``bench_propagation.py``'s evaluator): upstream commit (``activate_deployment`` called) -> that process has
    swapped the new version in (its ``after_swap`` hook, on the system-wide monotonic clock),
    p50/p99/max over ``--mirror-commits``. With ``--postgres`` the upstream is the cluster and the
    mirror runs twice: followed by push (LISTEN/NOTIFY) and by polling every 5 ms (the same mirror
@@ -76,29 +76,6 @@ def worker(url: str, mode: str, seconds: float) -> None:
     with manager:
         print("ready", flush=True)
         stop.wait(seconds)
-
-
-def evaluator(url: str, expected: int, seconds: float) -> None:
-    """A process behind the mirror: print when each new stable version is swapped in (monotonic ns)."""
-    _quiet()
-    served: list[tuple[str, int]] = []
-    done = threading.Event()
-    manager = DeploymentManager.open(url, follow=False)
-
-    def swapped(event: Any) -> None:
-        stable = event.serving_after[0]
-        if stable is not None and stable != event.serving_before[0]:
-            served.append((stable, time.monotonic_ns()))
-            if len(served) >= expected:
-                done.set()
-
-    manager.subscribe("after_swap", swapped)
-    manager.start_following()
-    print("ready", flush=True)
-    done.wait(seconds)
-    manager.close()
-    for version_id, at in served:
-        print(f"{version_id} {at}")
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -208,7 +185,12 @@ def bench_mirror(upstream_url: str, workdir: Path, commits: int, mode: str) -> d
     copy.sync_once()
     thread = threading.Thread(target=copy.run, args=(0.005, None), daemon=True)
     thread.start()
-    proc = _spawn(["evaluator", local_url, str(commits), str(WAIT * 4)])
+    proc = subprocess.Popen(  # bench_propagation's evaluator process: prints when each version swaps in
+        [sys.executable, str(HERE / "bench_propagation.py"), "--as-evaluator", local_url, "push", "0.02", str(commits)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     started: dict[str, int] = {}
     copied: dict[int, int] = {}  # upstream revision -> when the mirror file held it (monotonic ns)
     real_copy = copy._copy
@@ -242,6 +224,7 @@ def bench_mirror(upstream_url: str, workdir: Path, commits: int, mode: str) -> d
         source.close()
         copy.local.close()
     got = dict(line.split() for line in out.splitlines() if line.strip())
+    got.pop("cpu", None)
     hops = [(int(got[v]) - t0) / 1e9 for v, t0 in started.items() if v in got]
     to_file = [(copied[revisions[v]] - t0) / 1e9 for v, t0 in started.items() if revisions[v] in copied]
     return {
@@ -338,8 +321,5 @@ def main() -> int:
 if __name__ == "__main__":
     if len(sys.argv) >= 5 and sys.argv[1] == "worker":
         worker(sys.argv[2], sys.argv[3], float(sys.argv[4]))
-        sys.exit(0)
-    if len(sys.argv) >= 5 and sys.argv[1] == "evaluator":
-        evaluator(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
         sys.exit(0)
     sys.exit(main())

@@ -19,6 +19,7 @@ from rule_engine.control.states import DeploymentState
 from rule_engine.deployment.fleet import FleetPolicy
 from rule_engine.observability.views import fleet_status
 from tests._support_health import START, THRESHOLDS, bundle
+from tests.test_fleet import beat
 
 T0 = datetime.fromisoformat(START).replace(tzinfo=UTC).timestamp()  # freezegun reads START as UTC
 WAITING = "waiting for 2 of 3 instances to serve it (its bake time counts from then)"
@@ -42,13 +43,6 @@ def fleet(tmp_path: Path, frozen: FrozenDateTimeFactory) -> Iterator[list[Deploy
     yield managers
     for manager in managers:
         manager.close()
-
-
-def beat(managers: list[DeploymentManager], *, refresh: bool = True) -> None:
-    for manager in managers:
-        if refresh:
-            manager.refresh()
-        manager.fleet.beat()
 
 
 def switch(first: DeploymentManager) -> str:
