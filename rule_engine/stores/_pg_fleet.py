@@ -45,7 +45,11 @@ class PgFleet:
             self._fleet_table_ok = True
 
     def register_instance(self, info: InstanceInfo) -> None:
-        """Upsert one instance's row."""
+        """Upsert one instance's row: one statement, one round trip (autocommit: atomic by itself).
+
+        Not wrapped in ``BEGIN``/``COMMIT`` (two more round trips per heartbeat, one right after
+        every pickup); the upsert is idempotent, so a call retried on a fresh connection is safe.
+        """
         doc = json.dumps(info.to_dict(), separators=(",", ":"))
 
         def work(conn: Any) -> None:
@@ -56,7 +60,7 @@ class PgFleet:
                 (info.instance_id, info.last_seen, doc),
             )
 
-        self._run("registering an instance", work, write=True)
+        self._run("registering an instance", work)
 
     def instances(self) -> list[InstanceInfo]:
         """Every registered instance."""
