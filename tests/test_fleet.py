@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -329,3 +330,24 @@ def test_a_heartbeat_does_not_wait_for_another_process_write_lock(tmp_path: Path
     store.heartbeat(info)  # and the next one succeeds, with the busy timeout restored for other writes
     assert store.instances() == [info]
     store.close()
+
+
+def test_a_pickup_reads_the_store_once_per_need(fleet: list[DeploymentManager]) -> None:
+    """Picking up a commit: one mark(), one load(), the new bundle once, no second revision read."""
+    first, follower = fleet[0], fleet[1]
+    first.activate_deployment(first.prepare_deployment(bundle("2.0.0")))
+    store = follower.store
+    calls: list[str] = []
+    for name in ("mark", "revision", "load", "bundle_json", "identity"):
+        real = getattr(store, name)
+
+        def counted(*args: object, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        setattr(store, name, counted)
+    assert follower.refresh()
+    assert sorted(calls) == ["bundle_json", "load", "mark"]
+    calls.clear()
+    assert not follower.refresh()  # nothing moved: one mark(), nothing else
+    assert calls == ["mark"]

@@ -177,3 +177,32 @@ def test_a_listener_told_not_to_poll_makes_no_round_trip_when_nothing_came(pg_da
             assert listener.last_via == "notify"
     finally:
         manager.close()
+
+
+class SilentListener(FlakyListener):
+    """Answers nothing: no error, but the last round trip keeps getting older (a hung server)."""
+
+    def last_round_trip_age(self) -> float | None:
+        return mirror_module.STALE_AFTER + 1.0
+
+
+def test_a_silent_upstream_makes_the_mirror_stale_by_the_age_of_its_last_answer(local_url: str) -> None:
+    """A hung server raises nothing: the mirror still reports stale, once, from the round-trip age."""
+    store = PushingMemoryStore(failures=0)
+    store.listener = SilentListener(store, 0)
+    manager = DeploymentManager(store=store)
+    manager.activate_deployment(manager.prepare_deployment(bundle("1.0.0")))
+    copy = Mirror(store, SQLiteStore.from_url(local_url, create=True))
+    copy.open()
+    with capture_logs() as logs:
+        thread = running(copy, 0.01)
+        try:
+            eventually(lambda: copy.stale is not None, "stale")
+            eventually(lambda: len(store.listener.calls) > 10, "more calls while silent")
+        finally:
+            copy.stop()
+            thread.join(WAIT)
+    assert copy.stale is not None
+    assert copy.stale.startswith("the upstream has not answered for ")
+    assert [e["event"] for e in logs].count("mirror.stale") == 1
+    copy.local.close()
