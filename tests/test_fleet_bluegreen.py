@@ -153,3 +153,33 @@ def test_without_registered_instances_a_switch_bakes_from_its_commit(frozen: Fro
     frozen.tick(THRESHOLDS.bake_secs + 1)
     manager.update_health_metrics(new, 1000, 50)
     assert manager.get_active_version_id() == new  # past its bake time: reported, not rolled back
+
+
+def test_on_postgres_three_managers_gate_a_switch_and_record_it_once(pg_database: str) -> None:
+    """The same on the fleet's store: the switch waits for the instances, two controllers record it once."""
+    from rule_engine.stores.postgres import PostgresStore
+    from rule_engine.testing import ManualClock
+
+    clock = ManualClock(T0)  # freezegun would freeze the pool's and the watchdog's monotonic clock too
+    first = DeploymentManager.open(PostgresStore(pg_database), follow=False, clock=clock, thresholds=THRESHOLDS)
+    managers = [first] + [
+        DeploymentManager.open(PostgresStore(pg_database), follow=False, clock=clock) for _ in range(2)
+    ]
+    try:
+        first.activate_deployment(first.prepare_deployment(bundle("1.0.0")))
+        beat(managers)
+        first.tick()
+        new = switch(first)
+        beat(managers[:1])
+        beat(managers[1:], refresh=False)
+        assert any(WAITING in h for h in managers[1].tick().holding)
+        beat(managers)
+        clock.advance(5)
+        managers[1].tick()
+        first.tick()
+        first.refresh()
+        assert first.state.versions[new].converged_at == T0 + 5
+        assert [e.action for e in first.audit_log(new)].count("converge") == 1
+    finally:
+        for manager in managers:
+            manager.close()
