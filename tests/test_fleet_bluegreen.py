@@ -73,6 +73,7 @@ def test_a_blue_green_switch_holds_its_bake_until_the_fleet_serves_it(
     fleet took that long to serve it, so it is still baking and is rolled back.
     """
     first = fleet[0]
+    first.fleet.policy = FleetPolicy(deadline=900.0)  # the fleet may take longer than the bake time
     stable = first.get_active_version_id()
     new = switch(first)
     beat(fleet[:1])
@@ -130,6 +131,20 @@ def test_past_the_deadline_a_switch_names_its_laggards_and_optionally_ignores_th
     assert not [h for h in first.tick().holding if "waiting" in h]
     assert first.state.versions[new].converged_at == T0 + 121
     assert "ignoring 1 past the deadline" in first.audit_log(new, limit=1)[0].reason
+
+
+def test_a_fleet_that_converges_past_the_deadline_does_not_restart_the_bake(
+    fleet: list[DeploymentManager], frozen: FrozenDateTimeFactory
+) -> None:
+    """An activation is gated up to the deadline: served later (or by processes started later), it stays settled."""
+    first = fleet[0]
+    first.fleet.policy = FleetPolicy(deadline=120.0)
+    new = switch(first)
+    frozen.tick(121)
+    beat(fleet)
+    assert first.tick().holding == ()
+    assert first.state.versions[new].converged_at is None
+    assert first.state.versions[new].bake_from == first.state.versions[new].activated_at
 
 
 def test_two_controllers_record_a_switch_s_convergence_once(fleet: list[DeploymentManager]) -> None:

@@ -27,7 +27,10 @@ An activation outside a rollout (a blue-green switch, a scheduled activation, a 
 gated the same way: until the fleet serves the new active version the tick says "waiting for 3 of 32
 instances to serve it", and the first tick that sees it served commits the version's
 ``converged_at`` (:func:`plan_active_converged`); its bake time (automatic rollback armed) runs
-``bake_secs`` from then (``VersionRecord.bake_from``), the deadline counting from the activation.
+``bake_secs`` from then (``VersionRecord.bake_from``). The deadline counts from the activation, and
+an activation is gated only up to it: past it the laggards are reported (and, with
+``ignore_laggards``, the convergence recorded without them), but a fleet that converges or starts
+later does not restart the version's bake time (it counts from the commit).
 """
 
 from __future__ import annotations
@@ -243,12 +246,15 @@ class Fleet:
                 return plan_active_converged(version_id, len(view.instances), ignored)
             return plan_converged(version_id, stage_index, len(view.instances), ignored)
 
+        deadline = self.policy.deadline
+        within = deadline is None or now - since < deadline
         if view.converged:
-            return None, plan_of(())
+            # An activation is gated up to the deadline only: a fleet that converges (or starts) later
+            # does not restart a settled version's bake time.
+            return None, (plan_of(()) if within or stage_index is not None else None)
         what = "this stage" if stage_index is not None else "it (its bake time counts from then)"
         waiting = f"waiting for {len(view.lagging)} of {len(view.instances)} instances to serve {what}"
-        deadline = self.policy.deadline
-        if deadline is None or now - since < deadline:
+        if within:
             return f"{waiting} ({view.lagging[0].name}: {view.lagging[0].reason})", None
         names = [f"{lag.name} ({lag.reason})" for lag in view.lagging]
         key = (version_id, -1 if stage_index is None else stage_index)
