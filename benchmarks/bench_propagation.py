@@ -70,15 +70,44 @@ def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
         step = manager._follower.step_with_flush(manager._health, manager._clock, 1.0)
         manager._start(BackgroundLoop("rule-engine-follower", poll_s, step))
     print("ready", flush=True)
+    cpu = _own_cpu()
     done.wait(WORKER_LIFETIME)
+    cpu = _own_cpu() - cpu
     manager.close()
     for version_id, at in served:
         print(f"{version_id} {at}")
+    print(f"cpu {cpu:.6f}")
 
 
-def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dict[str, Any]:
+def _own_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _server_cpu(cluster: Any) -> float | None:
+    """CPU seconds the cluster used so far: the postmaster, its live children and the ones it reaped."""
+    if cluster is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    pids = cluster.pids()
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:13])  # utime, stime
+        if pid == pids[0]:
+            total += sum(int(f) for f in fields[13:15])  # cutime, cstime: exited backends
+    return total / tick
+
+
+def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float, cluster: Any = None) -> dict[str, Any]:
     from rule_engine import DeploymentManager
 
+    server_before = _server_cpu(cluster)
     procs = spawn_ready(["--as-evaluator", url, mode, str(poll_s), str(rounds)], processes, __file__)
     time.sleep(0.5)
     started: dict[str, int] = {}
@@ -91,9 +120,11 @@ def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dic
             writer.activate_deployment(version_id)
     latencies: list[float] = []
     missing = 0
+    client_cpu = 0.0
     for proc in procs:
         out, _ = proc.communicate(timeout=WORKER_LIFETIME + 30)
         got = dict(line.split() for line in out.splitlines() if line.strip())
+        client_cpu += float(got.pop("cpu", "nan"))
         for version_id, t0 in started.items():
             if version_id in got:
                 latencies.append((int(got[version_id]) - t0) / 1e6)
@@ -108,6 +139,11 @@ def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float) -> dic
         "p50_ms": percentile(latencies, 0.50),
         "p99_ms": percentile(latencies, 0.99),
         "max_ms": max(latencies),
+        # CPU per (version, process) pair, both commits (prepare, activate) and idle polling included
+        "evaluator_cpu_ms": client_cpu / (processes * rounds) * 1e3,
+        "server_cpu_ms": (server_after - server_before) / (processes * rounds) * 1e3
+        if server_before is not None and (server_after := _server_cpu(cluster)) is not None
+        else None,
     }
 
 
@@ -144,19 +180,25 @@ def main() -> int:
     try:
         for size in sizes:
             for mode in ("push", "poll"):
-                results.append(_run(url, mode, size, args.rounds, args.poll_ms / 1000))
+                results.append(_run(url, mode, size, args.rounds, args.poll_ms / 1000, cluster))
     finally:
         if cluster is not None:
             cluster.destroy()
     print(f"commit (activate) -> N evaluator processes serving the new version, {args.rounds} versions each")
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print(f"{'processes':>9} {'follower':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>8} {'missing':>8}")
+    print(
+        f"{'processes':>9} {'follower':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>8} {'missing':>8}"
+        f" {'cpu/pickup ms: evaluator':>25} {'server':>7}"
+    )
     for r in results:
         name = "push (LISTEN/NOTIFY)" if r["mode"] == "push" else f"poll every {args.poll_ms:g} ms"
+        server = f"{r['server_cpu_ms']:7.2f}" if r["server_cpu_ms"] is not None else f"{'-':>7}"
         print(
             f"{r['processes']:>9} {name:<22} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}"
-            f" {r['samples']:8d} {r['missing']:8d}"
+            f" {r['samples']:8d} {r['missing']:8d} {r['evaluator_cpu_ms']:25.2f} {server}"
         )
+    end = os.getloadavg()
+    print(f"load average at the end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}")
     for size in sizes:
         push, poll = (next(r for r in results if r["processes"] == size and r["mode"] == m) for m in ("push", "poll"))
         print(

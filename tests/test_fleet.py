@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -94,8 +95,9 @@ def test_an_instance_that_stops_beating_goes_stale_then_is_forgotten(
     pid = silent.fleet.info(clock.now()).pid
     assert view.summary() == (
         f"2 of 3 instances serve revision {first.state.revision} "
-        f"(1 stale: {lag.instance.host}/pid {pid}, last seen {EXPIRE_AFTER + 2:.0f} s ago)"
+        f"(1 stale: {lag.instance.host}/pid {pid}, last seen {EXPIRE_AFTER + 2:.0f} s ago); waiting for 1 of 3 instances"
     )
+    assert view.to_dict()["waiting"] == "waiting for 1 of 3 instances"
     assert view.to_dict()["lagging"][0]["pid"] == silent.fleet.info(clock.now()).pid
     clock.advance(FleetPolicy().forget_after)
     beat(fleet[:2])
@@ -233,6 +235,7 @@ def test_fleet_and_status_commands_show_the_fleet(fleet: list[DeploymentManager]
         "converged": True,
         "serving_revision": revision,
         "lagging": [],
+        "waiting": None,
         "summary": f"3 of 3 instances serve revision {revision}",
     }
     text = runner.invoke(cli, ["--store", url, "status"]).output
@@ -327,3 +330,24 @@ def test_a_heartbeat_does_not_wait_for_another_process_write_lock(tmp_path: Path
     store.heartbeat(info)  # and the next one succeeds, with the busy timeout restored for other writes
     assert store.instances() == [info]
     store.close()
+
+
+def test_a_pickup_reads_the_store_once_per_need(fleet: list[DeploymentManager]) -> None:
+    """Picking up a commit: one mark(), one load(), the new bundle once, no second revision read."""
+    first, follower = fleet[0], fleet[1]
+    first.activate_deployment(first.prepare_deployment(bundle("2.0.0")))
+    store = follower.store
+    calls: list[str] = []
+    for name in ("mark", "revision", "load", "bundle_json", "identity"):
+        real = getattr(store, name)
+
+        def counted(*args: object, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        setattr(store, name, counted)
+    assert follower.refresh()
+    assert sorted(calls) == ["bundle_json", "load", "mark"]
+    calls.clear()
+    assert not follower.refresh()  # nothing moved: one mark(), nothing else
+    assert calls == ["mark"]

@@ -11,6 +11,7 @@ import click
 
 from rule_engine.cli._common import CliContext, CommandFailed, json_option, managed
 from rule_engine.cli.output import echo, emit
+from rule_engine.deployment.follower import PUSH_POLL
 from rule_engine.deployment.mirror import Mirror
 from rule_engine.errors import StoreError
 from rule_engine.observability.views import fleet_view, redact_url
@@ -49,7 +50,14 @@ def fleet(ctx: click.Context, as_json: bool) -> None:
     "--from", "upstream_url", required=True, metavar="URL", help="The store to copy (postgresql://, sqlite:///)."
 )
 @click.option("--to", "local_url", required=True, metavar="URL", help="The local SQLite mirror (sqlite:///path).")
-@click.option("--interval", type=click.FloatRange(min=0.005), default=0.02, show_default=True, metavar="SECONDS")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.005),
+    default=0.02,
+    show_default=True,
+    metavar="SECONDS",
+    help="How often local health and fleet rows are forwarded (and, for an upstream that cannot push, it is polled).",
+)
 @click.option("--once", is_flag=True, help="Sync once and exit.")
 @click.option("--for", "duration", type=click.FloatRange(min=0), default=None, metavar="SECONDS", help="Stop after.")
 @json_option
@@ -109,7 +117,12 @@ def mirror(
             for signum in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(signum, on_signal)
         if not as_json:
-            echo(f"mirroring {redact_url(upstream.url)} into {local.url} every {interval:g} s (Ctrl-C stops)")
+            how = (
+                f"following by LISTEN/NOTIFY (safety poll every {PUSH_POLL:g} s; local rows forwarded every {interval:g} s)"
+                if callable(getattr(upstream, "listen", None))
+                else f"every {interval:g} s"
+            )
+            echo(f"mirroring {redact_url(upstream.url)} into {local.url} {how} (Ctrl-C stops)")
         copy.run(interval, duration)
         emit(as_json, {"mirror": local.url, "revision": local.revision()}, lambda: echo("mirror stopped"))
     except StoreError:

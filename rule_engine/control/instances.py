@@ -156,6 +156,11 @@ class FleetView:
         """True when every known instance serves what the state says (vacuously true for no instance)."""
         return not self.lagging
 
+    @property
+    def waiting(self) -> str | None:
+        """What a rollout step (a stage, an activation) waits for: "waiting for 3 of 32 instances"; None when converged."""
+        return f"waiting for {len(self.lagging)} of {len(self.instances)} instances" if self.lagging else None
+
     def to_dict(self) -> dict[str, Any]:
         """``status --json``'s ``fleet``."""
         return {
@@ -163,10 +168,11 @@ class FleetView:
             "converged": self.converged,
             "serving_revision": self.serving_revision,
             "lagging": [lag.to_dict() for lag in self.lagging],
+            "waiting": self.waiting,
         }
 
     def summary(self) -> str:
-        """One line: "31 of 32 instances serve revision 57 (1 stale: host-b/pid 4411, last seen 12 s ago)"."""
+        """One line: "31 of 32 instances serve revision 57 (1 stale: host-b/pid 4411, last seen 12 s ago); waiting for 1 of 32 instances"."""
         total = len(self.instances)
         if total == 0:
             return "no instance has registered (no process follows this store)"
@@ -184,7 +190,7 @@ class FleetView:
                 shown = "; ".join(f"{lag.name}, {lag.reason.removeprefix(prefix)}" for lag in group[:3])
                 more = f"; and {len(group) - 3} more" if len(group) > 3 else ""
                 details.append(f"{len(group)} {kind}: {shown}{more}")
-        return line + (f" ({'; '.join(details)})" if details else "")
+        return line + (f" ({'; '.join(details)})" if details else "") + (f"; {self.waiting}" if self.waiting else "")
 
 
 def fleet_view(

@@ -50,6 +50,13 @@ class VersionRecord:
     # The signature verified when the version was prepared (alg, key_id, digest, signature, signer:
     # see control/signatures.py); every process re-verifies it on load when the store requires it.
     signature: Mapping[str, str] | None = None
+    converged_at: float | None = None  # when the whole fleet was first seen serving it as the active version
+
+    @property
+    def bake_from(self) -> float | None:
+        """When its bake time starts: when the fleet was first seen serving it, else its activation."""
+        converged, activated = self.converged_at, self.activated_at
+        return converged if converged is not None and activated is not None and converged >= activated else activated
 
     def moved(self, state: DeploymentState, now: float, **changes: Any) -> VersionRecord:
         """This record in ``state`` at ``now``."""
@@ -76,6 +83,7 @@ class VersionRecord:
             "last_rollout": self.last_rollout.to_dict() if self.last_rollout is not None else None,
             **({"reinstated": True} if self.reinstated else {}),
             **({"signature": dict(self.signature)} if self.signature is not None else {}),
+            **({"converged_at": self.converged_at} if self.converged_at is not None else {}),
         }
 
     @classmethod
@@ -100,6 +108,7 @@ class VersionRecord:
             last_rollout=Rollout.from_dict(data["last_rollout"]) if data.get("last_rollout") else None,
             reinstated=data.get("reinstated") is True,
             signature=_text_mapping(data.get("signature")),
+            converged_at=data.get("converged_at"),
         )
 
 

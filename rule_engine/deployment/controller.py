@@ -62,7 +62,7 @@ class Controller:
         self._ledger = ledger
         self._clock = clock
         self._config = config
-        self._convergence = convergence  # the fleet gate (deployment/fleet.py), consulted before a stage advances
+        self._convergence = convergence  # the fleet gate (deployment/fleet.py): before a stage advances or a bake
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
         self._shadow = ShadowJudge(committer, publisher, ledger, clock, config)  # a rollout's shadow phase
         self._gate = GateKeeper()
@@ -150,6 +150,9 @@ class Controller:
         change = self._apply(_plan_end_experiment, "end-experiment")
         if change.events:
             actions.append("ended A/B test")
+        waiting = self._fleet_holds(self._publisher.state) if self._publisher.state.rollout is None else None
+        if waiting is not None:  # an activation (a blue-green switch) bakes from the fleet's convergence
+            holding.append(f"{self._publisher.state.active}: {waiting}")
         for done, held in (self._shadow.step(), self.judge_and_act()):  # shadow phase: deployment/shadow_judge.py
             actions.extend(done)
             holding.extend(held)

@@ -22,6 +22,15 @@ registered instance does not serve the stage (or is stale), the stage holds with
 duration *on the whole fleet*. After ``deadline`` seconds (None: never) the laggards are named in the
 hold reason, and with ``ignore_laggards`` the stage proceeds without them (noted in the audit). With
 no instance registered (no process follows the store) the gate does not hold nor move the clock.
+
+An activation outside a rollout (a blue-green switch, a scheduled activation, a completed canary) is
+gated the same way: until the fleet serves the new active version the tick says "waiting for 3 of 32
+instances to serve it", and the first tick that sees it served commits the version's
+``converged_at`` (:func:`plan_active_converged`); its bake time (automatic rollback armed) runs
+``bake_secs`` from then (``VersionRecord.bake_from``). The deadline counts from the activation, and
+an activation is gated only up to it: past it the laggards are reported (and, with
+``ignore_laggards``, the convergence recorded without them), but a fleet that converges or starts
+later does not restart the version's bake time (it counts from the commit).
 """
 
 from __future__ import annotations
@@ -50,7 +59,7 @@ from rule_engine.logs import get_logger
 from rule_engine.serving.routing import ALGORITHM_VERSION, Salt, bucket_of, compute_request_hash, goes_to_candidate
 from rule_engine.stores.base import StateStore
 
-__all__ = ["Fleet", "FleetPolicy", "library_version", "plan_converged", "routing_self_check"]
+__all__ = ["Fleet", "FleetPolicy", "library_version", "plan_active_converged", "plan_converged", "routing_self_check"]
 
 _log = get_logger()
 
@@ -214,33 +223,63 @@ class Fleet:
         return fleet_view(self._store.instances(), state, now, self.policy.expire_after)
 
     def gate(self, state: ControlState, now: float) -> tuple[str | None, Plan | None]:
-        """Whether the rollout's current stage may count: (hold reason or None, plan to commit or None).
+        """Whether the current rollout step may count: (hold reason or None, plan to commit or None).
 
-        The plan, when given, records that the fleet converged on this stage (and restarts its clock).
+        The step is the rollout's stage, or, with no rollout, the active version's activation (a
+        blue-green switch, a scheduled activation, a completed canary): its bake time counts from
+        the fleet's convergence. The plan, when given, records that the fleet converged on the step
+        (restarting a stage's clock; starting the active version's bake time).
         """
-        rollout = state.rollout
-        if rollout is None or rollout.converged_stage == rollout.stage_index:
+        step = _pending_step(state)
+        if step is None:
             return None, None
+        version_id, stage_index, since = step
         try:
             view = self.view(state, now)
         except (RuleEngineError, OSError, ValueError) as exc:
             return f"cannot read the fleet: {type(exc).__name__}: {exc}", None
         if not view.instances:
             return None, None
-        if view.converged:
-            return None, plan_converged(rollout.candidate, rollout.stage_index, len(view.instances), ())
-        waiting = f"waiting for {len(view.lagging)} of {len(view.instances)} instances to serve this stage"
+
+        def plan_of(ignored: list[str] | tuple[str, ...]) -> Plan:
+            if stage_index is None:
+                return plan_active_converged(version_id, len(view.instances), ignored)
+            return plan_converged(version_id, stage_index, len(view.instances), ignored)
+
         deadline = self.policy.deadline
-        if deadline is None or now - rollout.stage_started_at < deadline:
+        within = deadline is None or now - since < deadline
+        if view.converged:
+            # An activation is gated up to the deadline only: a fleet that converges (or starts) later
+            # does not restart a settled version's bake time.
+            return None, (plan_of(()) if within or stage_index is not None else None)
+        what = "this stage" if stage_index is not None else "it (its bake time counts from then)"
+        waiting = f"waiting for {len(view.lagging)} of {len(view.instances)} instances to serve {what}"
+        if within:
             return f"{waiting} ({view.lagging[0].name}: {view.lagging[0].reason})", None
         names = [f"{lag.name} ({lag.reason})" for lag in view.lagging]
-        key = (rollout.candidate, rollout.stage_index)
+        key = (version_id, -1 if stage_index is None else stage_index)
         if key not in self._laggards_logged:
             self._laggards_logged.add(key)
-            _log.warning("fleet.laggards", version_id=rollout.candidate, stage=rollout.stage_index + 1, lagging=names)
+            stage = None if stage_index is None else stage_index + 1
+            _log.warning("fleet.laggards", version_id=version_id, stage=stage, lagging=names)
         if self.policy.ignore_laggards:
-            return None, plan_converged(rollout.candidate, rollout.stage_index, len(view.instances), names)
+            return None, plan_of(names)
         return f"{waiting}; deadline of {deadline:g} s passed, lagging: {', '.join(names[:5])}", None
+
+
+def _pending_step(state: ControlState) -> tuple[str, int | None, float] | None:
+    """(version, stage index or None for an activation, since when) of a step the fleet has not converged on."""
+    rollout = state.rollout
+    if rollout is not None:
+        if rollout.converged_stage == rollout.stage_index:
+            return None
+        return rollout.candidate, rollout.stage_index, rollout.stage_started_at
+    record = state.versions.get(state.active) if state.active is not None else None
+    if record is None or record.activated_at is None:
+        return None
+    if record.converged_at is not None and record.converged_at >= record.activated_at:
+        return None  # the fleet's convergence on this activation is recorded
+    return record.version_id, None, record.activated_at
 
 
 def plan_converged(candidate: str, stage_index: int, instances: int, ignored: list[str] | tuple[str, ...]) -> Plan:
@@ -261,6 +300,25 @@ def plan_converged(candidate: str, stage_index: int, instances: int, ignored: li
         change.event(
             "rollout.converged", version_id=candidate, stage=stage_index + 1, instances=instances, ignored=len(ignored)
         )
+        return change
+
+    return plan
+
+
+def plan_active_converged(version_id: str, instances: int, ignored: list[str] | tuple[str, ...]) -> Plan:
+    """Record that the fleet serves the active ``version_id``: ``converged_at = now``, its bake time starts."""
+
+    def plan(state: ControlState, now: float) -> Change:
+        record = state.versions.get(version_id)
+        if state.rollout is not None or state.active != version_id or record is None or record.activated_at is None:
+            return nothing_to_do(state)
+        if record.converged_at is not None and record.converged_at >= record.activated_at:
+            return nothing_to_do(state)  # another process recorded it first
+        change = Change(state, "converge", "controller")
+        without = f", ignoring {len(ignored)} past the deadline: {', '.join(ignored[:5])}" if ignored else ""
+        change.note(record, now, f"fleet of {instances} instances serves it; its bake time counts from now{without}")
+        change.put(replace(record, converged_at=now))
+        change.event("version.converged", version_id=version_id, instances=instances, ignored=len(ignored))
         return change
 
     return plan

@@ -141,7 +141,7 @@ class Follower:
                 self._recovered(revision)
                 return False
             with self._lock:
-                if store.revision() == self._publisher.state.revision:
+                if revision == self._publisher.state.revision:  # published meanwhile (no second round trip)
                     return False
                 old_state, before = self._publisher.state, self._publisher.serving()
                 self._publisher.publish_latest()

@@ -18,14 +18,23 @@ followers never see another store); it records the upstream's identity and refus
 store (a replaced or recreated upstream) or an older revision (a restored backup): that is a
 :class:`StoreError`, and the local processes keep serving the last good copy. Local writes (deploy,
 rollback, tick) are refused with a :class:`StoreError` naming the upstream.
+
+:meth:`Mirror.run` follows an upstream that pushes (PostgreSQL: LISTEN/NOTIFY on one session
+connection) by push, a sync as soon as a notification arrives, with a poll of the revision every
+:data:`~rule_engine.deployment.follower.PUSH_POLL` seconds as the safety net; the local rows are
+forwarded every ``interval``. Any other upstream is synced every ``interval``.
 """
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from rule_engine.control.instances import InstanceInfo
+from rule_engine.deployment.follower import BACKOFF_CAP, BACKOFF_START, PUSH_POLL, STALE_AFTER
 from rule_engine.errors import StoreError
 from rule_engine.logs import get_logger
 from rule_engine.observability.views import redact_url
@@ -35,6 +44,17 @@ from rule_engine.stores.sqlite import SQLiteStore
 __all__ = ["Mirror", "SyncReport"]
 
 _log = get_logger()
+
+
+class _Listener(Protocol):
+    """What :meth:`Mirror.run` needs of an upstream's ``listen()`` (``PostgresListener``)."""
+
+    def wait_for_change(self, timeout: float, *, poll: bool = True) -> int | None: ...
+    def last_round_trip_age(self) -> float | None: ...
+    def abort(self) -> None: ...
+    def close(self) -> None: ...
+
+
 AUDIT_PAGE = 1000  # audit entries read per sync before falling back to a full read
 
 
@@ -57,6 +77,10 @@ class Mirror:
         self._upstream_identity: str | None = None
         self._forwarded: dict[str, float] = {}  # local instance id -> last_seen forwarded
         self._stop = threading.Event()
+        self._stale: str | None = None
+        self._listener: _Listener | None = None  # the upstream's listener while run() follows it by push
+        self._random = random.Random()
+        self._polled = float("-inf")  # when the pushed upstream's revision was last polled (monotonic)
 
     def open(self) -> None:
         """Mark the local file a mirror of the upstream (creating it), refusing another upstream's mirror."""
@@ -78,7 +102,8 @@ class Mirror:
         copied = mark.revision != self.local.revision()
         if copied:
             self._copy()
-        return SyncReport(self.local.revision(), copied, self._forward_health(), self._forward_instances())
+        health, instances = self.forward()
+        return SyncReport(self.local.revision(), copied, health, instances)
 
     def _copy(self) -> None:
         state = self.upstream.load()
@@ -123,31 +148,89 @@ class Mirror:
         return written
 
     def run(self, interval: float = 0.02, duration: float | None = None) -> None:
-        """Sync every ``interval`` seconds until :meth:`stop` (or ``duration`` seconds); failures are logged once.
+        """Follow the upstream until :meth:`stop` (or ``duration`` seconds); failures are logged once.
 
-        While the upstream is unreachable the local copy stays as it was (local processes keep serving
-        it); ``mirror.stale`` is logged once and ``mirror.recovered`` once it syncs again.
+        An upstream that pushes (``listen()``: PostgreSQL's LISTEN/NOTIFY) is followed by push: the
+        state is copied as soon as a notification arrives, the revision is polled every
+        :data:`PUSH_POLL` seconds as the safety net (one round trip), and the local health and fleet
+        rows are forwarded every ``interval`` seconds (local reads; upstream writes only for what
+        changed). Any other upstream is synced every ``interval`` seconds (one ``mark()`` each).
+        While the upstream is unreachable (or, pushed, silent for :data:`STALE_AFTER` seconds) the
+        local copy stays as it was (local processes keep serving it); ``mirror.stale`` is logged
+        once and ``mirror.recovered`` once it answers again; reconnects back off (capped, jittered).
         """
-        import time
-
         ends = None if duration is None else time.monotonic() + duration
-        stale: str | None = None
-        while not self._stop.is_set() and (ends is None or time.monotonic() < ends):
-            try:
-                self.sync_once()
-                if stale is not None:
-                    _log.info("mirror.recovered", revision=self.local.revision())
-                    stale = None
-            except (StoreError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                if stale is None:
-                    _log.warning("mirror.stale", error=reason)
-                stale = reason
-            self._stop.wait(interval)
+        listen = getattr(self.upstream, "listen", None)
+        listener: _Listener | None = listen() if callable(listen) else None
+        self._listener = listener
+        backoff = 0.0
+        try:
+            while not self._stop.is_set() and (ends is None or time.monotonic() < ends):
+                try:
+                    if listener is None:
+                        self.sync_once()
+                        self._recovered()
+                    else:
+                        self._push_step(listener, interval)
+                    backoff = 0.0
+                except (StoreError, OSError) as exc:
+                    if self._stop.is_set():
+                        break
+                    self._note_stale(f"{type(exc).__name__}: {exc}")
+                    if listener is not None:
+                        backoff = min(BACKOFF_CAP, max(BACKOFF_START, backoff * 2))
+                        self._stop.wait(backoff * (0.5 + self._random.random() / 2))
+                        continue
+                if listener is None:
+                    self._stop.wait(interval)
+        finally:
+            self._listener = None
+            if listener is not None:
+                listener.close()
+
+    def _push_step(self, listener: _Listener, interval: float) -> None:
+        """Wait up to ``interval`` for a notification (polling the revision when due), then copy or forward."""
+        poll = time.monotonic() - self._polled >= PUSH_POLL
+        moved = listener.wait_for_change(interval, poll=poll) is not None
+        if poll:
+            self._polled = time.monotonic()
+        if moved:
+            self.sync_once()
+        else:
+            self.forward()
+        age = listener.last_round_trip_age()
+        if age is not None and age > STALE_AFTER:  # a hung upstream raises nothing for a while
+            self._note_stale(f"the upstream has not answered for {age:.1f} s (more than {STALE_AFTER:g} s)")
+        else:
+            self._recovered()
+
+    def forward(self) -> tuple[int, int]:
+        """Forward local health deltas and fleet rows upstream: (outbox rows sent, instance rows written)."""
+        if self._upstream_identity is None:
+            self.open()
+        return self._forward_health(), self._forward_instances()
+
+    def _note_stale(self, reason: str) -> None:
+        if self._stale is None:
+            _log.warning("mirror.stale", error=reason, revision=self.local.revision())
+        self._stale = reason
+
+    def _recovered(self) -> None:
+        if self._stale is not None:
+            _log.info("mirror.recovered", revision=self.local.revision())
+            self._stale = None
+
+    @property
+    def stale(self) -> str | None:
+        """Why the local copy may be old (the upstream failed or went silent), or None."""
+        return self._stale
 
     def stop(self) -> None:
-        """Make :meth:`run` return after its current sync."""
+        """Make :meth:`run` return after its current sync (interrupting a wait for a notification)."""
         self._stop.set()
+        listener = self._listener
+        if listener is not None:
+            listener.abort()
 
 
 def _via(info: InstanceInfo, local_url: str) -> InstanceInfo:

@@ -228,7 +228,11 @@ class HealthLedger:
         if record is None or record.reinstated or record.activated_at is None:
             return False
         activated_at = record.activated_at
-        if abs(now - activated_at) > self.thresholds_for(state, state.active).bake_secs:
+        bake_from = record.bake_from  # the fleet's convergence, when recorded (deployment/fleet.py)
+        if bake_from is None:
+            return False
+        bake_secs = self.thresholds_for(state, state.active).bake_secs
+        if now - bake_from > bake_secs or activated_at - now > bake_secs:
             return False
         if state.last_rollback_at is not None and state.last_rollback_at >= activated_at:
             return False

@@ -47,7 +47,11 @@ class PgFleet:
             self._fleet_table_ok = True
 
     def register_instance(self, info: InstanceInfo) -> None:
-        """Upsert one instance's row."""
+        """Upsert one instance's row: one statement, one round trip (autocommit: atomic by itself).
+
+        Not wrapped in ``BEGIN``/``COMMIT`` (two more round trips per heartbeat, one right after
+        every pickup); the upsert is idempotent, so a call retried on a fresh connection is safe.
+        """
         doc = json.dumps(info.to_dict(), separators=(",", ":"))
 
         def work(conn: Any) -> None:
@@ -59,14 +63,16 @@ class PgFleet:
                 (info.instance_id, info.last_seen, doc, self._scope(conn)),
             )
 
-        self._run("registering an instance", work, write=True)
+        self._run("registering an instance", work)
 
     def instances(self) -> list[InstanceInfo]:
         """Every registered instance."""
 
         def work(conn: Any) -> list[Any]:
-            if conn.execute("SELECT to_regclass('instances')").fetchone()[0] is None:
-                return []
+            if not self._fleet_table_ok:  # once seen, the table stays: one statement per read from then on
+                if conn.execute("SELECT to_regclass('instances')").fetchone()[0] is None:
+                    return []
+                self._fleet_table_ok = True
             return list(
                 conn.execute("SELECT doc FROM instances WHERE deployment IN (%s, '')", (self._scope(conn),)).fetchall()
             )

@@ -83,12 +83,14 @@ class PostgresListener:
         """Seconds since the server last answered (None if it never did)."""
         return None if self._last_ok is None else time.monotonic() - self._last_ok
 
-    def wait_for_change(self, timeout: float) -> int | None:
+    def wait_for_change(self, timeout: float, *, poll: bool = True) -> int | None:
         """Wait up to ``timeout`` seconds for a commit; the new revision, or None if it did not change.
 
-        Raises :class:`StoreError` when the server cannot be reached or does not answer within
-        ``timeout`` plus the store timeout; the connection is then dropped and the next call reconnects
-        (and re-reads the revision).
+        When no notification came, the revision is read (the poll: one round trip); ``poll=False``
+        skips that read, so a caller that wakes often (the mirror, to forward its local rows) polls
+        only when it chooses. Raises :class:`StoreError` when the server cannot be reached or does
+        not answer within ``timeout`` plus the store timeout; the connection is then dropped and the
+        next call reconnects (and re-reads the revision).
         """
         if self._closed:
             raise StoreError(f"the listener on {self._target.display!r} is closed")
@@ -112,6 +114,8 @@ class PostgresListener:
                     if seen or not notes or time.monotonic() >= deadline:
                         break
                 pushed = bool(seen) and min(seen) >= 0
+                if not seen and not poll:
+                    return None
                 revision = max(seen) if pushed else self._read_revision(conn)
             self._last_ok = time.monotonic()
             return self._report(revision, "notify" if pushed else "poll")

@@ -130,7 +130,7 @@ def _check_state(state: ControlState) -> None:
         for name in ("version_id", "bundle_id", "bundle_version", "digest", "deployed_by"):
             if not isinstance(getattr(record, name), str):
                 raise TypeError(f"version {version_id!r}: {name} is not text")
-        for name in ("activated_at", "finished_at"):
+        for name in ("activated_at", "finished_at", "converged_at"):
             if not isinstance(getattr(record, name), int | float | None):
                 raise TypeError(f"version {version_id!r}: {name} is not a time")
         if not isinstance(record.failure_reason, str | None):
