@@ -18,6 +18,8 @@ from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
+from rule_engine.evaluation.codecache import environment_cache
+from rule_engine.evaluation.compiler import use_code_cache
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.serving.routing import Salt
@@ -49,6 +51,9 @@ class Publisher:
         self._tables: dict[str, RuleTable] = {}
         self._salts: dict[str, Salt] = {}
         self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
+        code_cache = environment_cache()  # RULE_ENGINE_CODE_CACHE: generated code shared on this host
+        if code_cache is not None:
+            use_code_cache(code_cache)
 
     def publish(self, state: ControlState) -> None:
         """Build the snapshot for ``state`` and swap it in with one assignment.
