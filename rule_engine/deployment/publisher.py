@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rule_engine.bundle.models import RuleBundle, gc_paused
+from rule_engine.bundle.trusted import text_digest
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
@@ -137,6 +138,11 @@ class Publisher:
         table = self._tables.get(version_id)
         if table is None:
             record = state.versions.get(version_id)
+            table = self._same_digest(record) if record is not None else None
+            if table is not None:
+                if version_id in kept_compiled(state):
+                    self._tables = {**self._tables, version_id: table}
+                return table
             with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
                 bundle = load_checked_bundle(self.store, record) if record is not None else None
                 if bundle is None or record is None:
@@ -146,6 +152,20 @@ class Publisher:
             if version_id in kept_compiled(state):
                 self._tables = {**self._tables, version_id: table}
         return table
+
+    def _same_digest(self, record: VersionRecord) -> RuleTable | None:
+        """A compiled table of another version with ``record``'s digest, restamped (compiled once per digest).
+
+        Only when the store holds ``record``'s bundle with that digest (read and hashed, not parsed):
+        a missing or changed bundle takes the usual path, which reports it.
+        """
+        same = next((t for t in self._tables.values() if t.digest == record.digest), None)
+        if same is None:
+            return None
+        text = self.store.bundle_json(record.version_id)
+        if not isinstance(text, str) or text_digest(text) != record.digest:
+            return None
+        return same.restamped(record.version_id, load=self._loader(record))
 
     def _loader(self, record: VersionRecord) -> Callable[[], RuleBundle]:
         store = self.store
