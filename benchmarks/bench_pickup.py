@@ -54,18 +54,26 @@ from rule_engine.stores.integrity import load_checked_bundle  # noqa: E402
 WAIT = 900.0  # bound on any wait for a follower (s): 32 followers starting on a loaded 2-core host take minutes
 
 FOLLOWER = """
-import json, logging, sys, time
+import json, logging, sys, threading, time
 import structlog
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 from rule_engine import DeploymentManager
 url, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+
+def follower_cpu():
+    # CPU seconds of the manager's follower thread (the one that loads and compiles new versions)
+    for thread in threading.enumerate():
+        if thread.name == "rule-engine-follower" and thread.ident is not None:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return None
+
 with DeploymentManager.open(url) as manager:
     seen = manager.get_active_version_id()
-    print(json.dumps({"ready": seen}), flush=True)
+    print(json.dumps({"ready": seen, "cpu": follower_cpu()}), flush=True)
     while time.time() < deadline:
         now = manager.get_active_version_id()
         if now != seen:
-            print(json.dumps({"active": now, "at": time.time()}), flush=True)
+            print(json.dumps({"active": now, "at": time.time(), "cpu": follower_cpu()}), flush=True)
             seen = now
         time.sleep(0.001)
 """
@@ -87,8 +95,14 @@ def _cpu(fn: Any, rounds: int = 3) -> float:
     return best
 
 
-def pickup(url: str, manager: DeploymentManager, followers: int, seed: int, tree: str | None) -> list[float]:
-    """Seconds from the activation returning to each of ``followers`` processes serving the new version."""
+def pickup(
+    url: str, manager: DeploymentManager, followers: int, seed: int, tree: str | None, cpu: list[float]
+) -> list[float]:
+    """Seconds from the activation returning to each of ``followers`` processes serving the new version.
+
+    Appends to ``cpu`` the CPU seconds each follower's follower thread spent between being ready and
+    serving the new version (load and compile, independent of how the processes were scheduled).
+    """
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -104,17 +118,18 @@ def pickup(url: str, manager: DeploymentManager, followers: int, seed: int, tree
         for _ in range(followers)
     ]
     try:
-        for proc in procs:
-            _line(proc)  # each has loaded what serves now
+        ready = [_line(proc).get("cpu") for proc in procs]  # each has loaded what serves now
         version_id = manager.prepare_deployment(bundle_text(seed), deployed_by="bench")
         manager.activate_deployment(version_id)
         committed = time.time()
         delays = []
-        for proc in procs:
+        for proc, started in zip(procs, ready, strict=True):
             seen = _line(proc)
             if seen.get("active") != version_id:
                 raise RuntimeError(f"a follower saw {seen}, expected {version_id}")
             delays.append(max(0.0, seen["at"] - committed))
+            if started is not None and seen.get("cpu") is not None:
+                cpu.append(seen["cpu"] - started)
         return delays
     finally:
         for proc in procs:
@@ -216,9 +231,20 @@ def run(*, counts: list[int], rounds: int, tree: str | None) -> Report:
             for label, where in (("after", None), ("before", tree)) if tree else (("after", None),):
                 for count in counts:
                     delays: list[float] = []
+                    cpu: list[float] = []
                     for _ in range(rounds if count <= 8 else 1):
-                        delays += pickup(url, manager, count, seed, where)
+                        delays += pickup(url, manager, count, seed, where, cpu)
                         seed += 1
+                    if cpu:
+                        # on an idle 2-core host N followers finish their work after about N / 2
+                        # times one follower's CPU: the part of p99 that scheduling cannot remove
+                        report.add(
+                            f"{label}: {count} followers, CPU per pickup (follower thread, mean)",
+                            statistics.mean(cpu) * 1e9,
+                            baseline="prepare",
+                            note=f"max {max(cpu) * 1000:.0f} ms; {count} x mean / 2 cores = "
+                            f"{count * statistics.mean(cpu) / 2 * 1000:.0f} ms",
+                        )
                     ordered = sorted(delays)
                     print(f"{label}: {count} followers: {[round(d, 3) for d in ordered]}", file=sys.stderr, flush=True)
                     for stat, value in (
