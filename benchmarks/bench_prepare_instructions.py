@@ -9,15 +9,13 @@ set-up), so the count is the case alone. gc is enabled for every case (the same 
 
 * ``json.loads``: the baseline;
 * ``parse``: ``parse_bundle(raw)`` (validate, duplicate keys, limits, canonical digest);
-* ``models``: the same validation by the pydantic models alone (the path of every rejection);
 * ``prepare``: ``RuleTable.from_bundle(parse_bundle(raw))``;
 * ``trusted``: ``parse_bundle(canonical, trusted_digest=digest)``, what a follower parses;
 * ``pickup``: the trusted parse and the compile, what a follower does per new version;
 * ``compile``: ``RuleTable.from_bundle(bundle)`` alone.
 
 ``--before TREE`` runs the same cases on the library in ``TREE`` (e.g. ``git archive a9d65e7 | tar
--x -C /tmp/base``); a case the older library lacks (``models``) is skipped there. A run takes about a
-CPU minute per case.
+-x -C /tmp/base``). A run takes one to three CPU minutes per case.
 """
 
 from __future__ import annotations
@@ -34,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CASES = ("json.loads", "parse", "models", "prepare", "trusted", "pickup", "compile")
+CASES = ("json.loads", "parse", "prepare", "trusted", "pickup", "compile")
 
 
 def _cases(raw: bytes) -> dict[str, Callable[[], Any]]:
     from rule_engine import RuleTable, parse_bundle
-    from rule_engine.bundle import models
 
     bundle = parse_bundle(raw)
     RuleTable.from_bundle(bundle)  # warm the shape cache, as in a serving process
@@ -52,14 +49,6 @@ def _cases(raw: bytes) -> dict[str, Callable[[], Any]]:
         "pickup": lambda: RuleTable.from_bundle(parse_bundle(canonical, trusted_digest=digest)),
         "compile": lambda: RuleTable.from_bundle(bundle),
     }
-    validated_by_models = getattr(models, "_validated_by_models", None)
-    if validated_by_models is not None:
-
-        def by_models() -> Any:
-            with models.gc_paused():
-                return validated_by_models(raw, models.DEFAULT_LIMITS)
-
-        cases["models"] = by_models
     return cases
 
 

@@ -360,16 +360,6 @@ def parse_bundle(
 
 def _parse_bundle(data: str | bytes | bytearray, limits: BundleLimits) -> RuleBundle:
     raw = _prechecked_bytes(data, limits)
-    from rule_engine.bundle.trusted import accepted_bundle  # it builds these models: imported late
-
-    accepted = accepted_bundle(raw, limits)
-    if accepted is not None:
-        return accepted
-    return _validated_by_models(raw, limits)
-
-
-def _validated_by_models(raw: bytes, limits: BundleLimits) -> RuleBundle:
-    """Validate prechecked bytes with the models, reporting every problem (the path of any rejection)."""
     try:
         bundle = RuleBundle._validate_raw_json(raw)
     except ValidationError as exc:

@@ -19,13 +19,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rule_engine.bundle.checks import semantic_problems
-from rule_engine.bundle.fastcheck import accepted_document
 from rule_engine.bundle.models import (
-    DEFAULT_LIMITS,
     AllCondition,
     AnyCondition,
-    BundleLimits,
     BundleTest,
     Leaf,
     NotCondition,
@@ -37,7 +33,7 @@ from rule_engine.bundle.models import (
 )
 from rule_engine.errors import BundleValidationError, Problem
 
-__all__ = ["accepted_bundle", "parse_trusted", "text_digest"]
+__all__ = ["parse_trusted", "text_digest"]
 
 _set = object.__setattr__
 
@@ -68,26 +64,6 @@ def parse_trusted(text: str | bytes | bytearray, digest: str) -> RuleBundle:
     canonical = raw.decode("utf-8") if not isinstance(text, str) else text
     bundle.__dict__["canonical"] = canonical
     bundle.__dict__["digest"] = digest
-    return bundle
-
-
-def accepted_bundle(raw: bytes, limits: BundleLimits) -> RuleBundle | None:
-    """The bundle of prechecked ``raw`` when the fast acceptor and the limits walk pass it, else None.
-
-    None means "validate with the models" (see :mod:`rule_engine.bundle.fastcheck`); the bundle
-    returned equals what the models would build, with its canonical text cached.
-    """
-    document = accepted_document(raw)
-    if document is None:
-        return None
-    bundle = _bundle(document)
-    if next(semantic_problems(bundle, DEFAULT_LIMITS), None) is not None:
-        return None
-    if limits != DEFAULT_LIMITS and next(semantic_problems(bundle, limits), None) is not None:
-        return None
-    bundle.__dict__["canonical"] = json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
     return bundle
 
 
