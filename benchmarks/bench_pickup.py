@@ -1,7 +1,7 @@
 """Issue 14, pickup: how long after a 10k-rule version is activated N follower processes serve it.
 
     .venv/bin/python benchmarks/bench_pickup.py [--quick] [--followers 8,32] [--rounds 3]
-        [--before TREE] [--json PATH]
+        [--before TREE] [--json PATH] [--code-cache-only]
 
 One process stages and activates a new 10k-rule version (synthetic bundle, a new seed per round)
 on a SQLite store; N follower processes (``DeploymentManager.open(url)``, default 20 ms poll) each
@@ -14,6 +14,11 @@ the same bundle, CPU time, best of 3) and, for reference, the single-process tru
 ``--before TREE`` runs the same followers a second time on the library found in ``TREE`` (e.g. the
 base commit exported with ``git archive c9f2010 | tar -x -C /tmp/base``): the before/after of one run.
 Every wait is bounded (``WAIT`` seconds); followers are killed at the end of each round.
+
+The report ends with the on-host code cache (``RULE_ENGINE_CODE_CACHE``): a cold compile (a new
+process: empty shape cache) of a bundle whose every rule has its own condition shape
+(``SHAPE_RULES`` rules), without the cache and with a cache another process filled, against
+the warm compile (every shape already in this process). ``--code-cache-only`` runs only that.
 """
 
 from __future__ import annotations
@@ -42,23 +47,33 @@ from bench_follower import _line  # noqa: E402 - reads one JSON line a follower 
 from generate_synthetic import synthetic_bundle  # noqa: E402
 
 from rule_engine import DeploymentManager, RuleTable, parse_bundle  # noqa: E402
+from rule_engine.evaluation import compiler  # noqa: E402
+from rule_engine.evaluation.codecache import CodeCache  # noqa: E402
 from rule_engine.stores.integrity import load_checked_bundle  # noqa: E402
 
 WAIT = 900.0  # bound on any wait for a follower (s): 32 followers starting on a loaded 2-core host take minutes
 
 FOLLOWER = """
-import json, logging, sys, time
+import json, logging, sys, threading, time
 import structlog
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
 from rule_engine import DeploymentManager
 url, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+
+def follower_cpu():
+    # CPU seconds of the manager's follower thread (the one that loads and compiles new versions)
+    for thread in threading.enumerate():
+        if thread.name == "rule-engine-follower" and thread.ident is not None:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    return None
+
 with DeploymentManager.open(url) as manager:
     seen = manager.get_active_version_id()
-    print(json.dumps({"ready": seen}), flush=True)
+    print(json.dumps({"ready": seen, "cpu": follower_cpu()}), flush=True)
     while time.time() < deadline:
         now = manager.get_active_version_id()
         if now != seen:
-            print(json.dumps({"active": now, "at": time.time()}), flush=True)
+            print(json.dumps({"active": now, "at": time.time(), "cpu": follower_cpu()}), flush=True)
             seen = now
         time.sleep(0.001)
 """
@@ -80,8 +95,14 @@ def _cpu(fn: Any, rounds: int = 3) -> float:
     return best
 
 
-def pickup(url: str, manager: DeploymentManager, followers: int, seed: int, tree: str | None) -> list[float]:
-    """Seconds from the activation returning to each of ``followers`` processes serving the new version."""
+def pickup(
+    url: str, manager: DeploymentManager, followers: int, seed: int, tree: str | None, cpu: list[float]
+) -> list[float]:
+    """Seconds from the activation returning to each of ``followers`` processes serving the new version.
+
+    Appends to ``cpu`` the CPU seconds each follower's follower thread spent between being ready and
+    serving the new version (load and compile, independent of how the processes were scheduled).
+    """
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = tree
@@ -97,22 +118,93 @@ def pickup(url: str, manager: DeploymentManager, followers: int, seed: int, tree
         for _ in range(followers)
     ]
     try:
-        for proc in procs:
-            _line(proc)  # each has loaded what serves now
+        ready = [_line(proc).get("cpu") for proc in procs]  # each has loaded what serves now
         version_id = manager.prepare_deployment(bundle_text(seed), deployed_by="bench")
         manager.activate_deployment(version_id)
         committed = time.time()
         delays = []
-        for proc in procs:
+        for proc, started in zip(procs, ready, strict=True):
             seen = _line(proc)
             if seen.get("active") != version_id:
                 raise RuntimeError(f"a follower saw {seen}, expected {version_id}")
             delays.append(max(0.0, seen["at"] - committed))
+            if started is not None and seen.get("cpu") is not None:
+                cpu.append(seen["cpu"] - started)
         return delays
     finally:
         for proc in procs:
             proc.kill()
             proc.communicate(timeout=WAIT)
+
+
+SHAPE_RULES = 1500  # distinct shapes that fit the in-process shape cache (~530 characters each, 1 MB)
+_LEAVES = (
+    ("eq", "gold"),
+    ("ne", 3),
+    ("gte", 1.5),
+    ("lt", "m"),
+    ("in", ["a", "b"]),
+    ("contains", "x"),
+    ("starts_with", "/a"),
+    ("exists", None),
+)
+
+
+def shape_bundle(rules: int = SHAPE_RULES) -> bytes:
+    """A bundle whose every rule has a distinct condition shape (leaf kinds, path depths and nesting vary)."""
+
+    def leaf(code: int) -> dict[str, Any]:
+        op, value = _LEAVES[code % len(_LEAVES)]
+        field = ".".join(f"f{j}" for j in range(1 + (code // len(_LEAVES)) % 3))
+        return {"field": field, "op": op} if op == "exists" else {"field": field, "op": op, "value": value}
+
+    def condition(number: int) -> dict[str, Any]:
+        leaves, digits = [], number
+        while True:  # the rule's number written in base 24 is its list of leaves: one shape per number
+            leaves.append(leaf(digits % 24))
+            digits //= 24
+            if digits == 0:
+                break
+        return {"all": [{"not": leaves[0]}, *leaves[1:]]} if number % 2 else {"any": [*leaves, leaf(number % 24)]}
+
+    document = {
+        "bundle_id": "shapes",
+        "version": "1",
+        "rules": [{"id": f"r{i}", "when": condition(i), "then": {"decision": "d"}} for i in range(rules)],
+    }
+    return json.dumps(document).encode()
+
+
+def code_cache_report() -> Report:
+    """Cold compile of SHAPE_RULES distinct shapes: no cache, a cache another process filled, warm."""
+    bundle = parse_bundle(shape_bundle())
+    report = Report(title=f"issue 14: cold compile of {len(bundle.rules)} distinct condition shapes (code cache)")
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def cold(cache: CodeCache | None) -> None:
+            compiler.clear_shape_cache()
+            compiler.use_code_cache(cache)
+            try:
+                RuleTable.from_bundle(bundle)
+            finally:
+                compiler.use_code_cache(None)
+
+        cold(CodeCache(Path(tmp) / "cache"))  # the process that compiled first fills it
+        RuleTable.from_bundle(bundle)
+        base = "warm compile (every shape cached in the process)"
+        report.baseline(base, _cpu(lambda: RuleTable.from_bundle(bundle)) * 1e9)
+        without = _cpu(lambda: cold(None))
+        reader = CodeCache(Path(tmp) / "cache")
+        with_cache = _cpu(lambda: cold(reader))
+        report.add("cold compile, no code cache", without * 1e9, baseline=base, note=f"{without * 1000:.0f} ms")
+        report.add(
+            "cold compile, code cache filled by another process",
+            with_cache * 1e9,
+            baseline=base,
+            note=f"{with_cache * 1000:.0f} ms, {reader.hits} hits, {reader.refused} refused",
+        )
+    compiler.clear_shape_cache()
+    return report
 
 
 def _pct(ordered: list[float], q: float) -> float:
@@ -139,9 +231,20 @@ def run(*, counts: list[int], rounds: int, tree: str | None) -> Report:
             for label, where in (("after", None), ("before", tree)) if tree else (("after", None),):
                 for count in counts:
                     delays: list[float] = []
+                    cpu: list[float] = []
                     for _ in range(rounds if count <= 8 else 1):
-                        delays += pickup(url, manager, count, seed, where)
+                        delays += pickup(url, manager, count, seed, where, cpu)
                         seed += 1
+                    if cpu:
+                        # on an idle 2-core host N followers finish their work after about N / 2
+                        # times one follower's CPU: the part of p99 that scheduling cannot remove
+                        report.add(
+                            f"{label}: {count} followers, CPU per pickup (follower thread, mean)",
+                            statistics.mean(cpu) * 1e9,
+                            baseline="prepare",
+                            note=f"max {max(cpu) * 1000:.0f} ms; {count} x mean / 2 cores = "
+                            f"{count * statistics.mean(cpu) / 2 * 1000:.0f} ms",
+                        )
                     ordered = sorted(delays)
                     print(f"{label}: {count} followers: {[round(d, 3) for d in ordered]}", file=sys.stderr, flush=True)
                     for stat, value in (
@@ -167,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--followers", default="8,32", help="comma-separated follower counts (default 8,32)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per count up to 8 followers (default 3)")
     parser.add_argument("--before", metavar="TREE", help="also run the followers on the library in TREE")
+    parser.add_argument("--code-cache-only", action="store_true", help="only the code cache figures")
     args = parser.parse_args(argv)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    if args.code_cache_only:
+        return code_cache_report().finish(args)
     counts = [2, 4] if args.quick else [int(n) for n in args.followers.split(",")]
     rounds = 1 if args.quick else max(1, args.rounds)
-    return run(counts=counts, rounds=rounds, tree=args.before).finish(args)
+    status = run(counts=counts, rounds=rounds, tree=args.before).finish(args)
+    code_cache_report().print()
+    return status
 
 
 if __name__ == "__main__":

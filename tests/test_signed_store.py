@@ -294,3 +294,19 @@ def test_signature_records_name_their_signer_consistently() -> None:
     assert signature_from_record(record) == signature
     with pytest.raises(BundleTrustError, match="signer"):
         signature_from_record({**record, "signer": "ed25519:someone-else"})
+
+
+def test_a_version_of_an_already_compiled_digest_is_still_verified(store_path: Path) -> None:
+    """A rogue unsigned row of the same bundle as what serves is refused too (no reuse past the check)."""
+    with _open(store_path) as follower:
+        served = follower.get_active_version_id()
+        store = SQLiteStore(store_path)
+        try:
+            rogue = _write_past_the_cli(store, "1.0.0", signature=None)  # the digest of what serves
+        finally:
+            store.close()
+        follower.refresh()
+        assert follower.get_active_version_id() == served
+        assert follower.stale is not None
+        assert rogue in follower.stale
+        assert "stored unsigned" in follower.stale

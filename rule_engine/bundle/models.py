@@ -321,6 +321,12 @@ def gc_paused() -> Iterator[None]:
     Parsing and compiling a big bundle allocates hundreds of thousands of objects, none of them
     garbage yet; each generation-0 overflow would make the collector traverse them all again,
     which can double the time. Reference counting still frees everything as usual.
+
+    When the outermost pause ends, what survived is moved to the oldest generation as a whole
+    (``gc.freeze()`` then ``gc.unfreeze()``: two list splices, no traversal), so the first young
+    collection after the pause does not walk the new objects either; they are examined by the
+    next full collection, as every long-lived object is. Skipped when the application has frozen
+    objects itself (``gc.get_freeze_count() > 0``): unfreezing would release them.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -328,6 +334,9 @@ def gc_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -68,6 +68,12 @@ def parse_trusted(text: str | bytes | bytearray, digest: str) -> RuleBundle:
 
 
 _new = object.__new__
+# BaseModel's own slot descriptors: setting through them skips the generic attribute lookup
+# (and the frozen models' __setattr__, which refuses any assignment).
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
 def _built(model: type[BaseModel], fields: dict[str, Any], given: set[str]) -> Any:
@@ -77,10 +83,10 @@ def _built(model: type[BaseModel], fields: dict[str, Any], given: set[str]) -> A
     ``__dict__`` in); a required field missing from the document raised KeyError before this.
     """
     made = _new(model)
-    _set(made, "__dict__", fields)
-    _set(made, "__pydantic_fields_set__", given)
-    _set(made, "__pydantic_extra__", None)
-    _set(made, "__pydantic_private__", None)
+    _set_dict(made, fields)
+    _set_fields_set(made, given)
+    _set_extra(made, None)
+    _set_private(made, None)
     return made
 
 
@@ -90,13 +96,21 @@ def _outcome(data: dict[str, Any]) -> Outcome:
     return built
 
 
+_CONDITIONS = {"conditions"}
+_CONDITION = {"condition"}
+
+
 def _condition(data: dict[str, Any]) -> Any:
-    if "all" in data:
-        return _built(AllCondition, {"conditions": tuple(map(_condition, data["all"]))}, {"conditions"})
-    if "any" in data:
-        return _built(AnyCondition, {"conditions": tuple(map(_condition, data["any"]))}, {"conditions"})
-    if "not" in data:
-        return _built(NotCondition, {"condition": _condition(data["not"])}, {"condition"})
+    if len(data) == 1:
+        children = data.get("all")
+        if children is not None:
+            return _built(AllCondition, {"conditions": tuple(map(_condition, children))}, set(_CONDITIONS))
+        children = data.get("any")
+        if children is not None:
+            return _built(AnyCondition, {"conditions": tuple(map(_condition, children))}, set(_CONDITIONS))
+        inner = data.get("not")
+        if inner is not None:
+            return _built(NotCondition, {"condition": _condition(inner)}, set(_CONDITION))
     fields = {"field": data["field"], "op": data["op"], "value": data.get("value")}
     return _built(Leaf, fields, set(data))
 

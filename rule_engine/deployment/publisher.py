@@ -15,12 +15,15 @@ from collections.abc import Callable
 
 from rule_engine.bundle.models import RuleBundle, gc_paused
 from rule_engine.bundle.signing import TrustPolicy
+from rule_engine.bundle.trusted import text_digest
 from rule_engine.control.records import ControlState, Rollout, VersionRecord
 from rule_engine.control.shadowing import in_shadow, shadow_options
 from rule_engine.control.signatures import check_loaded
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.targeting import targeting_of
 from rule_engine.errors import StoreError, VersionNotFoundError
+from rule_engine.evaluation.codecache import environment_cache
+from rule_engine.evaluation.compiler import use_code_cache
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.health.ledger import HealthLedger
 from rule_engine.serving.decisionlog import Taps
@@ -62,6 +65,9 @@ class Publisher:
         self._salts: dict[str, Salt] = {}
         self.refuse_candidates: str | None = None  # why this process serves no candidate (see deployment/fleet.py)
         self.shadow: ShadowEvaluator | None = None  # the stored shadow phase's evaluator (control/shadowing.py)
+        code_cache = environment_cache()  # RULE_ENGINE_CODE_CACHE: generated code shared on this host
+        if code_cache is not None:
+            use_code_cache(code_cache)
 
     def publish(self, state: ControlState) -> None:
         """Build the snapshot for ``state`` and swap it in with one assignment.
@@ -177,6 +183,13 @@ class Publisher:
         table = self._tables.get(version_id)
         if table is None:
             record = state.versions.get(version_id)
+            # compiled once per digest, unless signatures are required: each version's is then checked (D25)
+            reusable = record is not None and not state.require_signatures
+            table = self._same_digest(record) if reusable and record is not None else None
+            if table is not None:
+                if version_id in kept_compiled(state):
+                    self._tables = {**self._tables, version_id: table}
+                return table
             with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
                 bundle = load_checked_bundle(self.store, record) if record is not None else None
                 if bundle is None or record is None:
@@ -187,6 +200,20 @@ class Publisher:
             if version_id in kept_compiled(state):
                 self._tables = {**self._tables, version_id: table}
         return table
+
+    def _same_digest(self, record: VersionRecord) -> RuleTable | None:
+        """A compiled table of another version with ``record``'s digest, restamped (compiled once per digest).
+
+        Only when the store holds ``record``'s bundle with that digest (read and hashed, not parsed):
+        a missing or changed bundle takes the usual path, which reports it.
+        """
+        same = next((t for t in self._tables.values() if t.digest == record.digest), None)
+        if same is None:
+            return None
+        text = self.store.bundle_json(record.version_id)
+        if not isinstance(text, str) or text_digest(text) != record.digest:
+            return None
+        return same.restamped(record.version_id, load=self._loader(record))
 
     def _loader(self, record: VersionRecord) -> Callable[[], RuleBundle]:
         store = self.store

@@ -23,8 +23,16 @@ from rule_engine.bundle import regex as _regex
 from rule_engine.bundle.models import AllCondition, AnyCondition, Leaf, NotCondition, kind_of
 from rule_engine.bundle.values import clip
 from rule_engine.errors import RuleEvaluationError
+from rule_engine.evaluation.codecache import CodeCache
 
-__all__ = ["Matcher", "cached_source_chars", "clear_shape_cache", "compile_condition", "match_always"]
+__all__ = [
+    "Matcher",
+    "cached_source_chars",
+    "clear_shape_cache",
+    "compile_condition",
+    "match_always",
+    "use_code_cache",
+]
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 
@@ -453,10 +461,25 @@ def _compile(condition: Any, rule_id: str) -> Matcher:
     return factory(*generator.constants)
 
 
+_code_cache: CodeCache | None = None
+
+
+def use_code_cache(cache: CodeCache | None) -> None:
+    """Read and store generated code in ``cache`` (None: compile every new shape; see codecache.py)."""
+    global _code_cache
+    _code_cache = cache
+
+
 def _build_factory(expression: str, constants: int) -> tuple[Callable[..., Matcher], int]:
     names = ", ".join(f"c{i}" for i in range(constants))
     source = f"def factory({names}):\n    def match(event):\n        return {expression}\n    return match\n"
     namespace: dict[str, Any] = {}
-    exec(compile(source, "<rule_engine.evaluation.compiler>", "exec"), dict(_GLOBALS), namespace)
+    cache = _code_cache
+    code = cache.load(source) if cache is not None else None
+    if code is None:
+        code = compile(source, "<rule_engine.evaluation.compiler>", "exec")
+        if cache is not None:
+            cache.store(source, code)
+    exec(code, dict(_GLOBALS), namespace)
     factory: Callable[..., Matcher] = namespace["factory"]
     return factory, len(source)
