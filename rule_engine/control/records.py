@@ -17,6 +17,7 @@ from typing import Any
 from rule_engine.clock import iso
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict
+from rule_engine.serving.routing import ALGORITHMS
 
 __all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
 
@@ -162,6 +163,9 @@ class Rollout:
         kind = data["kind"]
         if kind not in rollout_kinds():
             raise ValueError(f"unknown rollout kind {kind!r}")
+        algorithm = int(data.get("algorithm", 1))  # stored before versions were: 1 (docs/routing.md)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown routing algorithm {algorithm!r} (known: {ALGORITHMS})")
         return cls(
             kind=kind,
             candidate=data["candidate"],
@@ -171,7 +175,7 @@ class Rollout:
             started_at=float(data["started_at"]),
             stage_started_at=float(data["stage_started_at"]),
             salt=data["salt"],
-            algorithm=int(data.get("algorithm", 1)),
+            algorithm=algorithm,
             ended_at=data.get("ended_at"),
             held=data.get("held"),
             paused_at=_optional_float(data.get("paused_at")),
