@@ -194,6 +194,10 @@ def test_a_run_is_one_step_and_keeps_first_match_by_priority() -> None:
     assert table.evaluate({"agent_id": AGENT, "flow_id": FLOW, "tier": "shared"}).rule_id == "r1000"
     assert table.evaluate({"agent_id": AGENT, "flow_id": FLOW, "tier": "t999"}).rule_id == "r999"
     assert table.evaluate({"agent_id": AGENT, "flow_id": FLOW, "tier": "t1000"}).rule_id is None
+    copy = table.restamped("v2")  # a restamped copy dispatches too, with its own decisions
+    assert len(_steps(copy)) == 1
+    hit = copy.evaluate({"agent_id": AGENT, "flow_id": FLOW, "tier": "t5"})
+    assert (hit.rule_id, hit.version_id) == ("r5", "v2")
 
 
 def test_interleaved_rules_split_runs_and_keep_their_places() -> None:

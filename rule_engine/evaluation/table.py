@@ -208,7 +208,7 @@ class RuleTable:
         tests = tuple(equality_test(rules[r.position].when, paths) for r in ordered)
         index, steps = _rows_of(scopes, ordered, tests)
         set_(self, "_scopes", scopes)
-        set_(self, "_tests", tests)
+        set_(self, "_tests", _kept_tests(tests, steps))  # () when nothing dispatches
         set_(self, "_rules", ordered)
         set_(self, "_rules_by_id", MappingProxyType({r.id: r for r in ordered}))
         set_(self, "_index", index)
@@ -401,6 +401,14 @@ def _rows_of(
         return build_rows(scopes, ordered, steps)
     shared: dict[tuple[int, ...], Any] = {}
     return build_rows(scopes, ordered, steps, lambda ranks: dispatched_cell(ranks, steps, tests, shared))
+
+
+def _kept_tests(tests: tuple[EqualityTest | None, ...], steps: dict[Any, Row]) -> tuple[EqualityTest | None, ...]:
+    """``tests`` if some prebuilt cell dispatches (restamped copies rebuild its lookups), else ``()``."""
+    for row in steps.values():
+        if isinstance(row, dict) and any(d is None for cell in row.values() for _, d in cell):
+            return tests
+    return ()
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:
