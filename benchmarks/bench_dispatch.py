@@ -1,6 +1,7 @@
 """Many rules in one (agent, flow) pair: RuleTable.evaluate instructions per call (callgrind), issue 14 item 5.
 
     .venv/bin/python benchmarks/bench_dispatch.py [--calls 20000] [--cases a,b] [--repo PATH] [--json PATH]
+    .venv/bin/python benchmarks/bench_dispatch.py --memory [--repo PATH]     # bytes per rule kept instead
 
 Each case runs under ``valgrind --tool=callgrind`` twice after the same set-up, with 0 and with
 ``--calls`` calls; the difference divided by ``--calls`` is its instructions per call (repeatable
@@ -42,10 +43,8 @@ def _pair_bundle(rules: list[dict[str, Any]]) -> dict[str, Any]:
     return {"bundle_id": "many", "version": "1.0.0", "default": {"decision": "allow"}, "rules": rules}
 
 
-def case(name: str) -> tuple[Callable[..., Any], tuple[Any, ...], str | None]:
-    """(table.evaluate, (event,), the rule id it must give) for one case."""
-    from rule_engine import RuleTable, parse_bundle
-
+def raw_case(name: str) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """(the bundle's JSON, the event, the rule id it must give) for one case."""
     base = {"agent_id": AGENT, "flow_id": FLOW}
     if name in ("eq10", "eq1000"):
         n = 10 if name == "eq10" else 1000
@@ -72,11 +71,45 @@ def case(name: str) -> tuple[Callable[..., Any], tuple[Any, ...], str | None]:
         event, expected = matching_event(7, 3, 6, rules_per_pair=10), expected_outcome(7, 3, 6, rules_per_pair=10)[1]
     else:
         raise SystemExit(f"unknown case {name!r}")
+    return raw, event, expected
+
+
+def case(name: str) -> tuple[Callable[..., Any], tuple[Any, ...], str | None]:
+    """(table.evaluate, (event,), the rule id it must give) for one case."""
+    from rule_engine import RuleTable, parse_bundle
+
+    raw, event, expected = raw_case(name)
     table = RuleTable.from_bundle(parse_bundle(json.dumps(raw)))
     got = table.evaluate(event).rule_id
     if got != expected:
         raise SystemExit(f"{name}: evaluate gave {got!r}, expected {expected!r}")
     return table.evaluate, (event,), expected
+
+
+def retained_per_rule(name: str) -> float:
+    """Bytes per rule a case's table keeps alive without its bundle (tracemalloc; shape cache warm)."""
+    import gc
+    import tracemalloc
+
+    from rule_engine import RuleTable, parse_bundle
+
+    case(name)  # warms the per-shape code cache, as every table shares it
+    text = json.dumps(raw_case(name)[0])
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    bundle = parse_bundle(text)
+    kept = RuleTable.from_bundle(bundle, load=_never)  # as a manager serves it: no bundle model kept
+    rules = len(kept)
+    del bundle
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / rules
+
+
+def _never() -> Any:
+    raise RuntimeError("not re-read in this benchmark")
 
 
 def child(name: str, calls: int) -> None:
@@ -108,11 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=str(HERE.parent), help="checkout whose rule_engine is measured")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--memory", action="store_true", help="bytes per rule kept by each case's table instead")
     args = parser.parse_args(argv)
     repo = Path(args.repo).resolve()
-    if args.child is not None:
+    if args.child is not None or args.memory:
         sys.path.insert(0, str(repo))
+    if args.child is not None:
         child(args.child, args.calls)
+        return 0
+    if args.memory:
+        for name in args.cases.split(","):
+            print(f"  {name:<18} {retained_per_rule(name):>8,.0f} bytes per rule kept (tracemalloc)", flush=True)
         return 0
     figures = {}
     for name in args.cases.split(","):
