@@ -225,3 +225,45 @@ def test_type_distinctions_are_the_compiled_matchers() -> None:
         with pytest.raises(RuleEvaluationError) as raised:
             table.evaluate({**base, "n": bad})
         assert raised.value.rule_id == "r0"  # the first rule of the run, as the scan names it
+
+
+def test_lookups_stay_linear_in_the_bundle_whatever_the_cells() -> None:
+    """A long `everywhere` run merged with each flow's own rule differs per cell: the budget stops the copies."""
+    import gc
+    import tracemalloc
+
+    values = [[f"v{i}-{k}" for k in range(50)] for i in range(100)]
+    rules: list[dict[str, Any]] = [
+        {"id": f"e{i}", "when": {"field": "tier", "op": "in", "value": v}, "then": {"decision": "deny"}}
+        for i, v in enumerate(values)
+    ]
+    flows = [f"f{j}" for j in range(30)]
+    rules += [
+        {
+            "id": f"p{j}",
+            "priority": 1,
+            "agents": [AGENT],
+            "flows": [flow],
+            "when": {"field": "tier", "op": "eq", "value": flow},
+            "then": {"decision": "deny"},
+        }
+        for j, flow in enumerate(flows)
+    ]
+    text = json.dumps({"bundle_id": "wide", "version": "1.0.0", "default": {"decision": "allow"}, "rules": rules})
+    first = RuleTable.from_bundle(parse_bundle(text))  # warm the shape cache
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    bundle = parse_bundle(text)
+    table = RuleTable.from_bundle(bundle, load=lambda: first.bundle)
+    del bundle
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    # 50 values a rule (their frozensets alone are ~3 KB a rule): ~6.6 KB a rule kept; without the
+    # budget each of the 30 cells copies the 5,000-value lookup, ~31 KB a rule
+    assert kept / len(table) < 10_000
+    for flow in flows[:20]:  # and every cell still decides as the scan, dispatched or not
+        for tier in (flow, "v3-4", "v99-49", "none"):
+            event = {"agent_id": AGENT, "flow_id": flow, "tier": tier}
+            assert _evaluated(table, event) == _scan(table, event)

@@ -23,8 +23,10 @@ the run holding it. First match by priority is kept exactly:
   rule matches, or the same :class:`~rule_engine.errors.RuleEvaluationError` is raised for the
   same rule.
 
-Bounds: a run's dict holds one entry per distinct value of its rules (linear in the bundle);
-identical runs of rules (the same rules merged into several cells) share one dict.
+Bounds: a run's dict holds one entry per distinct value of its rules; identical runs of rules (the
+same rules merged into several cells) share one dict, and all of a table's dicts together hold at
+most :func:`lookup_budget` entries (its rules' values once, at least 4,096): a run past the budget
+is scanned as before. So dispatch adds memory linear in the bundle, whatever its cells.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from rule_engine.bundle.models import Leaf
 from rule_engine.bundle.values import kind_of
 from rule_engine.errors import RuleEvaluationError
 
-__all__ = ["MIN_RUN", "EqualityTest", "dispatched_cell", "equality_test", "guard_of"]
+__all__ = ["MIN_RUN", "EqualityTest", "Lookups", "dispatched_cell", "equality_test", "guard_of", "lookup_budget"]
 
 #: The fewest consecutive dispatchable rules replaced by one lookup (below, the scan is as cheap).
 MIN_RUN = 4
@@ -105,15 +107,37 @@ def guard_of(kind: str) -> Callable[[Any], bool]:
     return _GUARDS[kind]
 
 
+class Lookups:
+    """The lookup steps of one table under construction, shared between cells, within a budget.
+
+    A run repeated in several cells (the same ranks) gets one step. Every new step's dict costs
+    its entries against ``budget`` (:func:`lookup_budget`: linear in the bundle's values); a run
+    that would exceed it is scanned instead, so a bundle whose runs differ from cell to cell (one
+    long ``everywhere`` list merged with each flow's own rule) cannot multiply its values by its
+    cells.
+    """
+
+    __slots__ = ("budget", "steps")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.steps: dict[tuple[int, ...], Step] = {}
+
+
+def lookup_budget(tests: Sequence[EqualityTest | None]) -> int:
+    """Dict entries a table's lookups may hold in all: its rules' values once, at least 4,096."""
+    return max(4096, sum(len(t.values) for t in tests if t is not None))
+
+
 def dispatched_cell(
     ranks: Sequence[int],
     steps: Sequence[Step],
     tests: Sequence[EqualityTest | None],
-    shared: dict[tuple[int, ...], Step],
+    shared: Lookups,
 ) -> tuple[Step, ...]:
     """The steps of one cell (rule ``ranks`` in order), each run of >= MIN_RUN like tests as one lookup.
 
-    ``shared`` maps a run's ranks to its lookup step, so identical runs in several cells share it.
+    ``shared`` holds the table's lookup steps (identical runs share one) and what its budget has left.
     """
     cell: list[Step] = []
     i, n = 0, len(ranks)
@@ -124,13 +148,16 @@ def dispatched_cell(
             key = test.run_key
             while j < n and (other := tests[ranks[j]]) is not None and other.run_key == key:
                 j += 1
-        if test is None or j - i < MIN_RUN:
-            cell.extend(steps[r] for r in ranks[i:j])
+        run = tuple(ranks[i:j])
+        step = shared.steps.get(run) if test is not None and j - i >= MIN_RUN else None
+        if step is None and test is not None and j - i >= MIN_RUN:
+            cost = sum(len(t.values) for r in run if (t := tests[r]) is not None)
+            if cost <= shared.budget:
+                shared.budget -= cost
+                step = shared.steps[run] = _lookup_step(test, [steps[r] for r in run], [tests[r] for r in run])
+        if step is None:
+            cell.extend(steps[r] for r in run)
         else:
-            run = tuple(ranks[i:j])
-            step = shared.get(run)
-            if step is None:
-                step = shared[run] = _lookup_step(test, [steps[r] for r in run], [tests[r] for r in run])
             cell.append(step)
         i = j
     return tuple(cell)

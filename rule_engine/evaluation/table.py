@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from rule_engine.bundle.models import Outcome, Rule, RuleBundle, gc_paused
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.compiler import Matcher, compile_condition
-from rule_engine.evaluation.dispatch import EqualityTest, dispatched_cell, equality_test
+from rule_engine.evaluation.dispatch import EqualityTest, Lookups, dispatched_cell, equality_test, lookup_budget
 from rule_engine.evaluation.index import Row, Scopes, build_rows
 
 __all__ = ["BundleSource", "CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
@@ -399,7 +399,7 @@ def _rows_of(
     steps = tuple((r.match, r.decision) for r in ordered)
     if not any(tests):
         return build_rows(scopes, ordered, steps)
-    shared: dict[tuple[int, ...], Any] = {}
+    shared = Lookups(lookup_budget(tests))
     return build_rows(scopes, ordered, steps, lambda ranks: dispatched_cell(ranks, steps, tests, shared))
 
 
