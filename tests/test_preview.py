@@ -139,6 +139,16 @@ def invoke(store: str, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--store", store, *args])
 
 
+def assert_previewed_as_the_spec(store: str, v2: str, tmp_path: Path, stages: list[float], algorithm: int = 2) -> None:
+    """`rule-engine preview` of gateway v2 (against v1) counts what the spec routes under ``algorithm``."""
+    path, records = traffic(tmp_path)
+    result = invoke(store, "preview", v2, "--events", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    tables = RuleTable.from_bundle(load_bundle(V2)), RuleTable.from_bundle(load_bundle(V1))
+    expected = expected_stages(*tables, v2, records, stages, algorithm)
+    assert json.loads(result.stdout)["stages"] == expected
+
+
 def test_each_stage_counts_exactly_what_the_router_sends(staged: tuple[str, str, str], tmp_path: Path) -> None:
     """Default stages are the version's own; events, keys, changes and errors per stage match the spec."""
     store, v1, v3 = staged
@@ -224,13 +234,7 @@ def test_an_ab_test_version_previews_its_share(tmp_path: Path) -> None:
         v2 = manager.prepare_deployment(Path(V2), ABTest(split_ratio=0.7), deployed_by="test")
     finally:
         manager.close()
-    path, records = traffic(tmp_path)
-    result = invoke(store, "preview", v2, "--events", str(path), "--json")
-    assert result.exit_code == 0, result.output
-    expected = expected_stages(
-        RuleTable.from_bundle(load_bundle(V2)), RuleTable.from_bundle(load_bundle(V1)), v2, records, [30.0]
-    )
-    assert json.loads(result.stdout)["stages"] == expected
+    assert_previewed_as_the_spec(store, v2, tmp_path, [30.0])
 
 
 @pytest.mark.parametrize("algorithm", [1, 2])
@@ -264,15 +268,4 @@ def test_a_running_rollout_is_previewed_by_its_own_algorithm(tmp_path: Path, alg
             assert (routed.version_id == v2) == (bucket < 3000), key
     finally:
         reopened.close()
-    path, records = traffic(tmp_path)
-    result = invoke(store, "preview", v2, "--events", str(path), "--json")
-    assert result.exit_code == 0, result.output
-    expected = expected_stages(
-        RuleTable.from_bundle(load_bundle(V2)),
-        RuleTable.from_bundle(load_bundle(V1)),
-        v2,
-        records,
-        [30, 100],
-        algorithm,
-    )
-    assert json.loads(result.stdout)["stages"] == expected
+    assert_previewed_as_the_spec(store, v2, tmp_path, [30, 100], algorithm)
