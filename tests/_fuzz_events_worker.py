@@ -217,9 +217,11 @@ def _expected_arm(snapshot: Any, event: Any, key: Any) -> str:
             key = event.get("user_id")
         except Exception:
             return "stable"
-    request_hash = hash_key(key)
+    request_hash = hash_key(key, snapshot.seed)  # under the rollout's algorithm: seed 0 (v1), the salt's (v2)
     if request_hash is None:
         return "stable"
+    if not snapshot.multiplier:  # algorithm 2: the seeded hash is compared as it is
+        return "candidate" if request_hash < snapshot.limit else "stable"
     return (
         "candidate" if (snapshot.multiplier * request_hash + snapshot.offset) & _MASK64 < snapshot.limit else "stable"
     )

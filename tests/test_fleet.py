@@ -184,9 +184,12 @@ def test_the_routing_self_check_passes_here_and_catches_a_different_bucketing() 
     """The golden vectors hold in this process; a vector this process disagrees with is reported."""
     assert routing_self_check() is None
     assert routing_self_check((("user-1", "gateway-access@1.0.0+0123abcd.1", 4171401059, 579),)) == (
-        "bucket of 'user-1' under salt 'gateway-access@1.0.0+0123abcd.1' is 578, expected 579"
+        "bucket of 'user-1' under salt 'gateway-access@1.0.0+0123abcd.1' (v1) is 578, expected 579"
     )
-    assert "murmur3 of 'user-1'" in str(routing_self_check((("user-1", "", 1, 0),)))
+    assert "murmur3 of 'user-1' (v1)" in str(routing_self_check((("user-1", "", 1, 0),)))
+    wrong_v2 = routing_self_check(vectors_v2=(("user-1", "", 3752057193, 8736),))
+    assert wrong_v2 == "bucket of 'user-1' under salt '' (v2) is 8735, expected 8736"
+    assert "murmur3 of 'bob' (v2)" in str(routing_self_check(vectors_v2=(("bob", "rollout-\u03b1", 1, 0),)))
 
 
 def test_an_instance_failing_the_routing_check_holds_a_rollout(fleet: list[DeploymentManager]) -> None:
@@ -201,6 +204,28 @@ def test_an_instance_failing_the_routing_check_holds_a_rollout(fleet: list[Deplo
     (lag,) = view.lagging
     assert lag.instance.instance_id == "odd"
     assert lag.reason == "refuses the rollout: routing self-check failed (x)"
+
+
+def test_an_instance_of_an_older_routing_algorithm_holds_a_rollout_that_uses_a_newer_one(
+    fleet: list[DeploymentManager],
+) -> None:
+    """A process whose library knows only routing v1 would split a v2 rollout differently: it lags, named."""
+    first = fleet[0]
+    candidate = first.prepare_deployment(bundle("2.0.0"), Canary((10, 100), 60))
+    first.activate_deployment(candidate)
+    beat(fleet)
+    rollout = first.state.rollout
+    assert rollout is not None
+    assert rollout.algorithm == 2  # new rollouts route by v2
+    good = first.store.instances()[0]
+    old = InstanceInfo(**{**good.to_dict(), "instance_id": "old", "digests": good.digests, "routing_algorithm": 1})
+    view = fleet_view([*first.store.instances(), old], first.state, good.last_seen)
+    (lag,) = view.lagging
+    assert lag.instance.instance_id == "old"
+    assert lag.reason == "cannot route the rollout: it knows routing up to v1, the rollout uses v2"
+    first.rollback()
+    calm = fleet_view([*first.store.instances(), old], first.state, good.last_seen)  # no rollout: it serves fine
+    assert all("routing" not in lag.reason for lag in calm.lagging)
 
 
 def test_instance_rows_round_trip_on_every_store(url: str, clock: ManualClock) -> None:
@@ -351,3 +376,17 @@ def test_a_pickup_reads_the_store_once_per_need(fleet: list[DeploymentManager]) 
     calls.clear()
     assert not follower.refresh()  # nothing moved: one mark(), nothing else
     assert calls == ["mark"]
+
+
+def test_the_self_checks_vectors_are_the_golden_files_own() -> None:
+    """The copies the self-check carries are entries of the never-edited golden files, for both algorithms."""
+    from rule_engine.deployment import fleet as fleet_module
+
+    cases = Path(__file__).parent / "cases"
+    v1 = json.loads((cases / "routing_v1.json").read_text(encoding="utf-8"))
+    v2 = json.loads((cases / "routing_v2.json").read_text(encoding="utf-8"))
+    rows_v1 = {(v["key"], v["salt"], v["request_hash"], v["bucket"]) for v in v1["vectors"]}
+    assert set(fleet_module._GOLDEN) <= rows_v1
+    rows_v2 = {(v["key"], v["salt"], v["hash"], v["bucket"]) for v in v2["vectors"]}
+    assert set(fleet_module._GOLDEN_V2) <= rows_v2
+    assert len(fleet_module._GOLDEN_V2) >= 6

@@ -137,8 +137,10 @@ def test_health_metrics_fields() -> None:
         info = manager.get_deployment_info(candidate)
         assert info is not None
         m = info.health_metrics
-        assert m.total_evaluations > 2800
-        assert m.error_count > 500
+        to_candidate = [i for i in range(4000) if manager.route(f"u{i}") is manager.snapshot.candidate]
+        assert 1800 < len(to_candidate) < 2200  # about half, by the rollout's own cohort
+        assert m.total_evaluations == len(to_candidate) + 1000
+        assert m.error_count == sum(1 for i in to_candidate if i % 4 == 0) + 10  # each bad one fails there
         assert m.timeout_count == 3
         assert m.error_rate == pytest.approx(m.error_count / m.total_evaluations)
         assert m.avg_latency_us >= 250.0 * 1000 / m.total_evaluations

@@ -37,16 +37,32 @@ def spec_bucket(request_hash: int, salt_text: str) -> int:
     return (mixed * 10_000) >> 32
 
 
+def spec_bucket_v2(key: str, salt_text: str) -> int:
+    """Algorithm 2 (what a new rollout routes by): the salt's first 4 sha256 bytes seed murmur3."""
+    seed = int.from_bytes(hashlib.sha256(salt_text.encode("utf-8")).digest()[0:4], "big")
+    return ((mmh3.hash(key.encode("utf-8"), seed) & 0xFFFF_FFFF) * 10_000) >> 32
+
+
 def test_the_reimplementation_reproduces_the_documented_example() -> None:
     """The worked example of docs/routing.md, so the expectations below rest on the spec."""
     assert request_hash("user-1") == 4171401059
     assert spec_bucket(4171401059, "gateway-access@1.0.0+0123abcd.1") == 578
+    vector = json.loads((ROOT / "tests" / "cases" / "routing_v2.json").read_text())["vectors"][0]
+    assert spec_bucket_v2(vector["key"], vector["salt"]) == vector["bucket"]
 
 
 def expected_stages(
-    candidate: RuleTable, baseline: RuleTable, salt: str, records: list[dict[str, Any]], stages: list[float]
+    candidate: RuleTable,
+    baseline: RuleTable,
+    salt: str,
+    records: list[dict[str, Any]],
+    stages: list[float],
+    algorithm: int = 2,
 ) -> list[dict[str, Any]]:
-    """Per stage: events, distinct keys, changed events and keys, candidate errors (independent count)."""
+    """Per stage: events, distinct keys, changed events and keys, candidate errors (independent count).
+
+    ``algorithm`` is the rollout's: 2 for a staged version (what activate stamps a new rollout with).
+    """
     rows: list[dict[str, Any]] = []
     for percent in stages:
         share = round(percent * 100)
@@ -58,7 +74,8 @@ def expected_stages(
             if key is None:
                 continue
             text = key if isinstance(key, str) else str(key)
-            if spec_bucket(request_hash(text), salt) >= share:
+            bucket = spec_bucket(request_hash(text), salt) if algorithm == 1 else spec_bucket_v2(text, salt)
+            if bucket >= share:
                 continue
             events += 1
             sent_keys.add(json.dumps(key))
@@ -120,6 +137,16 @@ def traffic(tmp_path: Path) -> tuple[Path, list[dict[str, Any]]]:
 
 def invoke(store: str, *args: str) -> Result:
     return CliRunner().invoke(cli, ["--store", store, *args])
+
+
+def assert_previewed_as_the_spec(store: str, v2: str, tmp_path: Path, stages: list[float], algorithm: int = 2) -> None:
+    """`rule-engine preview` of gateway v2 (against v1) counts what the spec routes under ``algorithm``."""
+    path, records = traffic(tmp_path)
+    result = invoke(store, "preview", v2, "--events", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    tables = RuleTable.from_bundle(load_bundle(V2)), RuleTable.from_bundle(load_bundle(V1))
+    expected = expected_stages(*tables, v2, records, stages, algorithm)
+    assert json.loads(result.stdout)["stages"] == expected
 
 
 def test_each_stage_counts_exactly_what_the_router_sends(staged: tuple[str, str, str], tmp_path: Path) -> None:
@@ -207,10 +234,38 @@ def test_an_ab_test_version_previews_its_share(tmp_path: Path) -> None:
         v2 = manager.prepare_deployment(Path(V2), ABTest(split_ratio=0.7), deployed_by="test")
     finally:
         manager.close()
-    path, records = traffic(tmp_path)
-    result = invoke(store, "preview", v2, "--events", str(path), "--json")
-    assert result.exit_code == 0, result.output
-    expected = expected_stages(
-        RuleTable.from_bundle(load_bundle(V2)), RuleTable.from_bundle(load_bundle(V1)), v2, records, [30.0]
-    )
-    assert json.loads(result.stdout)["stages"] == expected
+    assert_previewed_as_the_spec(store, v2, tmp_path, [30.0])
+
+
+@pytest.mark.parametrize("algorithm", [1, 2])
+def test_a_running_rollout_is_previewed_by_its_own_algorithm(tmp_path: Path, algorithm: int) -> None:
+    """A rollout stored under algorithm 1 (started before v2) is previewed, and routed, by v1; a new one by v2."""
+    from dataclasses import replace
+
+    store = f"sqlite:///{tmp_path / 'state.db'}"
+    manager = DeploymentManager.open(store, follow=False)
+    try:
+        v1 = manager.prepare_deployment(Path(V1), deployed_by="test")
+        manager.activate_deployment(v1, actor="test")
+        v2 = manager.prepare_deployment(Path(V2), Canary((30, 100)), deployed_by="test")
+        manager.activate_deployment(v2, actor="test")
+        state = manager.store.load()
+        assert state.rollout is not None
+        assert state.rollout.algorithm == 2
+        if algorithm == 1:  # as a store written before v2 holds it
+            manager.store.commit(state.revision, replace(state, rollout=replace(state.rollout, algorithm=1)))
+    finally:
+        manager.close()
+    reopened = DeploymentManager.open(store, follow=False)
+    try:
+        assert reopened.state.rollout is not None
+        assert reopened.state.rollout.algorithm == algorithm
+        for i in range(300):  # the live router agrees with the spec of the stored algorithm
+            key = f"user-{i}"
+            bucket = spec_bucket(request_hash(key), v2) if algorithm == 1 else spec_bucket_v2(key, v2)
+            routed = reopened.route(key)
+            assert routed is not None
+            assert (routed.version_id == v2) == (bucket < 3000), key
+    finally:
+        reopened.close()
+    assert_previewed_as_the_spec(store, v2, tmp_path, [30, 100], algorithm)

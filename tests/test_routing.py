@@ -1,7 +1,13 @@
-"""Routing algorithm v1: golden vectors, and the guarantees of docs/routing.md on a live manager."""
+"""Routing algorithm v1: golden vectors, and the guarantees of docs/routing.md on a live manager.
+
+A live manager's new rollouts route by algorithm 2 (``ALGORITHM_VERSION``): the guarantees below hold
+for it too; a request hash given to ``route_and_get_table`` is the key's hash under the rollout's seed
+(``hash_key(key, manager.snapshot.seed)``: seed 0, ``compute_request_hash``, under algorithm 1).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -13,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rule_engine import ABTest, BlueGreen, Canary, DeploymentManager, RuleEngine, compute_request_hash
-from rule_engine.serving.routing import ALGORITHM_VERSION, Salt, bucket_of
+from rule_engine.serving.routing import ALGORITHM_VERSION, ALGORITHMS, Salt, bucket_of, hash_key
 from tests._support_deployment import START, mini_bundle
 
 CASES = json.loads((Path(__file__).parent / "cases" / "routing_v1.json").read_text(encoding="utf-8"))
@@ -55,8 +61,10 @@ def spec_limit(share_bp: int) -> int:
 
 
 def test_golden_file_is_for_algorithm_1() -> None:
-    """The golden file is for the algorithm version the code implements."""
-    assert CASES["algorithm"] == ALGORITHM_VERSION == 1
+    """The golden file is for algorithm 1, which the code still implements (for rollouts started under it)."""
+    assert CASES["algorithm"] == 1
+    assert 1 in ALGORITHMS
+    assert ALGORITHM_VERSION == 2  # what new rollouts get (tests/test_routing_v2.py)
     assert len(CASES["vectors"]) >= 40
 
 
@@ -130,9 +138,16 @@ def _manager_with_stable() -> tuple[DeploymentManager, str]:
     return manager, stable
 
 
+@functools.cache
+def _hashes(seed: int) -> list[int]:
+    """KEYS' request hashes under a rollout's seed (0: algorithm 1, ``HASHES``)."""
+    return [hash_key(k, seed) or 0 for k in KEYS]
+
+
 def _candidate_share(manager: DeploymentManager, candidate: str) -> tuple[float, set[int]]:
-    cohort = {i for i, h in enumerate(HASHES) if manager.route_and_get_table(h).version_id == candidate}  # type: ignore[union-attr]
-    return len(cohort) / len(HASHES), cohort
+    hashes = _hashes(manager.snapshot.seed)
+    cohort = {i for i, h in enumerate(hashes) if manager.route_and_get_table(h).version_id == candidate}  # type: ignore[union-attr]
+    return len(cohort) / len(hashes), cohort
 
 
 def test_canary_shares_are_exact_and_cohorts_only_grow() -> None:
@@ -183,11 +198,13 @@ def rollout_manager() -> DeploymentManager:
 
 @given(key=st.text(max_size=24))
 def test_route_hash_route_and_engine_agree(rollout_manager: DeploymentManager, key: str) -> None:
-    """route(k), route_and_get_table(compute_request_hash(k)) and RuleEngine.evaluate(key=k) pick one version."""
+    """route(k), route_and_get_table(hash of k under the rollout's seed) and RuleEngine.evaluate(key=k) agree."""
     manager = rollout_manager
     engine = RuleEngine(manager)
     by_key = manager.route(key)
-    by_hash = manager.route_and_get_table(compute_request_hash(key))
+    request_hash = hash_key(key, manager.snapshot.seed)
+    assert request_hash is not None
+    by_hash = manager.route_and_get_table(request_hash)
     assert by_key is by_hash
     assert by_key is not None
     assert engine.evaluate({"x": 1}, key=key).version_id == by_key.version_id

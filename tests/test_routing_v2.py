@@ -176,3 +176,27 @@ def test_a_live_rollout_routes_by_the_algorithm_stored_with_it() -> None:
         assert routed is not None
         assert (routed.version_id == candidate) == expected
         assert (engine.evaluate({"x": 1}, key=key).version_id == candidate) == expected
+
+
+def test_a_stored_rollout_reads_back_its_algorithm_and_refuses_an_unknown_one() -> None:
+    """Rollouts stored before algorithms were recorded read as v1; a stored algorithm the code lacks is refused."""
+    from rule_engine import BlueGreen, Canary, DeploymentManager
+    from rule_engine.control.records import Rollout
+    from rule_engine.serving.routing import ALGORITHM_VERSION
+    from tests._support_deployment import mini_bundle
+
+    manager = DeploymentManager()
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("1.0.0"), BlueGreen(), "test"))
+    manager.activate_deployment(manager.prepare_deployment(mini_bundle("2.0.0"), Canary((30, 100), 60), "test"))
+    rollout = manager.state.rollout
+    assert rollout is not None
+    assert rollout.algorithm == ALGORITHM_VERSION == LATEST_ALGORITHM
+    assert manager.snapshot.multiplier == 0
+    assert manager.snapshot.seed == Salt.from_text(rollout.salt, 2).seed
+    assert manager.fleet.info(0.0).routing_algorithm == LATEST_ALGORITHM
+    stored = rollout.to_dict()
+    assert Rollout.from_dict(stored) == rollout
+    del stored["algorithm"]
+    assert Rollout.from_dict(stored).algorithm == 1
+    with pytest.raises(ValueError, match="unknown routing algorithm 3"):
+        Rollout.from_dict({**stored, "algorithm": 3})

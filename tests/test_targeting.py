@@ -30,7 +30,7 @@ from rule_engine import (
 from rule_engine.control.records import ControlState
 from rule_engine.control.strategies import MAX_SCOPE_NAME, MAX_SCOPE_NAMES, strategy_from_dict
 from rule_engine.control.targeting import MAX_PIN_KEY, MAX_PINS
-from rule_engine.serving.routing import Salt, bucket_of, compute_request_hash
+from rule_engine.serving.routing import Salt, bucket_of, compute_request_hash, hash_key
 from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.serving.targeting import Targeting, route_hash, route_table
 from tests._support_health import START, THRESHOLDS, bundle
@@ -277,7 +277,8 @@ def test_a_pinned_key_stays_on_its_version_across_every_stage() -> None:
         assert manager.pin_keys(to_candidate, candidate, actor="qa", reason="testing") == 500
         assert manager.pin_keys(to_stable, stable, actor="support") == 500
         engine = RuleEngine(manager)
-        by_hash = {k: manager.route_and_get_table(compute_request_hash(k)) for k in to_candidate + to_stable}
+        seed = manager.snapshot.seed  # the rollout's (algorithm 2): the hash route_and_get_table takes
+        by_hash = {k: manager.route_and_get_table(hash_key(k, seed) or 0) for k in to_candidate + to_stable}
         assert {t.version_id for t in by_hash.values() if t is not None} == {stable, candidate}  # pins matter
         for stage in (10, 25, 50):
             status = manager.get_rollout_status()
@@ -398,7 +399,7 @@ def test_the_candidate_is_judged_on_its_scope_only() -> None:
         in_scope_to_candidate = sum(
             1
             for i in range(0, 2000, 2)
-            if manager.route_and_get_table(compute_request_hash(f"u{i}")) is manager.snapshot.candidate
+            if manager.route_and_get_table(hash_key(f"u{i}", manager.snapshot.seed) or 0) is manager.snapshot.candidate
         )
         assert evaluations == in_scope_to_candidate > 0
 

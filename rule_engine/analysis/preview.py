@@ -20,12 +20,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from rule_engine.analysis.events import Recorded
+from rule_engine.control.records import ControlState
 from rule_engine.evaluation.table import RuleTable
 from rule_engine.serving.routing import ALGORITHM_VERSION, BASIS_POINTS, Salt, percent_to_bp
 
-__all__ = ["DEFAULT_STAGES", "PreviewReport", "StageImpact", "key_identity", "preview"]
+__all__ = ["DEFAULT_STAGES", "PreviewReport", "StageImpact", "key_identity", "preview", "routing_algorithm_of"]
 
 DEFAULT_STAGES: tuple[float, ...] = (10, 25, 50, 100)
+
+
+def routing_algorithm_of(state: ControlState, version_id: str) -> int:
+    """The routing algorithm ``version_id``'s keys are bucketed by: its running rollout's, else a new rollout's.
+
+    A rollout keeps the algorithm it started under (``Rollout.algorithm``); a version not rolling out
+    gets the one ``activate`` stamps on a new rollout (``ALGORITHM_VERSION``).
+    """
+    rollout = state.rollout
+    return rollout.algorithm if rollout is not None and rollout.candidate == version_id else ALGORITHM_VERSION
 
 
 def key_identity(key: Any) -> str:

@@ -19,7 +19,7 @@ from rule_engine.analysis.check import Finding, check_events, compatibility
 from rule_engine.analysis.events import DEFAULT_MAX_EVENTS, DEFAULT_MAX_LINE_BYTES, EventSource, read_events
 from rule_engine.analysis.lint import lint as lint_table
 from rule_engine.analysis.lint import semantic_diff, unseen_scopes
-from rule_engine.analysis.preview import DEFAULT_STAGES
+from rule_engine.analysis.preview import DEFAULT_STAGES, routing_algorithm_of
 from rule_engine.analysis.preview import preview as preview_stages
 from rule_engine.analysis.replay import DEFAULT_EXAMPLES, MAX_EXAMPLES
 from rule_engine.analysis.replay import replay as replay_events
@@ -416,8 +416,9 @@ def preview(
         chosen = _stages(stages, info.strategy)
         _, cand = _table(state, version)
         base_name, base = _baseline(state, against)
+        algorithm = routing_algorithm_of(manager.state, version)  # a running rollout keeps its own
     source = _source(events, key_field, max_events, max_line_bytes)
-    report = preview_stages(cand, base, version, source, chosen)
+    report = preview_stages(cand, base, version, source, chosen, algorithm)
     data = {"version": version, "baseline": base_name, **report.as_dict(), "source": source.summary()}
 
     def human() -> None:

@@ -199,7 +199,8 @@ def fleet_view(
     """Compare every registered instance with ``state`` at ``now``.
 
     An instance lags when it was not seen for ``expire_after`` seconds, reports itself stale, fails
-    the routing self-check while a rollout is in progress, or serves other versions or another share.
+    the routing self-check or knows only older routing algorithms than the rollout's while a rollout
+    is in progress, or serves other versions or another share.
     One serving the right versions at an older revision (a commit that changed nothing served) does not lag.
     """
     expected = expected_serving(state)
@@ -208,7 +209,8 @@ def fleet_view(
     behind = 0
     for info in known:
         age = max(0.0, now - info.last_seen)
-        reason = _lag_reason(info, expected, age, expire_after, rollout=state.rollout is not None)
+        algorithm = state.rollout.algorithm if state.rollout is not None else None
+        reason = _lag_reason(info, expected, age, expire_after, algorithm=algorithm)
         if reason is not None:
             lagging.append(Lagging(info, reason, age))
         elif info.revision < state.revision:
@@ -222,14 +224,19 @@ def _lag_reason(
     age: float,
     expire_after: float,
     *,
-    rollout: bool,
+    algorithm: int | None,
 ) -> str | None:
+    """Why ``info`` lags (None: it serves what it should); ``algorithm``: the rollout's routing algorithm, if any."""
     if age >= expire_after:
         return f"stale: last seen {age:.0f} s ago"
     if info.stale is not None:
         return f"stale: {info.stale}"
-    if rollout and info.routing_check is not None:
+    if algorithm is not None and info.routing_check is not None:
         return f"refuses the rollout: routing self-check failed ({info.routing_check})"
+    if algorithm is not None and info.routing_algorithm < algorithm:  # an older library would route by another rule
+        return (
+            f"cannot route the rollout: it knows routing up to v{info.routing_algorithm}, the rollout uses v{algorithm}"
+        )
     if (info.stable, info.candidate, round(info.percent, 2)) != (expected[0], expected[1], round(expected[2], 2)):
         served = ", ".join(info.serving) or "nothing"
         return f"serves {served} at revision {info.revision}"

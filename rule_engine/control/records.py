@@ -18,6 +18,7 @@ from rule_engine.clock import iso
 from rule_engine.control.shadowing import SHADOW
 from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict, strategy_kinds
+from rule_engine.serving.routing import ALGORITHMS
 
 __all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
 
@@ -183,6 +184,9 @@ class Rollout:
             raise ValueError(f"unknown rollout phase {phase!r}")
         if kind not in rollout_kinds() and not (phase == SHADOW and kind in strategy_kinds()):
             raise ValueError(f"unknown rollout kind {kind!r}")
+        algorithm = int(data.get("algorithm", 1))  # stored before versions were: 1 (docs/routing.md)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown routing algorithm {algorithm!r} (known: {ALGORITHMS})")
         return cls(
             kind=kind,
             candidate=data["candidate"],
@@ -192,7 +196,7 @@ class Rollout:
             started_at=float(data["started_at"]),
             stage_started_at=float(data["stage_started_at"]),
             salt=data["salt"],
-            algorithm=int(data.get("algorithm", 1)),
+            algorithm=algorithm,
             ended_at=data.get("ended_at"),
             held=data.get("held"),
             paused_at=_optional_float(data.get("paused_at")),

@@ -8,9 +8,9 @@ process per second. ``close()`` removes the row; a process that died stops refre
 stale after ``expire_after`` seconds, and is dropped after ``forget_after``. Write failures are not
 raised into the loop (the follower reports the store's unavailability as its stale reason).
 
-**Routing self-check.** When the manager is built, the instance checks routing algorithm v1 against
-golden vectors (:func:`routing_self_check`, a copy of some of ``tests/cases/routing_v1.json``) and
-reports the result in its row. An instance that would bucket differently refuses candidates (it
+**Routing self-check.** When the manager is built, the instance checks routing algorithms v1 and v2
+against golden vectors (:func:`routing_self_check`, copies of some of ``tests/cases/routing_v1.json``
+and ``routing_v2.json``) and reports the result in its row. An instance that would bucket differently refuses candidates (it
 serves all traffic on the stable version, ``Publisher.refuse_candidates``) and counts as lagging
 during any rollout, so the rollout holds and says which process refuses it, rather than splitting
 traffic inconsistently.
@@ -56,7 +56,7 @@ from rule_engine.deployment.commit import Plan, nothing_to_do
 from rule_engine.deployment.publisher import Publisher
 from rule_engine.errors import RuleEngineError
 from rule_engine.logs import get_logger
-from rule_engine.serving.routing import ALGORITHM_VERSION, Salt, bucket_of, compute_request_hash, goes_to_candidate
+from rule_engine.serving.routing import ALGORITHM_VERSION, Salt, bucket_of, goes_to_candidate
 from rule_engine.stores.base import StateStore
 
 __all__ = ["Fleet", "FleetPolicy", "library_version", "plan_active_converged", "plan_converged", "routing_self_check"]
@@ -72,24 +72,42 @@ _GOLDEN = (
     ("bob", "salt", 2824567794, 6364),
     ("u-1001", "rollout-\u03b1", 2947969699, 5616),
 )
+# (key, salt, request hash under the salt's seed, bucket): routing v2 (tests/cases/routing_v2.json, never edited).
+_GOLDEN_V2 = (
+    ("user-1", "", 3752057193, 8735),
+    ("user-2", "fraud-screen@3.1.4+deadbeef.7", 330140637, 768),
+    ("user-42", "gateway-access@1.0.0+0123abcd.1", 3737801443, 8702),
+    ("alice", "gateway-access@2.0.0+89abcdef.2", 1072213867, 2496),
+    ("bob", "rollout-\u03b1", 69715404, 162),
+    ("u-1001", "salt", 2707678262, 6304),
+)
 
 
-def routing_self_check(vectors: tuple[tuple[str, str, int, int], ...] = _GOLDEN) -> str | None:
-    """None when this process routes as algorithm v1 specifies; else what differs (first mismatch)."""
-    for key, salt_text, request_hash, bucket in vectors:
-        found_hash = compute_request_hash(key)
-        if found_hash != request_hash:
-            return f"murmur3 of {key!r} is {found_hash}, expected {request_hash}"
-        salt = Salt.from_text(salt_text)
-        found = bucket_of(request_hash, salt)
-        if found != bucket:
-            return f"bucket of {key!r} under salt {salt_text!r} is {found}, expected {bucket}"
-        share = bucket + 1  # the key is in at bucket + 1 basis points and out at bucket
-        inside = goes_to_candidate(salt.multiplier, salt.offset, salt.limit(share), request_hash)
-        outside = goes_to_candidate(salt.multiplier, salt.offset, salt.limit(bucket), request_hash)
-        if not inside or outside:
-            return f"the fast share test disagrees with bucket {bucket} for {key!r}"
+def routing_self_check(
+    vectors: tuple[tuple[str, str, int, int], ...] = _GOLDEN,
+    vectors_v2: tuple[tuple[str, str, int, int], ...] = _GOLDEN_V2,
+) -> str | None:
+    """None when this process routes as algorithms v1 and v2 specify; else what differs (first mismatch)."""
+    for algorithm, golden in ((1, vectors), (2, vectors_v2)):
+        for key, salt_text, request_hash, bucket in golden:
+            salt = Salt.from_text(salt_text, algorithm)
+            found_hash = salt.request_hash(key)
+            if found_hash != request_hash:
+                return f"murmur3 of {key!r} (v{algorithm}) is {found_hash}, expected {request_hash}"
+            found = bucket_of(request_hash, salt)
+            if found != bucket:
+                return f"bucket of {key!r} under salt {salt_text!r} (v{algorithm}) is {found}, expected {bucket}"
+            share = bucket + 1  # the key is in at bucket + 1 basis points and out at bucket
+            if not _in_share(salt, share, request_hash) or _in_share(salt, bucket, request_hash):
+                return f"the fast share test disagrees with bucket {bucket} for {key!r} (v{algorithm})"
     return None
+
+
+def _in_share(salt: Salt, share_bp: int, request_hash: int) -> bool:
+    """The engine's comparison (serving/engine.py): v1 mixes the hash first, v2 compares it as it is."""
+    if salt.algorithm == 1:
+        return goes_to_candidate(salt.multiplier, salt.offset, salt.limit(share_bp), request_hash)
+    return request_hash < salt.limit(share_bp)
 
 
 def library_version() -> str:

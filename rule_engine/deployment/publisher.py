@@ -79,7 +79,7 @@ class Publisher:
         candidate = self._table_for(state, rollout.candidate) if rollout is not None else None
         shadowed = candidate if in_shadow(rollout) else None  # decided in the shadow, served by nobody
         candidate = None if shadowed is not None else candidate
-        salt = self._salt(rollout.salt) if rollout is not None else None
+        salt = self._salt(rollout.salt, rollout.algorithm) if rollout is not None else None
         snapshot = ServingSnapshot.build(
             stable,
             candidate,
@@ -226,10 +226,10 @@ class Publisher:
 
         return load
 
-    def _salt(self, text: str) -> Salt:
+    def _salt(self, text: str, algorithm: int) -> Salt:
         salt = self._salts.get(text)
-        if salt is None:
-            salt = self._salts[text] = Salt.from_text(text)
+        if salt is None or salt.algorithm != algorithm:  # the rollout's own algorithm (docs/routing.md)
+            salt = self._salts[text] = Salt.from_text(text, algorithm)
         return salt
 
 

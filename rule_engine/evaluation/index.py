@@ -24,7 +24,7 @@ Either way the rules come in the same order: priority high to low, then file ord
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from typing import Any, Generic, TypeVar
 
@@ -185,13 +185,20 @@ Row = Any  # a dict of prebuilt cells (flow -> tuple) or a LazyRow; both answer 
 
 
 def build_rows(
-    scopes: Scopes, rules: Sequence[Any], steps: Sequence[Any]
+    scopes: Scopes,
+    rules: Sequence[Any],
+    steps: Sequence[Any],
+    step_cell: Callable[[tuple[int, ...]], tuple[Any, ...]] | None = None,
 ) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
     """Rows of rules and of steps: prebuilt cells for the rows within the budget, lazy rows else.
 
     Rows are prebuilt cheapest first (then by name, so the choice is deterministic) while the
     total stays within :func:`cell_budget`; the row for unnamed agents competes like the others.
+    ``step_cell`` builds a prebuilt cell of steps from its ranks (default: the steps at those ranks;
+    the table passes :func:`~rule_engine.evaluation.dispatch.dispatched_cell`).
     """
+    if step_cell is None:
+        step_cell = lambda ranks: tuple(map(steps.__getitem__, ranks))  # noqa: E731
     budget = cell_budget(scopes.entries)
     rule_rows: dict[str | None, Row] = {}
     step_rows: dict[str | None, Row] = {}
@@ -202,7 +209,7 @@ def build_rows(
             spent += cost
             cells = scopes.row(agent)
             rule_rows[agent] = {f: tuple(map(rules.__getitem__, r)) for f, r in cells.items()}
-            step_rows[agent] = {f: tuple(map(steps.__getitem__, r)) for f, r in cells.items()}
+            step_rows[agent] = {f: step_cell(r) for f, r in cells.items()}
         else:
             rule_rows[agent] = LazyRow(scopes, agent, rules, eager=True)
             step_rows[agent] = LazyRow(scopes, agent, steps, eager=False)

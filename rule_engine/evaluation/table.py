@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from rule_engine.bundle.models import Outcome, Rule, RuleBundle, gc_paused
 from rule_engine.errors import RuleEvaluationError
 from rule_engine.evaluation.compiler import Matcher, compile_condition
+from rule_engine.evaluation.dispatch import EqualityTest, Lookups, dispatched_cell, equality_test, lookup_budget
 from rule_engine.evaluation.index import Row, Scopes, build_rows
 
 __all__ = ["BundleSource", "CompiledRule", "Decision", "RuleQuery", "RuleTable", "freeze_json"]
@@ -148,6 +149,7 @@ class RuleTable:
         "_rules_by_id",
         "_scopes",
         "_steps",
+        "_tests",
         "bundle_id",
         "bundle_version",
         "digest",
@@ -165,6 +167,7 @@ class RuleTable:
     _scopes: Scopes  # what each rule names, by rank (index.py); shared by restamped copies
     _index: dict[str | None, Row]  # agent -> flow -> applicable CompiledRules (see index.py)
     _steps: dict[str | None, Row]  # the same cells as (matcher, decision) pairs: the hot loop's view
+    _tests: tuple[EqualityTest | None, ...]  # by rank: the equality test a rule is, if any (dispatch.py)
     _default: Decision
     _error: Decision  # the on_error decision with error="" (error_decision fills it in)
 
@@ -201,8 +204,11 @@ class RuleTable:
         ordered = tuple(sorted(compiled, key=_order))
         rules = bundle.rules
         scopes = Scopes([(rules[r.position].agents, rules[r.position].flows) for r in ordered])
-        index, steps = _rows_of(scopes, ordered)
+        paths: dict[str, tuple[str, ...]] = {}
+        tests = tuple(equality_test(rules[r.position].when, paths) for r in ordered)
+        index, steps = _rows_of(scopes, ordered, tests)
         set_(self, "_scopes", scopes)
+        set_(self, "_tests", _kept_tests(tests, steps))  # () when nothing dispatches
         set_(self, "_rules", ordered)
         set_(self, "_rules_by_id", MappingProxyType({r.id: r for r in ordered}))
         set_(self, "_index", index)
@@ -254,8 +260,8 @@ class RuleTable:
             for r in self._rules
         }
         ordered = tuple(by_id[r.id] for r in self._rules)
-        index, steps = _rows_of(self._scopes, ordered)
-        for name in ("_scopes", "bundle_id", "bundle_version", "digest", "_error"):
+        index, steps = _rows_of(self._scopes, ordered, self._tests)
+        for name in ("_scopes", "_tests", "bundle_id", "bundle_version", "digest", "_error"):
             set_(table, name, getattr(self, name))
         set_(table, "source", source)
         set_(table, "version_id", version_id)
@@ -321,12 +327,13 @@ class RuleTable:
         decision = self._default
         try:
             for match, decision in steps:
-                if match(event):
-                    return decision
+                if match(event):  # a lookup step (decision None) returns the decision it found
+                    return decision or match(event) or self._default  # type: ignore[return-value]
         except RuleEvaluationError:
             raise
         except Exception as exc:  # a user-supplied event can make any comparison fail
-            raise RuleEvaluationError(decision.rule_id or "?", "?", f"{type(exc).__name__}: {exc}") from exc
+            failed = decision.rule_id if decision is not None else None  # a lookup step wraps its own
+            raise RuleEvaluationError(failed or "?", "?", f"{type(exc).__name__}: {exc}") from exc
         return self._default
 
     def error_decision(self, error: str) -> Decision:
@@ -381,9 +388,27 @@ def _decision(
     )
 
 
-def _rows_of(scopes: Scopes, ordered: tuple[CompiledRule, ...]) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
-    """The index rows (of rules, and of the hot loop's (matcher, decision) steps) of ordered rules."""
-    return build_rows(scopes, ordered, tuple((r.match, r.decision) for r in ordered))
+def _rows_of(
+    scopes: Scopes, ordered: tuple[CompiledRule, ...], tests: tuple[EqualityTest | None, ...]
+) -> tuple[dict[str | None, Row], dict[str | None, Row]]:
+    """The index rows (of rules, and of the hot loop's (matcher, decision) steps) of ordered rules.
+
+    Prebuilt cells of steps dispatch runs of equality tests on one field by a dict lookup
+    (:mod:`rule_engine.evaluation.dispatch`); lazy rows scan.
+    """
+    steps = tuple((r.match, r.decision) for r in ordered)
+    if not any(tests):
+        return build_rows(scopes, ordered, steps)
+    shared = Lookups(lookup_budget(tests))
+    return build_rows(scopes, ordered, steps, lambda ranks: dispatched_cell(ranks, steps, tests, shared))
+
+
+def _kept_tests(tests: tuple[EqualityTest | None, ...], steps: dict[Any, Row]) -> tuple[EqualityTest | None, ...]:
+    """``tests`` if some prebuilt cell dispatches (restamped copies rebuild its lookups), else ``()``."""
+    for row in steps.values():
+        if isinstance(row, dict) and any(d is None for cell in row.values() for _, d in cell):
+            return tests
+    return ()
 
 
 def _order(rule: CompiledRule) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
 import mmh3
+from mmh3 import hash as murmur3
 
 from rule_engine.evaluation.table import Decision
 from rule_engine.serving.recorder import SAMPLE_MASK
@@ -80,8 +81,12 @@ class RuleEngine:
             try:
                 if key is None:
                     key = event.get(self.key_field)
-                targeting = snapshot.targeting  # scope and pins (serving/targeting.py); None: none
-                if targeting is not None and (chosen := targeting.choose(event, key, table)) is not None:
+                if snapshot.hash_only and type(key) is str and key.isascii():  # v2, no scope, no pins: the hash
+                    if murmur3(key, snapshot.seed, False) < snapshot.limit:
+                        table, recorder = candidate, snapshot.candidate_recorder
+                elif (targeting := snapshot.targeting) is not None and (  # scope and pins (serving/targeting.py)
+                    chosen := targeting.choose(event, key, table)
+                ) is not None:
                     if chosen is candidate:  # decided by scope or pin: no hash
                         table, recorder = candidate, snapshot.candidate_recorder
                 else:

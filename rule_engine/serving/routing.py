@@ -52,8 +52,8 @@ __all__ = [
     "percent_to_bp",
 ]
 
-ALGORITHM_VERSION = 1  # what new rollouts are stamped with (control/transitions.py); see LATEST_ALGORITHM
-LATEST_ALGORITHM = 2  # the newest algorithm: ALGORITHM_VERSION becomes 2 once the publisher passes it on
+LATEST_ALGORITHM = 2  # the newest algorithm
+ALGORITHM_VERSION = LATEST_ALGORITHM  # what new rollouts are stamped with (control/transitions.py)
 ALGORITHMS = (1, 2)
 BASIS_POINTS = 10_000
 _MASK64 = (1 << 64) - 1

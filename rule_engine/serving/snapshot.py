@@ -10,7 +10,7 @@ request hash to the stable or the candidate table with the rollout's salt (see
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rule_engine.serving.routing import Salt
@@ -36,6 +36,10 @@ class ServingSnapshot:
     ``taps`` (None by default) is the decision log and shadow evaluator the engine offers each
     decision to (:mod:`rule_engine.serving.decisionlog`); the :class:`ServingCell` stamps the taps
     attached to it onto every snapshot published into it.
+
+    ``hash_only`` is derived, never passed: True when a request is routed by the seeded hash alone
+    (a stable and a candidate, algorithm 2, no scope, no pins), so a hot path may test
+    ``hash(key, seed) < limit`` and nothing else (``DeploymentManager.route`` does).
     """
 
     stable: RuleTable | None
@@ -50,6 +54,13 @@ class ServingSnapshot:
     targeting: Targeting | None = None  # scope and pins of the rollout (serving/targeting.py); None: none
     seed: int = 0  # murmur3's seed for the request hash: 0 (algorithm 1) or the salt's (algorithm 2)
     taps: Taps | None = None
+    hash_only: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        hash_only = (
+            self.candidate is not None and self.stable is not None and self.targeting is None and self.multiplier == 0
+        )
+        object.__setattr__(self, "hash_only", hash_only)
 
     @classmethod
     def build(

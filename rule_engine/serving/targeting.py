@@ -20,13 +20,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mmh3 import hash as murmur3  # murmur3(data, seed, False): the unsigned 32-bit hash routing is made of
+
 from rule_engine.serving.routing import goes_to_candidate, hash_key
 
 if TYPE_CHECKING:
     from rule_engine.evaluation.table import RuleTable
     from rule_engine.serving.snapshot import ServingSnapshot
 
-__all__ = ["AGENT_FIELD", "FLOW_FIELD", "Targeting", "route_hash", "route_table"]
+__all__ = ["AGENT_FIELD", "FLOW_FIELD", "Targeting", "murmur3", "route_hash", "route_table"]
+
+_MASK64 = (1 << 64) - 1
 
 #: The event fields a scope is matched on.
 AGENT_FIELD = "agent_id"
@@ -83,10 +87,22 @@ def route_table(snapshot: ServingSnapshot, key: object, event: Mapping[str, Any]
     As :class:`~rule_engine.RuleEngine` routes: scope and pins first, then the salted hash; a key
     that cannot be hashed, or an ``event`` whose reads raise, gets stable. Without an ``event``, a
     scoped rollout routes the key as for an event outside its scope (stable).
+
+    The common case (a ``str`` key, no scope and no pins) is the engine's inlined hash and compare,
+    inlined here too (routing.py's rule: ``tests/test_routing_one_rule.py`` holds the copies equal).
     """
-    stable, candidate = snapshot.stable, snapshot.candidate
-    if candidate is None or stable is None:
-        return stable
+    candidate = snapshot.candidate
+    if candidate is None:
+        return snapshot.stable
+    if type(key) is str and snapshot.targeting is None:  # --- routing.py's rule, inlined ---
+        request_hash = murmur3(key if key.isascii() else key.encode("utf-8", "surrogatepass"), snapshot.seed, False)
+        multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
+        if ((multiplier * request_hash + snapshot.offset) & _MASK64 if multiplier else request_hash) < snapshot.limit:
+            return candidate if snapshot.stable is not None else None
+        return snapshot.stable
+    stable = snapshot.stable
+    if stable is None:
+        return None
     try:
         targeting = snapshot.targeting
         if targeting is not None:
@@ -95,7 +111,7 @@ def route_table(snapshot: ServingSnapshot, key: object, event: Mapping[str, Any]
                 return chosen
     except Exception:  # the event's reads raised: stable, as in RuleEngine.evaluate
         return stable
-    return route_hash(snapshot, hash_key(key))
+    return route_hash(snapshot, hash_key(key, snapshot.seed))
 
 
 def route_hash(snapshot: ServingSnapshot, request_hash: int | None) -> RuleTable | None:
