@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rule_engine import DeploymentManager, RuleEngine, RuleTable, ServingSnapshot, load_bundle
+from rule_engine import DeploymentManager, RuleEngine, RuleTable, ServingSnapshot, compute_request_hash, load_bundle
 from rule_engine.serving.routing import Salt, goes_to_candidate
 from rule_engine.serving.snapshot import ServingCell
 from rule_engine.serving.targeting import Targeting, route_table
@@ -106,3 +106,24 @@ def test_hash_only_is_derived_from_the_snapshot_it_is_on(tables: tuple[RuleTable
     manager = DeploymentManager()
     manager.serving_cell.current = dataclasses.replace(snapshot, candidate=None)
     assert manager.route("user-1") is stable
+
+
+@pytest.mark.parametrize("vector", VECTORS_V2[:8], ids=lambda v: f"{v['key']}/{v['bucket']}")
+def test_a_hash_computed_ahead_with_the_snapshots_seed_routes_as_the_key(
+    vector: dict[str, object], tables: tuple[RuleTable, RuleTable]
+) -> None:
+    """compute_request_hash(key, seed=snapshot.seed) + route_and_get_table == route(key), under v2 too."""
+    stable, candidate = tables
+    salt = Salt.from_text(str(vector["salt"]), 2)
+    manager = DeploymentManager()
+    for share_bp in (int(str(vector["bucket"])), int(str(vector["bucket"])) + 1):
+        manager.serving_cell.current = ServingSnapshot.build(stable, candidate, salt, share_bp)
+        key = str(vector["key"])
+        h = compute_request_hash(key, seed=manager.snapshot.seed)
+        assert h == vector["hash"]
+        by_hash, by_key = manager.route_and_get_table(h), manager.route(key)
+        assert by_hash is not None
+        assert by_key is not None
+        assert by_hash.version_id == by_key.version_id
+    with pytest.raises(ValueError, match="seed"):
+        compute_request_hash("k", seed=-1)

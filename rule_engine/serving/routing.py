@@ -100,17 +100,21 @@ def _text_of(part: object) -> str:
     return text
 
 
-def compute_request_hash(*parts: object) -> int:
-    """The request hash of a routing key: unsigned 32-bit murmur3 (seed 0) of :func:`key_bytes`.
+def compute_request_hash(*parts: object, seed: int = 0) -> int:
+    """The request hash of a routing key: unsigned 32-bit murmur3 of :func:`key_bytes` with ``seed``.
 
-    Raises ``ValueError`` for a key that cannot be converted (see :func:`key_bytes`); the data
-    plane uses :func:`hash_key`, which never raises.
+    ``seed`` 0 is routing algorithm 1's; under algorithm 2 pass the rollout's seed
+    (``manager.snapshot.seed``) so that ``route_and_get_table`` routes the hash as ``route`` routes
+    the key. Raises ``ValueError`` for a key that cannot be converted (see :func:`key_bytes`) or a
+    seed outside 0..2**32-1; the data plane uses :func:`hash_key`, which never raises.
     """
+    if type(seed) is not int or not 0 <= seed < 1 << 32:
+        raise ValueError(f"a murmur3 seed is an int in 0..2**32-1, got {seed!r}")
     if len(parts) == 1:
         part = parts[0]
         if type(part) is str and part.isascii():  # its UTF-8 is its ASCII: no encoding needed
-            return int(mmh3.hash(part, 0, False))
-    return int(mmh3.hash(key_bytes(*parts), 0, False))
+            return int(mmh3.hash(part, seed, False))
+    return int(mmh3.hash(key_bytes(*parts), seed, False))
 
 
 def hash_key(key: object, seed: int = 0) -> int | None:
