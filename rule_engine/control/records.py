@@ -20,7 +20,9 @@ from rule_engine.control.states import DeploymentState
 from rule_engine.control.strategies import Strategy, rollout_kinds, strategy_class, strategy_from_dict, strategy_kinds
 from rule_engine.serving.routing import ALGORITHMS
 
-__all__ = ["AuditEntry", "ControlState", "Rollout", "VersionRecord"]
+__all__ = ["AuditEntry", "ControlState", "GateHold", "Rollout", "VersionRecord"]
+
+MAX_GATE_HOLD_REASON = 300  # the first 300 characters of a gate's reply are kept (docs/operations.md)
 
 SCHEMA_VERSION = 1
 
@@ -114,6 +116,34 @@ class VersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class GateHold:
+    """A gate holds the step of the rollout's stage ``stage_index`` (0-based) because of ``reason``.
+
+    Stored with the rollout so every process (``status``, a dashboard without a controller) sees it;
+    a hold naming another stage than the rollout's is stale and ignored (control/gate_holds.py).
+    """
+
+    stage_index: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
+        return {"stage_index": self.stage_index, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GateHold:
+        """Rebuild from :meth:`to_dict`; a damaged hold is refused (``ValueError``)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a rollout's gate hold must be an object, got {type(data).__name__}")
+        stage, reason = data.get("stage_index"), data.get("reason")
+        if not isinstance(stage, int) or isinstance(stage, bool) or stage < 0:
+            raise ValueError(f"a gate hold's stage_index must be a whole number >= 0, got {stage!r}")
+        if not isinstance(reason, str):
+            raise ValueError(f"a gate hold's reason must be text, got {type(reason).__name__}")
+        return cls(stage, reason[:MAX_GATE_HOLD_REASON])
+
+
+@dataclass(frozen=True, slots=True)
 class Rollout:
     """A canary or A/B test in progress: who is candidate, against which stable, at what share.
 
@@ -143,6 +173,7 @@ class Rollout:
     # live and end with the rollout. Empty: none (and left out of the JSON form).
     pins: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     phase: str | None = None  # "shadow": the shadow phase before the first stage (left out of the JSON when None)
+    gate_hold: GateHold | None = None  # a gate holds this stage's step (left out of the JSON when None)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form."""
@@ -169,6 +200,7 @@ class Rollout:
             ),
             **({"pins": dict(self.pins)} if self.pins else {}),
             **({"phase": self.phase} if self.phase is not None else {}),
+            **({"gate_hold": self.gate_hold.to_dict()} if self.gate_hold is not None else {}),
         }
 
     @property
@@ -207,6 +239,7 @@ class Rollout:
             converged_stage=data.get("converged_stage"),
             pins=MappingProxyType({str(k): str(v) for k, v in dict(data.get("pins") or {}).items()}),
             phase=phase,
+            gate_hold=GateHold.from_dict(data["gate_hold"]) if data.get("gate_hold") is not None else None,
         )
 
 

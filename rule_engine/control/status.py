@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rule_engine.clock import iso
+from rule_engine.control.gate_holds import gate_hold_reason
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.shadowing import ShadowPhase
 from rule_engine.control.states import DeploymentState
@@ -215,6 +216,8 @@ def rollout_status(
             holding = f"progress deadline of {rollout.progress_deadline_secs:g}s exceeded: {verdict.reason}"
         elif verdict.healthy is None:
             holding = verdict.reason
+        elif (gate := gate_hold_reason(rollout)) is not None:  # stored by the ticking controller, seen by all
+            holding = gate
         elif next_at is not None and now < next_at:
             holding = f"stage lasts until {iso(next_at)}"
     elif rollout.ended_at is not None:

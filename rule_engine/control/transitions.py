@@ -310,7 +310,7 @@ def advance(
         f"stage {next_index + 1} of {stages}: {rollout.share_bp / 100:g}% -> {share / 100:g}%",
     )
     moved = replace(rollout, stage_index=next_index, share_bp=share, stage_started_at=now, deadline_exceeded_at=None)
-    change.put(rollout=replace(moved, held=None))
+    change.put(rollout=replace(moved, held=None, gate_hold=None))
     change.serving_changed = True
     change.event(
         "rollout.advanced",

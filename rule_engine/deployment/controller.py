@@ -21,6 +21,7 @@ from dataclasses import replace
 from rule_engine.clock import Clock
 from rule_engine.control import lifecycle
 from rule_engine.control import transitions as control
+from rule_engine.control.gate_holds import note_gate_hold
 from rule_engine.control.records import ControlState, VersionRecord
 from rule_engine.control.status import DeploymentInfo, RolloutStatus, TickReport, info_of, rollout_status
 from rule_engine.control.transitions import Change
@@ -66,13 +67,11 @@ class Controller:
         self._held_rollbacks: set[str] = set()  # versions whose held rollback was logged
         self._shadow = ShadowJudge(committer, publisher, ledger, clock, config)  # a rollout's shadow phase
         self._gate = GateKeeper()
-        self._gate_hold: tuple[str, int, str] | None = None  # (candidate, stage index, the gate's reason)
         self._holds = HoldWatch()
 
     def set_gate(self, gate: Gate | None, timeout_secs: float = 5.0) -> None:
         """Ask ``gate`` before each automatic step, waiting at most ``timeout_secs`` (None: no gate)."""
         self._gate.set(gate, timeout_secs)
-        self._gate_hold = None
 
     # --- verdicts (call under the lock) -------------------------------------------------------------
 
@@ -192,7 +191,10 @@ class Controller:
             self._clock.now(), rollout.started_at, rollout.stage_started_at
         )
         refused = self._gate.holds(_stage_question(state, record)) if due and self._gate else None
-        self._gate_hold = None if refused is None else (rollout.candidate, rollout.stage_index, refused)
+        if refused is not None:  # stored once per hold or new reason, for every process's status
+            self._apply(
+                _plan_gate_hold(rollout.candidate, rollout.stage_index, refused), "gate-hold", rollout.candidate
+            )
         return refused
 
     def _tell_hold(
@@ -224,12 +226,7 @@ class Controller:
             self._ledger.flush(now)
             verdict = self.candidate_verdict(now)
             shadow = self._shadow.phase(state, now)
-            status = rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback, shadow=shadow)
-            gate = self._gate_hold  # while the step is due and healthy, the gate is what holds it
-            held = gate is not None and gate[:2] == (state.rollout.candidate, state.rollout.stage_index)
-            if status is not None and gate is not None and held and not status.paused and verdict.healthy is True:
-                status = replace(status, holding=gate[2])
-            return status
+            return rollout_status(state, verdict, now, auto_rollback=self._config().auto_rollback, shadow=shadow)
 
     def judge_and_act(self) -> tuple[list[str], list[str]]:
         """Judge the candidate and a baking active version; roll back the unhealthy when automatic.
@@ -356,6 +353,13 @@ class Controller:
 def _plan_hold(candidate: str, reason: str) -> Plan:
     def plan(state: ControlState, now: float) -> Change:
         return control.hold(state, now, "controller", candidate=candidate, reason=reason)
+
+    return plan
+
+
+def _plan_gate_hold(candidate: str, stage_index: int, reason: str) -> Plan:
+    def plan(state: ControlState, now: float) -> Change:  # nothing when stored already (maybe by another process)
+        return note_gate_hold(state, candidate, stage_index, reason) or nothing_to_do(state)
 
     return plan
 
