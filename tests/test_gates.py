@@ -261,6 +261,36 @@ def test_a_gate_is_asked_about_the_stage_it_allows_only(clock: FrozenDateTimeFac
     assert [e.actor for e in manager.audit_log() if e.action == "advance"] == ["bob"]
 
 
+def test_a_step_that_falls_due_during_the_tick_is_not_taken_unasked(
+    clock: FrozenDateTimeFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not yet due when the gate would be asked, due by the time the step is planned: it waits, unasked.
+
+    The two-controller test once saw three stages advance on two allowing answers under load: the
+    step fell due between the controller's reading (no ask: not due) and the plan's (due: advanced).
+    """
+    manager = healthy_canary()
+    allowing = PythonGate(GateAnswer(True))
+    manager.set_gate(allowing)
+    clock.tick(59.999)
+    real = Canary.step_is_over
+    readings: list[bool] = []
+
+    def falls_due_on_the_second_reading(self: Canary, now: float, started_at: float, stage_started_at: float) -> bool:
+        readings.append(bool(readings))  # False at the controller's reading, True at every later one
+        return readings[-1] or real(self, now, started_at, stage_started_at)
+
+    monkeypatch.setattr(Canary, "step_is_over", falls_due_on_the_second_reading)
+    manager.tick()
+    assert stage_of(manager) == 1  # not taken: the gate was never asked about it
+    assert allowing.asked == []
+    monkeypatch.setattr(Canary, "step_is_over", real)
+    clock.tick(1)
+    manager.tick()  # the next tick asks, and the gate allows it
+    assert stage_of(manager) == 2
+    assert [q.stage for q in allowing.asked] == [1]
+
+
 @pytest.mark.parametrize("timeout", [0, -1, 61, math.nan, math.inf])
 def test_a_gate_timeout_is_bounded(timeout: float) -> None:
     """The wait per ask is (0, 60] seconds."""

@@ -168,12 +168,12 @@ class Controller:
                 holding.append(f"{rollout.candidate}: {waiting}")
                 step_hold = ("fleet", waiting)
             elif self.candidate_verdict().healthy is True and rollout.held is None:
-                refused = self._gate_refuses_stage(state)
-                if refused is None:
+                go, refused = self._gate_step(state)
+                if go:
                     change = self._apply(self._plan_advance(rollout.candidate, rollout.stage_index), "advance")
                     if change.result:
                         actions.append(f"advanced {rollout.candidate}")
-                else:
+                elif refused is not None:
                     step_hold = ("gate", refused)
         status = self.rollout_status()
         if status is not None and status.holding and rollout is not None and rollout.finishes_by_itself:
@@ -181,21 +181,30 @@ class Controller:
         self._tell_hold(status, step_hold, held_schedule)
         return TickReport(tuple(actions), tuple(holding))
 
-    def _gate_refuses_stage(self, state: ControlState) -> str | None:
-        """Why the gate holds the canary's step now (None: no gate, not due, or allowed); kept for status."""
+    def _gate_step(self, state: ControlState) -> tuple[bool, str | None]:
+        """Whether to try the canary's step now, and why the gate holds it (stored for status).
+
+        Without a gate the plan decides whether the step is due. With one, the step is tried only
+        when it was due at the reading the gate was asked at, and the gate allowed it: a step that
+        falls due between that reading and the plan's waits for the next tick, so it is never taken
+        unasked.
+        """
+        if not self._gate:
+            return True, None
         rollout = state.rollout
         assert rollout is not None
         record = state.versions[rollout.candidate]
-        strategy = record.strategy
-        due = rollout.paused_at is None and strategy.step_is_over(
+        due = rollout.paused_at is None and record.strategy.step_is_over(
             self._clock.now(), rollout.started_at, rollout.stage_started_at
         )
-        refused = self._gate.holds(_stage_question(state, record)) if due and self._gate else None
+        if not due:
+            return False, None
+        refused = self._gate.holds(_stage_question(state, record))
         if refused is not None:  # stored once per hold or new reason, for every process's status
             self._apply(
                 _plan_gate_hold(rollout.candidate, rollout.stage_index, refused), "gate-hold", rollout.candidate
             )
-        return refused
+        return refused is None, refused
 
     def _tell_hold(
         self, status: RolloutStatus | None, step_hold: tuple[str, str] | None, held_schedule: str | None
