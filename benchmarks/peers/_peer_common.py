@@ -195,3 +195,41 @@ def emit_cell(
         return
     ns, baseline_ns = measure_with_baselines({"evaluate": evaluate, "prepare": prepare}, repeat=repeat)
     emit(peer, version, ns, baseline_ns, decided=list(decided))
+
+
+#: Our comparison ops -> the infix operator most expression languages spell them with.
+INFIX_OPS = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def infix_translator(
+    and_: str, or_: str, not_: str, leaf: Callable[[str, str, Any], str]
+) -> Callable[[Mapping[str, Any]], str]:
+    """Our condition tree -> an infix expression: ``and_``/``or_`` join, ``not_`` is a format with ``{}``."""
+
+    def translate(node: Mapping[str, Any]) -> str:
+        if "all" in node:
+            return "(" + f" {and_} ".join(translate(c) for c in node["all"]) + ")"
+        if "any" in node:
+            return "(" + f" {or_} ".join(translate(c) for c in node["any"]) + ")"
+        if "not" in node:
+            return not_.format(translate(node["not"]))
+        return leaf(node["field"], node["op"], node.get("value"))
+
+    return translate
+
+
+def cell_repeat(argv: list[str] | None) -> int:
+    """The ``--repeat N`` (default 15) every evaluate-case peer script takes."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=15)
+    return int(parser.parse_args(argv).repeat)
+
+
+def outcome_at(rules: list[dict[str, Any]], index: int) -> tuple[str, str | None]:
+    """(decision, rule id) of ``rules[index]``; a negative index means no rule matched."""
+    if index < 0:
+        return "default", None
+    rule = rules[index]
+    return rule["then"]["decision"], rule["id"]

@@ -12,15 +12,13 @@ the policy text; ``evaluate`` = one ``is_authorized`` with the pre-parsed set an
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
 import cedarpy  # type: ignore[import-not-found]
-from _peer_common import cell_case, emit_cell
+from _peer_common import cell_case, cell_repeat, emit_cell, infix_translator
 
 
 def _lit(value: Any) -> str:
@@ -37,14 +35,8 @@ def _lit(value: Any) -> str:
     raise TypeError(value)
 
 
-def translate(node: Mapping[str, Any]) -> str:
-    if "all" in node:
-        return "(" + " && ".join(translate(c) for c in node["all"]) + ")"
-    if "any" in node:
-        return "(" + " || ".join(translate(c) for c in node["any"]) + ")"
-    if "not" in node:
-        return f"(!{translate(node['not'])})"
-    x, op, v = "context." + node["field"], node["op"], node.get("value")
+def _leaf(field: str, op: str, v: Any) -> str:
+    x = "context." + field
     if op == "eq":
         return f"({x} == {_lit(v)})"
     if op == "in":
@@ -56,6 +48,9 @@ def translate(node: Mapping[str, Any]) -> str:
     if op == "starts_with":
         return f"({x} like {json.dumps(v.replace('*', chr(92) + '*') + '*')})"
     raise ValueError(f"op {op!r} not translated")
+
+
+translate = infix_translator("&&", "||", "(!{})", _leaf)
 
 
 def _context(value: Any) -> Any:
@@ -72,9 +67,7 @@ def _context(value: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     _, rules, event, want = cell_case()
     text = "\n".join(
         f'@id("{r["id"]}")\npermit(principal, action, resource) when {{ {translate(r["when"])} }};' for r in rules
@@ -99,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         return rule_of[min(reasons, key=rank.__getitem__)]
 
     emit_cell(
-        "cedarpy", version("cedarpy"), evaluate, lambda: cedarpy.PolicySet.from_str(text), evaluate(), want, args.repeat
+        "cedarpy", version("cedarpy"), evaluate, lambda: cedarpy.PolicySet.from_str(text), evaluate(), want, repeat
     )
     return 0
 

@@ -11,15 +11,13 @@ values once (10 separate programs would convert it up to 10 times). ``prepare`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
 import cel  # type: ignore[import-not-found]  # the PyPI package (separate venv); this file is cel_peer.py so as not to shadow it
-from _peer_common import cell_case, emit_cell
+from _peer_common import INFIX_OPS, cell_case, cell_repeat, emit_cell, infix_translator, outcome_at
 
 
 def _lit(value: Any) -> str:
@@ -34,17 +32,9 @@ def _lit(value: Any) -> str:
     raise TypeError(value)
 
 
-def translate(node: Mapping[str, Any]) -> str:
-    if "all" in node:
-        return "(" + " && ".join(translate(c) for c in node["all"]) + ")"
-    if "any" in node:
-        return "(" + " || ".join(translate(c) for c in node["any"]) + ")"
-    if "not" in node:
-        return f"(!{translate(node['not'])})"
-    x, op, v = node["field"], node["op"], node.get("value")
-    binary = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-    if op in binary:
-        return f"({x} {binary[op]} {_lit(v)})"
+def _leaf(x: str, op: str, v: Any) -> str:
+    if op in INFIX_OPS:
+        return f"({x} {INFIX_OPS[op]} {_lit(v)})"
     if op == "in":
         return f"({x} in {_lit(v)})"
     if op == "starts_with":
@@ -52,18 +42,17 @@ def translate(node: Mapping[str, Any]) -> str:
     raise ValueError(f"op {op!r} not translated")
 
 
+translate = infix_translator("&&", "||", "(!{})", _leaf)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     _, rules, event, want = cell_case()
     text = "".join(f"{translate(r['when'])} ? {i} : " for i, r in enumerate(rules)) + "-1"
-    outcomes = [(r["then"]["decision"], r["id"]) for r in rules]
     program = cel.compile(text)
 
     def evaluate() -> tuple[str, str | None]:
-        i = program.execute(event)
-        return outcomes[i] if i >= 0 else ("default", None)
+        return outcome_at(rules, program.execute(event))
 
     emit_cell(
         "cel (common-expression-language)",
@@ -72,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: cel.compile(text),
         evaluate(),
         want,
-        args.repeat,
+        repeat,
     )
     return 0
 

@@ -15,14 +15,13 @@ parsed JSON is what ``jsonLogic`` interprets); ``evaluate`` = one ``jsonLogic`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
-from _peer_common import cell_case, emit_cell
+from _peer_common import INFIX_OPS, cell_case, cell_repeat, emit_cell, outcome_at
 from json_logic import jsonLogic  # type: ignore[import-not-found]
 
 
@@ -34,9 +33,8 @@ def translate(node: Mapping[str, Any]) -> Any:
     if "not" in node:
         return {"!": [translate(node["not"])]}
     x, op, v = {"var": node["field"]}, node["op"], node.get("value")
-    binary = {"eq": "===", "ne": "!==", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-    if op in binary:
-        return {binary[op]: [x, v]}
+    if op in INFIX_OPS:  # strict equality: === / !==
+        return {{"eq": "===", "ne": "!=="}.get(op, INFIX_OPS[op]): [x, v]}
     if op == "in":
         return {"in": [x, v]}
     if op == "starts_with":
@@ -45,20 +43,16 @@ def translate(node: Mapping[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     _, rules, event, want = cell_case()
     chain: list[Any] = []
     for i, r in enumerate(rules):
         chain += [translate(r["when"]), i]
     text = json.dumps({"if": [*chain, -1]})
-    outcomes = [(r["then"]["decision"], r["id"]) for r in rules]
     logic = json.loads(text)
 
     def evaluate() -> tuple[str, str | None]:
-        i = jsonLogic(logic, event)
-        return outcomes[i] if i >= 0 else ("default", None)
+        return outcome_at(rules, jsonLogic(logic, event))
 
     emit_cell(
         "json-logic (json-logic-qubit)",
@@ -67,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: json.loads(text),
         evaluate(),
         want,
-        args.repeat,
+        repeat,
     )
     return 0
 

@@ -10,19 +10,16 @@ bundle's JSON bytes (parse + validate + compile + index).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from _peer_common import cell_case, emit_cell
+from _peer_common import cell_case, cell_repeat, emit_cell
 
 from rule_engine import RuleTable, parse_bundle
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     bundle, _, event, want = cell_case()
     raw = json.dumps(bundle).encode("utf-8")
     table = RuleTable.from_bundle(parse_bundle(raw))
@@ -34,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: RuleTable.from_bundle(parse_bundle(raw)),
         (decided.decision, decided.rule_id),
         want,
-        args.repeat,
+        repeat,
     )
     return 0
 

@@ -9,21 +9,18 @@ The 10 rules of the (agent 7, flow 3) cell, translated as in pypi_rule_engine.py
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from typing import Any
 
-from _peer_common import cell_case, emit_cell
+from _peer_common import cell_case, cell_repeat, emit_cell
 from pypi_rule_engine import translate
 
 import rule_engine  # type: ignore[import-untyped]  # the PyPI package, NOT this project's rule_engine
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     warnings.simplefilter("error")
     if "site-packages" not in (rule_engine.__file__ or ""):
         raise SystemExit(f"imported the wrong rule_engine: {rule_engine.__file__}")
@@ -42,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                 return outcome
         return "default", None
 
-    emit_cell("pypi:rule-engine", rule_engine.__version__, evaluate, prepare, evaluate(), want, args.repeat)
+    emit_cell("pypi:rule-engine", rule_engine.__version__, evaluate, prepare, evaluate(), want, repeat)
     return 0
 
 

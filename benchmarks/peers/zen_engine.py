@@ -12,33 +12,26 @@ JSON content; ``evaluate`` = one ``ZenDecision.evaluate(event)``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Mapping
 from importlib.metadata import version
 from typing import Any
 
 import zen  # type: ignore[import-not-found]
-from _peer_common import cell_case, emit_cell
+from _peer_common import INFIX_OPS, cell_case, cell_repeat, emit_cell, infix_translator, outcome_at
 
 
-def translate(node: Mapping[str, Any]) -> str:
-    if "all" in node:
-        return "(" + " and ".join(translate(c) for c in node["all"]) + ")"
-    if "any" in node:
-        return "(" + " or ".join(translate(c) for c in node["any"]) + ")"
-    if "not" in node:
-        return f"(not ({translate(node['not'])}))"
-    x, op, v = node["field"], node["op"], node.get("value")
-    binary = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-    if op in binary:
-        return f"({x} {binary[op]} {json.dumps(v)})"
+def _leaf(x: str, op: str, v: Any) -> str:
+    if op in INFIX_OPS:
+        return f"({x} {INFIX_OPS[op]} {json.dumps(v)})"
     if op == "in":
         return f"({x} in {json.dumps(v)})"
     if op == "starts_with":
         return f"startsWith({x}, {json.dumps(v)})"
     raise ValueError(f"op {op!r} not translated")
+
+
+translate = infix_translator("and", "or", "(not ({}))", _leaf)
 
 
 def decision_json(rules: list[dict[str, Any]]) -> str:
@@ -63,18 +56,14 @@ def decision_json(rules: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--repeat", type=int, default=15)
-    args = parser.parse_args(argv)
+    repeat = cell_repeat(argv)
     _, rules, event, want = cell_case()
     content = decision_json(rules)
-    outcomes = [(r["then"]["decision"], r["id"]) for r in rules]
     engine = zen.ZenEngine()
     decision = engine.create_decision(content)
 
     def evaluate() -> tuple[str, str | None]:
-        i = int(decision.evaluate(event)["result"]["rule"])
-        return outcomes[i] if i >= 0 else ("default", None)
+        return outcome_at(rules, int(decision.evaluate(event)["result"]["rule"]))
 
     emit_cell(
         "zen-engine",
@@ -83,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda: engine.create_decision(content),
         evaluate(),
         want,
-        args.repeat,
+        repeat,
     )
     return 0
 
