@@ -32,7 +32,7 @@ import bench_health  # noqa: E402
 import bench_manager  # noqa: E402
 import bench_table  # noqa: E402
 from _timing import Report, Row  # noqa: E402
-from peers.run_peers import format_table, run_peers  # noqa: E402
+from peers.run_peers import CELL_PEERS, format_cell_table, format_table, run_peers  # noqa: E402
 
 
 def machine() -> dict[str, Any]:
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     "unleash": quick_args,
                     "launchdarkly": quick_args,
                     "growthbook": quick_args,
+                    **dict.fromkeys(CELL_PEERS, quick_args),
                 }
                 if args.quick
                 else None
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             peers = run_peers(str(path), peer_args=peer_args)
         print("== peers (ns per call; x H / x call against each peer's own in-process baselines)")
         print(format_table(peers))
+        print("== evaluate case side by side (issue 14 item 6: 10 rules of one cell, match at the 6th)")
+        print(format_cell_table(peers))
         _show(reports, [peer_report(reports, peers)])
 
     goals = [r for rep in reports for r in rep.rows if r.status]

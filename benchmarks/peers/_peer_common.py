@@ -154,3 +154,82 @@ def require_share(share: float, want: float = 0.10, tolerance: float = 0.02) -> 
     if abs(share - want) > tolerance:
         print(f"rollout share {share:.3f} is not ~{want}: flag not evaluated?", file=sys.stderr)
         finish(2)
+
+
+#: The benchmark's evaluate case (benchmarks/bench_table.py): pair (agent 7, flow 3), 10 rules,
+#: first match at the 6th.
+CELL_AGENT, CELL_FLOW, CELL_MATCH_AT = 7, 3, 6
+
+
+def cell_case() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], tuple[str, str | None]]:
+    """(bundle holding only the cell's 10 rules, those rules in priority order, event, expected).
+
+    The pair's rules are seeded per (seed, agent, flow), so they are the very rules of that
+    pair in the 10k-rule synthetic bundle bench_table.py measures.
+    """
+    from generate_synthetic import agent_name, expected_outcome, flow_name, matching_event, synthetic_bundle
+
+    bundle = synthetic_bundle(CELL_AGENT + 1, CELL_FLOW + 1, 10)
+    a, f = agent_name(CELL_AGENT), flow_name(CELL_FLOW)
+    rules = [r for r in bundle["rules"] if r["agents"] == [a] and r["flows"] == [f]]
+    rules.sort(key=lambda r: -r.get("priority", 0))
+    cell = {k: v for k, v in bundle.items() if k not in ("rules", "tests", "examples")}
+    cell["rules"] = rules
+    event = matching_event(CELL_AGENT, CELL_FLOW, CELL_MATCH_AT)
+    want = expected_outcome(CELL_AGENT, CELL_FLOW, CELL_MATCH_AT)
+    return cell, rules, event, want
+
+
+def emit_cell(
+    peer: str,
+    version: str,
+    evaluate: Case,
+    prepare: Case,
+    decided: tuple[str, str | None],
+    want: tuple[str, str | None],
+    repeat: int = 15,
+) -> None:
+    """Check the peer's decision, then time ``evaluate`` and ``prepare`` (source -> compiled form)."""
+    if tuple(decided) != tuple(want):
+        emit(peer, version, {}, {}, mismatch=f"peer decides {decided}, ours {want}: not timed")
+        return
+    ns, baseline_ns = measure_with_baselines({"evaluate": evaluate, "prepare": prepare}, repeat=repeat)
+    emit(peer, version, ns, baseline_ns, decided=list(decided))
+
+
+#: Our comparison ops -> the infix operator most expression languages spell them with.
+INFIX_OPS = {"eq": "==", "ne": "!=", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+
+
+def infix_translator(
+    and_: str, or_: str, not_: str, leaf: Callable[[str, str, Any], str]
+) -> Callable[[Mapping[str, Any]], str]:
+    """Our condition tree -> an infix expression: ``and_``/``or_`` join, ``not_`` is a format with ``{}``."""
+
+    def translate(node: Mapping[str, Any]) -> str:
+        if "all" in node:
+            return "(" + f" {and_} ".join(translate(c) for c in node["all"]) + ")"
+        if "any" in node:
+            return "(" + f" {or_} ".join(translate(c) for c in node["any"]) + ")"
+        if "not" in node:
+            return not_.format(translate(node["not"]))
+        return leaf(node["field"], node["op"], node.get("value"))
+
+    return translate
+
+
+def cell_repeat(argv: list[str] | None) -> int:
+    """The ``--repeat N`` (default 15) every evaluate-case peer script takes."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=15)
+    return int(parser.parse_args(argv).repeat)
+
+
+def outcome_at(rules: list[dict[str, Any]], index: int) -> tuple[str, str | None]:
+    """(decision, rule id) of ``rules[index]``; a negative index means no rule matched."""
+    if index < 0:
+        return "default", None
+    rule = rules[index]
+    return rule["then"]["decision"], rule["id"]

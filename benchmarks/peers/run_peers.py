@@ -43,6 +43,9 @@ class Peer:
     script: str  # file in benchmarks/peers
     needs_bundle: bool = False
     timeout_s: float = 90.0
+    project_venv: bool = False  # run with this interpreter (our own figures), not benchmarks/.venvs
+    cell: bool = False  # an evaluate-case peer: reports "evaluate" and "prepare" (format_cell_table)
+    venv: str | None = None  # venv name when it differs from ``name``
 
 
 PEERS: tuple[Peer, ...] = (
@@ -50,6 +53,13 @@ PEERS: tuple[Peer, ...] = (
     Peer("unleash", "unleash_rollout.py"),
     Peer("launchdarkly", "launchdarkly_rollout.py"),
     Peer("growthbook", "growthbook_rollout.py"),
+    # issue 14 item 6: the evaluate case (10 rules of one cell, first match at the 6th), with prepare
+    Peer("ours", "ours_cell.py", project_venv=True, cell=True),
+    Peer("zen_engine", "zen_engine.py", cell=True),
+    Peer("cedarpy", "cedarpy_peer.py", cell=True),
+    Peer("cel", "cel_peer.py", cell=True),
+    Peer("json_logic", "json_logic_peer.py", cell=True),
+    Peer("pypi_rule_engine_cell", "pypi_rule_engine_cell.py", cell=True, venv="pypi_rule_engine"),
 )
 
 
@@ -57,8 +67,12 @@ def venv_python(name: str) -> Path:
     return VENVS_DIR / name / "bin" / "python"
 
 
+def peer_python(peer: Peer) -> Path:
+    return Path(sys.executable) if peer.project_venv else venv_python(peer.venv or peer.name)
+
+
 def available_peers() -> list[str]:
-    return [p.name for p in PEERS if venv_python(p.name).exists()]
+    return [p.name for p in PEERS if peer_python(p).exists()]
 
 
 def _synthetic_bundle_file(directory: str) -> str:
@@ -74,7 +88,7 @@ def _synthetic_bundle_file(directory: str) -> str:
 
 def run_peer(peer: Peer, bundle_path: str | None = None, *, extra_args: Sequence[str] = ()) -> dict[str, Any]:
     """Run one peer script; its JSON object, or ``{"peer": name, "unavailable": reason}``."""
-    python = venv_python(peer.name)
+    python = peer_python(peer)
     if not python.exists():
         return {
             "peer": peer.name,
@@ -128,7 +142,7 @@ def run_peers(
     selected = [p for p in PEERS if only is None or p.name in only]
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
-        if bundle_path is None and any(p.needs_bundle and venv_python(p.name).exists() for p in selected):
+        if bundle_path is None and any(p.needs_bundle and peer_python(p).exists() for p in selected):
             bundle_path = _synthetic_bundle_file(tmp)
         for peer in selected:
             args = (peer_args or {}).get(peer.name, ())
@@ -176,6 +190,8 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     for name, res in results.items():
         if "unavailable" in res:
             lines.append(f"{name:<24} UNAVAILABLE: {res['unavailable']}")
+        elif "mismatch" in res:
+            lines.append(f"{name:<24} MISMATCH: {res['mismatch']}")
         else:
             b = res.get("baseline_ns", {})
             lines.append(
@@ -187,6 +203,29 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+CELL_PEERS = frozenset(p.name for p in PEERS if p.cell)
+
+
+def format_cell_table(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """The evaluate-case peers side by side (Markdown): evaluate and prepare, ns and x own H."""
+    lines = [
+        "| peer | version | evaluate ns | evaluate x H | prepare ns | prepare x H | H ns |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, res in results.items():
+        if name not in CELL_PEERS:
+            continue
+        if "unavailable" in res or "mismatch" in res:
+            what = "UNAVAILABLE: " + res["unavailable"] if "unavailable" in res else "MISMATCH: " + res["mismatch"]
+            lines.append(f"| {res.get('peer', name)} | {res.get('version', '-')} | {what} | | | | |")
+            continue
+        h = res["baseline_ns"].get("H")
+        ev, prep = res["ns"]["evaluate"], res["ns"]["prepare"]
+        ev_h, prep_h = (f"{ns / h:,.1f}x" if h else "-" for ns in (ev, prep))
+        lines.append(f"| {res['peer']} | {res['version']} | {ev:,.0f} | {ev_h} | {prep:,.0f} | {prep_h} | {h} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the peer benchmarks in their venvs.")
     parser.add_argument("--bundle", help="synthetic bundle JSON (default: generate one)")
@@ -195,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = run_peers(args.bundle, only=args.only)
     print(format_table(results))
+    if CELL_PEERS & results.keys():
+        print()
+        print(format_cell_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -21,6 +21,10 @@ PEERS=(
   "unleash|UnleashClient mmh3|UnleashClient"
   "launchdarkly|launchdarkly-server-sdk mmh3|ldclient"
   "growthbook|growthbook mmh3|growthbook"
+  "zen_engine|zen-engine mmh3|zen"
+  "cedarpy|cedarpy mmh3|cedarpy"
+  "cel|common-expression-language mmh3|cel"
+  "json_logic|json-logic-qubit mmh3|json_logic"
 )
 
 
@@ -46,7 +50,8 @@ for entry in "${PEERS[@]}"; do
       2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); then
     echo "!!! $name: pip install failed"; status+=("$name UNAVAILABLE (pip install $reqs failed)"); continue
   fi
-  if ! "$venv/bin/python" -c "import $module" 2>/dev/null; then
+  # (from / so that a peer module named like ours, e.g. rule_engine, is not shadowed by the repo)
+  if ! (cd / && "$venv/bin/python" -c "import $module") 2>/dev/null; then
     echo "!!! $name: import $module failed"; status+=("$name UNAVAILABLE (import $module failed)"); continue
   fi
   installed="$("$venv/bin/python" -m pip list --format=freeze --disable-pip-version-check 2>/dev/null \
