@@ -43,8 +43,12 @@ class StoreContractTests:
 
     @pytest.fixture
     def make_store(self) -> StateStore:
-        """A new, empty store of the backend under test: every subclass provides this fixture."""
-        raise NotImplementedError(f"{type(self).__name__} must provide a make_store fixture")
+        """A new, empty store of the backend under test: every subclass overrides this fixture.
+
+        The base one fails the test that asked for it, so a backend that forgets it fails every
+        contract test instead of passing none of them vacuously.
+        """
+        pytest.fail(f"{type(self).__name__} must provide a make_store fixture")
 
     @pytest.fixture
     def store(self, make_store: StateStore) -> Iterator[StateStore]:
