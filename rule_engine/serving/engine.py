@@ -21,7 +21,6 @@ from random import random
 from time import perf_counter_ns
 from typing import TYPE_CHECKING, Any
 
-import mmh3
 from mmh3 import hash as murmur3
 
 from rule_engine.evaluation.table import Decision
@@ -92,7 +91,7 @@ class RuleEngine:
                 else:
                     if type(key) is str:  # hash_key's fast path, inlined: ASCII is its own UTF-8
                         data = key if key.isascii() else key.encode("utf-8", "surrogatepass")
-                        request_hash: int | None = mmh3.hash(data, snapshot.seed, False)
+                        request_hash: int | None = murmur3(data, snapshot.seed, False)
                     else:
                         request_hash = hash_key(key, snapshot.seed)
                     multiplier = snapshot.multiplier  # 0: algorithm 2, the hash is compared as is
@@ -164,11 +163,13 @@ class RuleEngine:
 
         The failure itself is always offered to the taps (``elapsed`` None: the call was not timed).
         """
+        error = None
         if snapshot.taps is not None:
-            snapshot.taps.offer(snapshot, table, key, event, table.error_decision(_describe(exc)), elapsed)
+            error = table.error_decision(_describe(exc))
+            snapshot.taps.offer(snapshot, table, key, event, error, elapsed)
         if table is snapshot.candidate and snapshot.stable is not None:
             return self._on_stable(snapshot.stable, snapshot.stable_recorder, event)
-        return table.error_decision(_describe(exc))
+        return error if error is not None else table.error_decision(_describe(exc))
 
     @staticmethod
     def _on_stable(table: Any, recorder: Any, event: Mapping[str, Any]) -> Decision:
