@@ -291,20 +291,24 @@ def test_a_broken_tap_never_fails_a_request() -> None:
     assert RuleEngine(cell).evaluate(event, key) is expected
 
 
+def _logged_traffic(cell: ServingCell, *, sample_rate: float, n: int = 300) -> list[dict[str, Any]]:
+    """The records a log at ``sample_rate`` on ``cell`` writes for ``n`` demo events evaluated there."""
+    log, sink = DecisionLog(sample_rate=sample_rate), ListSink()
+    writer = DecisionLogWriter(log, sink)
+    cell.attach(Taps(log))
+    engine = RuleEngine(cell)
+    for event, key in demo(n):
+        engine.evaluate(event, key)
+    writer.flush()
+    return [json.loads(line) for line in sink.lines]
+
+
 @pytest.mark.parametrize("algorithm", [1, 2])
 def test_the_logged_bucket_is_the_one_the_request_was_routed_by(algorithm: int) -> None:
     """Under either routing algorithm, a record's bucket is below the share exactly when the candidate served it."""
     v1, v2 = RuleTable.from_bundle(load_bundle(V1)), RuleTable.from_bundle(load_bundle(V2))
     salt = Salt.from_text("rollout-7", algorithm)
-    cell = ServingCell(ServingSnapshot.build(v1, v2, salt, 3000))
-    log, sink = DecisionLog(sample_rate=1.0), ListSink()
-    writer = DecisionLogWriter(log, sink)
-    cell.attach(Taps(log))
-    engine = RuleEngine(cell)
-    for event, key in demo(300):
-        engine.evaluate(event, key)
-    writer.flush()
-    logged = [json.loads(line) for line in sink.lines]
+    logged = _logged_traffic(ServingCell(ServingSnapshot.build(v1, v2, salt, 3000)), sample_rate=1.0)
     assert len(logged) == 300
     assert all((r["role"] == "candidate") == (r["bucket"] < 3000) for r in logged)
     assert all(r["bucket"] == salt.bucket(salt.request_hash(r["key"])) for r in logged)
@@ -313,16 +317,7 @@ def test_the_logged_bucket_is_the_one_the_request_was_routed_by(algorithm: int) 
 
 def test_an_error_on_an_untimed_call_is_logged_with_no_latency() -> None:
     """The engine times one call in 16; an error on another is still logged, with ``latency_us`` null."""
-    manager = canary(V3, share=100)
-    cell = manager.serving_cell
-    log, sink = DecisionLog(sample_rate=0.0), ListSink()
-    writer = DecisionLogWriter(log, sink)
-    cell.attach(Taps(log))
-    engine = RuleEngine(cell)
-    for event, key in demo(300):
-        engine.evaluate(event, key)
-    writer.flush()
-    logged = [json.loads(line) for line in sink.lines]
+    logged = _logged_traffic(canary(V3, share=100).serving_cell, sample_rate=0.0)
     assert logged
     assert all(r["error"] for r in logged)
     untimed = [r for r in logged if r["latency_us"] is None]
