@@ -9,7 +9,7 @@ was derived from.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -305,11 +305,13 @@ class ControlState:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ControlState:
-        """Rebuild from :meth:`to_dict`."""
+    def from_dict(
+        cls, data: Mapping[str, Any], record: Callable[[Any], VersionRecord] = VersionRecord.from_dict
+    ) -> ControlState:
+        """Rebuild from :meth:`to_dict`; ``record`` decodes each version (a decoder may reuse unchanged ones)."""
         if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"unsupported state schema {data.get('schema')!r} (expected {SCHEMA_VERSION})")
-        versions = [VersionRecord.from_dict(v) for v in data["versions"]]
+        versions = [record(v) for v in data["versions"]]
         return cls(
             revision=int(data["revision"]),
             next_seq=int(data["next_seq"]),

@@ -81,6 +81,8 @@ class Follower:
         self._stale_after = STALE_AFTER
         self._logged = threading.Lock()
         self._stale_logged = False
+        self._pushed: int | None = None  # the revision a notification announced, for the next follow_once
+        self._warm_failed: str | None = None  # the staged version whose compile failed (tried once)
         self.identity: str | None = None  # the store this manager serves from, once seen
 
     @property
@@ -123,25 +125,40 @@ class Follower:
             self._publisher.publish_latest()
             self.identity = self._publisher.store.identity()
 
+    def notified(self, revision: int) -> None:
+        """A notification announced ``revision``: the next :meth:`follow_once` loads without asking first.
+
+        Only a store that checks continuity on every ``load`` pushes (PostgreSQL), so skipping the
+        ``mark()`` round trip skips no check: the load itself refuses another store or an older copy.
+        """
+        self._pushed = revision
+
     def follow_once(self) -> bool:
         """Publish the stored state if its revision moved; True when something changed.
 
         When what serves changed, runs the swap hooks (outside the lock; see the module docstring).
+        Then compiles the newest staged version if it is not compiled yet (see :meth:`warm`).
         """
         store = self._publisher.store
+        pushed, self._pushed = self._pushed, None
         try:
-            mark = store.mark()
-            if self.identity is None:
-                self.identity = mark.identity
-            reason = check_continuity(StoreMark(self.identity, self._publisher.state.revision), mark)
-            if reason is not None:
-                raise StoreError(reason)  # never adopt another store, or an older copy: stay stale on the last good one
-            revision = mark.revision
-            if revision == self._publisher.state.revision:
-                self._recovered(revision)
+            if pushed is not None and self.identity is not None:
+                revision = pushed  # announced by a notification: load it, no mark() first
+            else:
+                mark = store.mark()
+                if self.identity is None:
+                    self.identity = mark.identity
+                reason = check_continuity(StoreMark(self.identity, self._publisher.state.revision), mark)
+                if reason is not None:
+                    raise StoreError(
+                        reason
+                    )  # never adopt another store, or an older copy: stay stale on the last good one
+                revision = mark.revision
+            if revision <= self._publisher.state.revision:
+                self._recovered(self._publisher.state.revision)
                 return False
             with self._lock:
-                if revision == self._publisher.state.revision:  # published meanwhile (no second round trip)
+                if revision <= self._publisher.state.revision:  # published meanwhile (no second round trip)
                     return False
                 old_state, before = self._publisher.state, self._publisher.serving()
                 self._publisher.publish_latest()
@@ -153,7 +170,32 @@ class Follower:
         _log.debug("follower.updated", revision=new_state.revision, active_version_id=new_state.active)
         if self._hooks is not None and before != after:
             run_follow_hooks(self._hooks, self._publisher.store, old_state, new_state, before, after)
+        self.warm()
         return True
+
+    def warm(self) -> bool:
+        """Compile the newest staged version now, so its activation here publishes without a compile.
+
+        A follower learns of a version when it is prepared and of its activation later; compiling
+        at the first moment takes the compile (and the bundle's read and checks) off the path from
+        the activation's commit to this process serving it. The compile runs outside the lock (the
+        data plane never waits on it; control operations here do not either) and the table is kept
+        only if the version is still the one to keep. A failure is logged once per version and left
+        to the activation, which reports it as it always did. True when a table was compiled.
+        """
+        publisher = self._publisher
+        state = publisher.state
+        version_id = publisher.staged_to_compile(state)
+        if version_id is None or version_id == self._warm_failed:
+            return False
+        try:
+            table = publisher.compile_version(state, version_id)
+        except (RuleEngineError, OSError, ValueError) as exc:
+            self._warm_failed = version_id
+            _log.warning("follower.prepare_failed", version_id=version_id, error=f"{type(exc).__name__}: {exc}")
+            return False
+        with self._lock:
+            return publisher.keep_table(version_id, table, state)
 
     def step_with_flush(self, ledger: HealthLedger, clock: Clock, flush_interval: float) -> Callable[[], None]:
         """A background step: follow once, and flush this process's health counts every ``flush_interval``."""
@@ -228,6 +270,8 @@ class PushLoop(BackgroundLoop):
                     self.pushed += via == "notify"
                     self.polled += via == "poll"
                     self.reconnected += via == "connect"
+                    if via == "notify":
+                        self._follower.notified(revision)
                 self._step_once()
         finally:
             self._follower.watch_round_trips(None)

@@ -33,7 +33,15 @@ from rule_engine.serving.snapshot import ServingCell, ServingSnapshot
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.integrity import load_checked_bundle
 
-__all__ = ["BundleGone", "Publisher", "Serving", "kept_compiled", "serving_of_snapshot", "serving_of_state"]
+__all__ = [
+    "BundleGone",
+    "Publisher",
+    "Serving",
+    "kept_compiled",
+    "newest_staged",
+    "serving_of_snapshot",
+    "serving_of_state",
+]
 
 Serving = tuple[str | None, str | None, float]  # (stable, candidate, candidate percent)
 
@@ -182,24 +190,53 @@ class Publisher:
     def _table_for(self, state: ControlState, version_id: str) -> RuleTable:
         table = self._tables.get(version_id)
         if table is None:
-            record = state.versions.get(version_id)
-            # compiled once per digest, unless signatures are required: each version's is then checked (D25)
-            reusable = record is not None and not state.require_signatures
-            table = self._same_digest(record) if reusable and record is not None else None
-            if table is not None:
-                if version_id in kept_compiled(state):
-                    self._tables = {**self._tables, version_id: table}
-                return table
-            with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
-                bundle = load_checked_bundle(self.store, record) if record is not None else None
-                if bundle is None or record is None:
-                    raise BundleGone(f"the store holds no bundle for {version_id!r}")
-                check_loaded(state, record, bundle, self._trust())  # D25: StoreError unless its signature verifies
-                table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
-                del bundle
+            table = self.compile_version(state, version_id)
             if version_id in kept_compiled(state):
                 self._tables = {**self._tables, version_id: table}
         return table
+
+    def staged_to_compile(self, state: ControlState) -> str | None:
+        """The newest staged version of ``state`` when it is not compiled yet (it is kept once it is)."""
+        staged = newest_staged(state)
+        return staged if staged is not None and staged not in self._tables else None
+
+    def compile_version(self, state: ControlState, version_id: str) -> RuleTable:
+        """``version_id``'s table, not kept: a compiled table of the same digest restamped, else its stored
+        bundle read, digest- and signature-checked and compiled.
+
+        Safe outside the manager's lock (it reads the copy-on-write table map and the store only).
+        Raises :class:`BundleGone` when the store holds no bundle for it, :class:`StoreError` when
+        the bundle fails its checks.
+        """
+        record = state.versions.get(version_id)
+        # compiled once per digest, unless signatures are required: each version's is then checked (D25)
+        reusable = record is not None and not state.require_signatures
+        table = self._same_digest(record) if reusable and record is not None else None
+        if table is not None:
+            return table
+        with gc_paused():  # one young-generation sweep after it, over the table only (the bundle is freed)
+            bundle = load_checked_bundle(self.store, record) if record is not None else None
+            if bundle is None or record is None:
+                raise BundleGone(f"the store holds no bundle for {version_id!r}")
+            check_loaded(state, record, bundle, self._trust())  # D25: StoreError unless its signature verifies
+            table = RuleTable.from_bundle(bundle, version_id=version_id, load=self._loader(record))
+            del bundle
+        return table
+
+    def keep_table(self, version_id: str, table: RuleTable, compiled_for: ControlState) -> bool:
+        """Keep ``table``, compiled by :meth:`compile_version` from ``compiled_for``, if the published
+        state still keeps ``version_id`` compiled and it is not yet; True when kept (call under the lock).
+
+        Refused when signatures became required since: the table may then come from a reused digest,
+        not from its own checked signature.
+        """
+        state = self.state
+        if version_id in self._tables or version_id not in kept_compiled(state):
+            return False
+        if state.require_signatures and not compiled_for.require_signatures:
+            return False
+        self._tables = {**self._tables, version_id: table}
+        return True
 
     def _same_digest(self, record: VersionRecord) -> RuleTable | None:
         """A compiled table of another version with ``record``'s digest, restamped (compiled once per digest).
@@ -239,13 +276,16 @@ def kept_compiled(state: ControlState) -> frozenset[str]:
     At most four, whatever ``max_history`` is; the others are compiled again from the store when
     activated or rolled back to (see docs/performance.md for what that costs).
     """
-    keep = {state.active, state.rollback_target}
+    keep = {state.active, state.rollback_target, newest_staged(state)}
     if state.rollout is not None:
         keep.update((state.rollout.candidate, state.rollout.stable))
-    staged = [v for v, r in state.versions.items() if r.state is DeploymentState.STAGED]
-    if staged:
-        keep.add(max(staged, key=lambda v: state.versions[v].seq))
     return frozenset(v for v in keep if v is not None)
+
+
+def newest_staged(state: ControlState) -> str | None:
+    """The staged version prepared last, or None."""
+    staged = [v for v, r in state.versions.items() if r.state is DeploymentState.STAGED]
+    return max(staged, key=lambda v: state.versions[v].seq) if staged else None
 
 
 def serving_of_snapshot(snapshot: ServingSnapshot) -> Serving:

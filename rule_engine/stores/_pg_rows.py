@@ -20,10 +20,13 @@ from rule_engine.stores.integrity import AuditRow, StoreMark, meta_problem
 __all__ = [
     "AUDIT_COLUMNS",
     "AUDIT_SELECT",
+    "BUMP_REVISION",
+    "FIRST_REVISION",
     "HEALTH_SELECT",
     "MAX_NOTIFY_BYTES",
     "META_COLUMNS",
     "META_SELECT",
+    "STATE_UPSERT",
     "Meta",
     "audit_rows",
     "health_columns",
@@ -37,6 +40,19 @@ MAX_NOTIFY_BYTES = 4000  # PostgreSQL's limit is 8000; the ids are a hint, the r
 META_COLUMNS = "d.revision, m.store_id, d.audit_chain_from, d.audit_head"
 # The store's identity and one deployment's revision and chain bounds (NULLs: not committed yet).
 META_SELECT = f"SELECT {META_COLUMNS} FROM meta m LEFT JOIN deployments d ON d.name = %s WHERE m.id = 1"
+# A commit's revision step (0 rows: another commit came first), returning the meta columns and the
+# store's last audit seq (seqs are global), read under the meta row's lock in the same round trip.
+LAST_SEQ = "(SELECT coalesce(max(seq), 0) FROM audit)"
+BUMP_REVISION = (
+    "UPDATE deployments d SET revision = d.revision + 1 FROM meta m WHERE d.name = %s AND d.revision = %s"
+    f" AND m.id = 1 RETURNING {META_COLUMNS}, {LAST_SEQ}"
+)
+FIRST_REVISION = (  # a deployment's first commit
+    "INSERT INTO deployments AS d (name, revision, audit_chain_from) VALUES (%s, 1, 1)"
+    " ON CONFLICT (name) DO NOTHING RETURNING d.revision, (SELECT store_id FROM meta WHERE id = 1),"
+    f" d.audit_chain_from, d.audit_head, {LAST_SEQ}"
+)
+STATE_UPSERT = "INSERT INTO state (deployment, doc) VALUES (%s, %s::jsonb) ON CONFLICT (deployment) DO UPDATE SET doc = excluded.doc"
 AUDIT_COLUMNS = (
     "seq", "at", "action", "version_id", "from_state", "to_state", "actor", "reason", "strategy", "origin"
 )  # fmt: skip

@@ -59,8 +59,18 @@ class Guard:
         self.fired = False
 
 
+WATCHDOG_TICK = 1.0  # an idle watchdog wakes this often, so arming a call seldom has to wake it
+
+
 class Watchdog:
-    """Cuts off calls on a connection that overrun their deadline (one thread, started on first use)."""
+    """Cuts off calls on a connection that overrun their deadline (one thread, started on first use).
+
+    Arming a call wakes the thread only when the call's deadline comes before the thread's next
+    wake-up. The thread wakes at least every :data:`WATCHDOG_TICK` seconds, so a call whose timeout
+    is longer than that (every store call: the store timeout is seconds) arms without a thread
+    switch; once the thread sees the call armed it sleeps until the earliest deadline, so the call
+    is still cut off on time.
+    """
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -69,6 +79,7 @@ class Watchdog:
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._next_wake = float("-inf")  # when the thread wakes next (-inf: it must be woken to look)
 
     @contextmanager
     def guard(self, conn: psycopg.Connection[tuple[object, ...]], timeout: float) -> Iterator[Guard]:
@@ -79,9 +90,10 @@ class Watchdog:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(target=self._watch, name=f"{self._name}-watchdog", daemon=True)
                 self._thread.start()
-            wake = not self._armed
-            self._armed[token] = (time.monotonic() + max(timeout, 0.0), conn.fileno(), guard)
-            if wake:
+            deadline = time.monotonic() + max(timeout, 0.0)
+            self._armed[token] = (deadline, conn.fileno(), guard)
+            if deadline < self._next_wake:
+                self._next_wake = float("-inf")
                 self._cond.notify()
         try:
             yield guard
@@ -101,17 +113,18 @@ class Watchdog:
     def _watch(self) -> None:
         with self._cond:
             while not self._closed:
-                if not self._armed:
-                    self._cond.wait()
-                    continue
                 now = time.monotonic()
                 due = [token for token, (deadline, _, _) in self._armed.items() if deadline <= now]
                 for token in due:
                     _, fd, guard = self._armed.pop(token)
                     guard.fired = True
                     shutdown_socket(fd)
-                if not due:
-                    self._cond.wait(min(deadline for deadline, _, _ in self._armed.values()) - now)
+                if due:
+                    continue
+                earliest = min((deadline for deadline, _, _ in self._armed.values()), default=now + WATCHDOG_TICK)
+                self._next_wake = min(earliest, now + WATCHDOG_TICK)
+                self._cond.wait(self._next_wake - now)
+                self._next_wake = float("-inf")  # awake: an arm meanwhile is seen by the next pass
 
 
 def shutdown_socket(fd: int) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "GENESIS",
     "AuditCheck",
     "AuditRow",
+    "StateDecoder",
     "StoreMark",
     "audit_hash",
     "chain_entries",
@@ -112,29 +113,68 @@ def decode_state(text: object, revision: int, where: str) -> ControlState:
     Raises :class:`StoreError` naming ``where`` for anything that is not one: not JSON, not an
     object, missing or mistyped fields, an active version or rollout that names no known version.
     """
-    try:
-        if not isinstance(text, str):
-            raise TypeError(f"the state document is {type(text).__name__}, not text")
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise TypeError(f"the state document is a JSON {type(data).__name__}, not an object")
-        state = ControlState.from_dict(data)
-        _check_state(state)
-    except _DECODE_ERRORS as exc:
-        raise StoreError(f"the state stored in {where} is unreadable: {exc}") from exc
-    return replace(state, revision=revision)
+    return StateDecoder()(text, revision, where)
+
+
+class StateDecoder:
+    """:func:`decode_state` for one store handle, reusing the records of versions that did not change.
+
+    A follower decodes the whole state document at every pickup, though a commit changes one or two
+    of its versions. Each decoded :class:`VersionRecord` (frozen) is kept with the JSON object it came
+    from; the next document's version whose object is equal (compared in C, no decode) gets the same
+    record, already checked. Only the last document's records are kept: memory is bounded by the
+    versions one state holds. Safe across threads: a call replaces the memo with one assignment, and a
+    race only costs a decode.
+    """
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[Any, VersionRecord]] = {}
+
+    def __call__(self, text: object, revision: int, where: str) -> ControlState:
+        """Decode ``text`` as :func:`decode_state` does (same checks, same errors)."""
+        memo, fresh = self._memo, {}
+
+        def record(raw: Any) -> VersionRecord:
+            version_id = raw.get("version_id") if isinstance(raw, dict) else None
+            known = memo.get(version_id) if isinstance(version_id, str) else None
+            if known is not None and known[0] == raw:
+                decoded = known[1]
+            else:
+                decoded = VersionRecord.from_dict(raw)
+                _check_record(decoded)
+            fresh[decoded.version_id] = (raw, decoded)
+            return decoded
+
+        try:
+            if not isinstance(text, str):
+                raise TypeError(f"the state document is {type(text).__name__}, not text")
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError(f"the state document is a JSON {type(data).__name__}, not an object")
+            state = ControlState.from_dict(data, record)
+            _check_state(state)
+        except _DECODE_ERRORS as exc:
+            raise StoreError(f"the state stored in {where} is unreadable: {exc}") from exc
+        self._memo = fresh
+        return replace(state, revision=revision)
+
+
+def _check_record(record: VersionRecord) -> None:
+    version_id = record.version_id
+    for name in ("version_id", "bundle_id", "bundle_version", "digest", "deployed_by"):
+        if not isinstance(getattr(record, name), str):
+            raise TypeError(f"version {version_id!r}: {name} is not text")
+    for name in ("activated_at", "finished_at", "converged_at"):
+        if not isinstance(getattr(record, name), int | float | None):
+            raise TypeError(f"version {version_id!r}: {name} is not a time")
+    if not isinstance(record.failure_reason, str | None):
+        raise TypeError(f"version {version_id!r}: failure_reason is not text")
 
 
 def _check_state(state: ControlState) -> None:
-    for version_id, record in state.versions.items():
-        for name in ("version_id", "bundle_id", "bundle_version", "digest", "deployed_by"):
-            if not isinstance(getattr(record, name), str):
-                raise TypeError(f"version {version_id!r}: {name} is not text")
-        for name in ("activated_at", "finished_at", "converged_at"):
-            if not isinstance(getattr(record, name), int | float | None):
-                raise TypeError(f"version {version_id!r}: {name} is not a time")
-        if not isinstance(record.failure_reason, str | None):
-            raise TypeError(f"version {version_id!r}: failure_reason is not text")
+    """What holds across the records (each one was checked by :func:`_check_record` when decoded)."""
     if not all(isinstance(v, str) for v in state.lineage):
         raise TypeError("lineage holds something that is not a version id")
     rollout = state.rollout

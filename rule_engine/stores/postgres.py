@@ -30,6 +30,7 @@ variables and ``~/.pgpass``, as with ``psql``. Two options of ours may be added 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -49,8 +50,11 @@ from rule_engine.stores._pg_listen import PostgresListener
 from rule_engine.stores._pg_rows import (
     AUDIT_COLUMNS,
     AUDIT_SELECT,
+    BUMP_REVISION,
+    FIRST_REVISION,
     META_COLUMNS,
     META_SELECT,
+    STATE_UPSERT,
     Meta,
     audit_rows,
     meta_of,
@@ -67,6 +71,7 @@ from rule_engine.stores.base import StateStore
 from rule_engine.stores.deployments import UNBOUND, check_name, name_for, pick
 from rule_engine.stores.integrity import (
     AuditCheck,
+    StateDecoder,
     StoreMark,
     chain_entries,
     check_continuity,
@@ -116,6 +121,7 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
         self._schema_ok = False
         self._create = create
         self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
+        self._decode = StateDecoder()  # load() reuses the records of versions that did not change
         self._closed = False
         self._watchdog = Watchdog("rule-engine-pg")
 
@@ -218,8 +224,13 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
         write: bool = False,
         check_schema: bool = True,
         create: bool = False,
+        pipeline: bool = False,
     ) -> T:
         """Run ``work`` on a pooled connection (in one transaction if ``write``), bounded by the timeout.
+
+        With ``pipeline`` (a write), the transaction runs in libpq's pipeline mode: ``BEGIN`` and the
+        statements are queued and sent together, a ``fetch`` waits for what was sent so far, and the
+        statements after the last fetch go with the ``COMMIT`` in one round trip.
 
         A connection found broken before anything was committed (the server restarted since it was
         pooled) is replaced and the work retried, within the same deadline.
@@ -237,7 +248,7 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
                         self._check_schema(conn, create=create or self._create)
                     if not write:
                         return work(conn)
-                    with conn.transaction():
+                    with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
                         result = work(conn)
                         committing = True
                     return result
@@ -323,7 +334,7 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
             return ControlState(revision=0)
         if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
             raise StoreError(f"the deployments row of {self.deployment!r} in {self.url!r} is missing: it holds state")
-        return decode_state(doc, revision, repr(self.url))
+        return self._decode(doc, revision, repr(self.url))
 
     def revision(self) -> int:
         """The current revision: one single-row ``SELECT`` (identity checked too)."""
@@ -383,34 +394,25 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
             )  # commits of all deployments queue here
             scope = self._scope(conn)
             name = scope if scope != UNBOUND else name_for(committed)
-            found = conn.execute(
-                "UPDATE deployments d SET revision = d.revision + 1 FROM meta m WHERE d.name = %s AND d.revision = %s"
-                f" AND m.id = 1 RETURNING {META_COLUMNS}",
-                (name, expected_revision),
-            ).fetchone()
+            # The last audit seq is read with the revision (under the meta row's lock): one round trip.
+            found = conn.execute(BUMP_REVISION, (name, expected_revision)).fetchone()
             if found is None and expected_revision == 0:
-                found = conn.execute(
-                    "INSERT INTO deployments AS d (name, revision, audit_chain_from) VALUES (%s, 1, 1)"
-                    " ON CONFLICT (name) DO NOTHING RETURNING d.revision, (SELECT store_id FROM meta WHERE id = 1),"
-                    " d.audit_chain_from, d.audit_head",
-                    (name,),
-                ).fetchone()
+                found = conn.execute(FIRST_REVISION, (name,)).fetchone()
             if found is None:
                 current = self._adopt(meta_of(conn.execute(META_SELECT, (name,)).fetchone(), where), before)
                 raise ConflictError(
                     f"state changed concurrently: expected revision {expected_revision}, found {current.mark.revision}"
                 )
-            meta = meta_of(found, where)
+            meta = meta_of(found[:4], where)
             reason = check_continuity(before, meta.mark)
             if reason is not None:
                 raise StoreError(f"{self.url!r}: {reason}")
-            conn.execute(
-                "INSERT INTO state (deployment, doc) VALUES (%s, %s::jsonb)"
-                " ON CONFLICT (deployment) DO UPDATE SET doc = excluded.doc",
-                (name, doc),
+            # From here on nothing is read: every statement is queued and sent with the COMMIT.
+            conn.execute(STATE_UPSERT, (name, doc))
+            last_seq = found[4]
+            chained, head = chain_entries(
+                audit, int(last_seq) if last_seq is not None else 0, meta.head, committed.revision
             )
-            seq_row = conn.execute("SELECT coalesce(max(seq), 0) FROM audit").fetchone()
-            chained, head = chain_entries(audit, int(seq_row[0]) if seq_row else 0, meta.head, committed.revision)
             entries = [(*(getattr(e, c) for c in AUDIT_COLUMNS), committed.revision, h, name) for e, h in chained]
             with conn.cursor() as many:
                 if rows:
@@ -433,7 +435,7 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
             conn.execute("SELECT pg_notify(%s, %s)", (self.channel, notify_payload(committed.revision, touched, name)))
             return meta, name
 
-        meta, self.deployment = self._run("committing the state", work, write=True, create=True)
+        meta, self.deployment = self._run("committing the state", work, write=True, create=True, pipeline=True)
         self._adopt(Meta(StoreMark(meta.mark.identity, committed.revision), meta.chain_from, None), before)
         return committed
 

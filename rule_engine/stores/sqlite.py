@@ -47,6 +47,7 @@ from rule_engine.stores.deployments import UNBOUND, check_name, name_for, pick
 from rule_engine.stores.integrity import (
     AuditCheck,
     AuditRow,
+    StateDecoder,
     StoreMark,
     chain_entries,
     check_continuity,
@@ -107,6 +108,7 @@ class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
         self._conn: sqlite3.Connection | None = None
         self._file: tuple[int, int] | None = None  # (device, inode) of the file the connection is on
         self._seen: StoreMark | None = None  # the store this object uses, at the highest revision read
+        self._decode = StateDecoder()  # load() reuses the records of versions that did not change
         self._closed = False
         self._create = create
         if create or self.path.exists() or self.path.is_symlink():
@@ -295,7 +297,7 @@ class SQLiteStore(SQLiteHealth, SQLiteFleet, StateStore):
             return ControlState(revision=revision)
         if not revision:  # a committed deployment has its row in `deployments`: without it the store is corrupt
             raise StoreError(f"the deployments row of {meta.scope!r} in {str(self.path)!r} is missing: it holds state")
-        return decode_state(row[0], revision, repr(str(self.path)))
+        return self._decode(row[0], revision, repr(str(self.path)))
 
     def revision(self) -> int:
         """The current revision: one single-row SELECT (plus an ``lstat`` of the file)."""
