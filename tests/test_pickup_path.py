@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,66 @@ def test_an_announced_load_on_postgres_still_refuses_another_store(pg_database: 
         assert follower.get_active_version_id() == served
     finally:
         follower.close()
+
+
+@pytest.mark.slow
+def test_a_pushed_pickup_and_its_heartbeat_run_on_the_listeners_session(pg_database: str) -> None:
+    """The follower's thread takes no pooled connection: its load and heartbeat ride the listener's."""
+    import threading
+    import time
+
+    from rule_engine.deployment.follower import PushLoop
+    from tests.test_postgres_store import _url
+
+    url = _url(pg_database)
+    with DeploymentManager.open(url, follow=False) as writer:
+        writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1))
+        follower = DeploymentManager.open(url)
+        try:
+            loop = follower._threads[0]
+            assert isinstance(loop, PushLoop)
+            started = time.monotonic()
+            while loop.reconnected == 0 and time.monotonic() - started < 30:  # LISTENing: commits now come by NOTIFY
+                time.sleep(0.01)
+            store: Any = follower.store
+            taken: list[str] = []
+            real = store._getconn
+
+            def getconn(*args: Any, **kwargs: Any) -> Any:
+                taken.append(threading.current_thread().name)
+                return real(*args, **kwargs)
+
+            store._getconn = getconn
+            version_id = writer.prepare_deployment(GATEWAY_V2)
+            writer.activate_deployment(version_id)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                rows = writer.fleet.view().instances
+                if follower.get_active_version_id() == version_id and any(r.stable == version_id for r in rows):
+                    break
+                time.sleep(0.02)
+            else:
+                raise AssertionError("the follower did not serve and report the new version in time")
+            assert loop.pushed >= 1  # it came by NOTIFY (one wait may take both commits)
+            assert [name for name in taken if "follower" in name] == []
+        finally:
+            follower.close()
+
+
+@pytest.mark.slow
+def test_calls_riding_a_broken_session_take_a_pooled_connection(pg_database: str) -> None:
+    import psycopg
+
+    from rule_engine.stores.postgres import PostgresStore
+    from tests.test_postgres_store import _url
+
+    with DeploymentManager.open(_url(pg_database), follow=False) as writer:
+        writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1))
+    store = PostgresStore(pg_database)
+    try:
+        gone = psycopg.connect(pg_database, autocommit=True)
+        gone.close()
+        with store._ride(gone):  # type: ignore[arg-type]
+            assert store.revision() >= 2
+    finally:
+        store.close()

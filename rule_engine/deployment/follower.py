@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from rule_engine.clock import Clock
@@ -64,6 +65,7 @@ class Listener(Protocol):
     last_via: str
 
     def wait_for_change(self, timeout: float) -> int | None: ...
+    def riding(self) -> AbstractContextManager[None]: ...
     def last_round_trip_age(self) -> float | None: ...
     def abort(self) -> None: ...
     def close(self) -> None: ...
@@ -272,7 +274,8 @@ class PushLoop(BackgroundLoop):
                     self.reconnected += via == "connect"
                     if via == "notify":
                         self._follower.notified(revision)
-                self._step_once()
+                with self.listener.riding():  # the step's store calls go over the listener's session
+                    self._step_once()
         finally:
             self._follower.watch_round_trips(None)
             self.listener.close()

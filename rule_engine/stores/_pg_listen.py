@@ -39,7 +39,7 @@ from psycopg import sql
 
 from rule_engine.errors import StoreError
 from rule_engine.stores._pg_conninfo import PgTarget
-from rule_engine.stores._pg_session import Guard, Watchdog, describe, shutdown_socket
+from rule_engine.stores._pg_session import Guard, RecordingConnection, Watchdog, describe, shutdown_socket
 
 __all__ = ["PostgresListener"]
 
@@ -52,14 +52,23 @@ class PostgresListener:
     """
 
     def __init__(
-        self, conninfo: str, target: PgTarget, *, channel: str, deployment: Callable[[], str | None] = lambda: None
+        self,
+        conninfo: str,
+        target: PgTarget,
+        *,
+        channel: str,
+        deployment: Callable[[], str | None] = lambda: None,
+        configure: Callable[[Any], None] | None = None,
+        ride: Callable[[Any], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._conninfo = conninfo
         self._deployment = deployment
+        self._configure = configure  # the store's session settings (timeouts), applied at each connect
+        self._ride = ride  # the store's riding(conn): its calls from this thread run on our session
         self._target = target
         self._channel = channel
         self._watchdog = Watchdog("rule-engine-pg-listen")
-        self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        self._conn: RecordingConnection | None = None
         self._revision: int | None = None
         self._current = 0
         self._last_ok: float | None = None
@@ -78,6 +87,14 @@ class PostgresListener:
     def connected(self) -> bool:
         """Whether the session connection is up (as far as this side knows)."""
         return self._conn is not None and not self._conn.closed
+
+    def riding(self) -> contextlib.AbstractContextManager[None]:
+        """Inside the block, the store's calls from this thread run on this listener's session (when it
+        is up; see ``PostgresStore.listen``), else as usual on the store's pool."""
+        conn = self._conn
+        if self._ride is None or conn is None or conn.closed or conn.broken:
+            return contextlib.nullcontext()
+        return self._ride(conn)
 
     def last_round_trip_age(self) -> float | None:
         """Seconds since the server last answered (None if it never did)."""
@@ -125,9 +142,11 @@ class PostgresListener:
 
     def _connect(self) -> None:
         guard: Guard | None = None
-        conn = psycopg.connect(self._conninfo, autocommit=True)
+        conn = RecordingConnection.connect(self._conninfo, autocommit=True)
         try:
             with self._watchdog.guard(conn, self._target.timeout) as guard:
+                if self._configure is not None:
+                    self._configure(conn)
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                 self._current = self._read_revision(conn)
         except psycopg.Error as exc:

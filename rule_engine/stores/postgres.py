@@ -30,19 +30,18 @@ variables and ``~/.pgpass``, as with ``psql``. Two options of ours may be added 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from rule_engine.control.records import AuditEntry, ControlState
 from rule_engine.errors import ConflictError, StoreError
+from rule_engine.stores._pg_calls import PgCalls
 from rule_engine.stores._pg_conninfo import libpq_conninfo, parse_target
 from rule_engine.stores._pg_fleet import PgFleet
 from rule_engine.stores._pg_health import PgHealth
@@ -66,7 +65,7 @@ from rule_engine.stores._pg_schema import (
     apply_migrations,
     schema_version,
 )
-from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
+from rule_engine.stores._pg_session import RecordingConnection, Watchdog
 from rule_engine.stores.base import StateStore
 from rule_engine.stores.deployments import UNBOUND, check_name, name_for, pick
 from rule_engine.stores.integrity import (
@@ -87,7 +86,7 @@ Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
 
 
-class PostgresStore(PgHealth, PgFleet, StateStore):
+class PostgresStore(PgCalls, PgHealth, PgFleet, StateStore):
     """State in a PostgreSQL database, shared by any number of processes and hosts.
 
     Constructing does no I/O: the pool connects on the first call, which also checks (and if needed
@@ -124,6 +123,7 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
         self._decode = StateDecoder()  # load() reuses the records of versions that did not change
         self._closed = False
         self._watchdog = Watchdog("rule-engine-pg")
+        self._riding = threading.local()  # .conn: a listener's session this thread's calls run on (see listen())
 
     @classmethod
     def from_url(cls, url: str, *, create: bool = False, deployment: str | None = None) -> PostgresStore:
@@ -166,105 +166,6 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
         sql = "SELECT d.name, d.revision, s.doc::text FROM deployments d LEFT JOIN state s ON s.deployment = d.name"
         rows = self._run("listing deployments", lambda c: c.execute(sql).fetchall())
         return {str(n): decode_state(doc, int(r), f"{self.url!r} (deployment {n!r})") for n, r, doc in rows}
-
-    # --- connections ----------------------------------------------------------------------------
-
-    def _ensure_pool(self) -> ConnectionPool[RecordingConnection]:
-        with self._lock:
-            if self._closed:
-                raise StoreError(f"the PostgreSQL store {self.url!r} is closed")
-            if self._pool is None:
-                self._pool = ConnectionPool(
-                    self._conninfo,
-                    connection_class=RecordingConnection,
-                    kwargs={"autocommit": True},
-                    min_size=1,
-                    max_size=self._target.pool_size,
-                    configure=self._configure,
-                    name="rule-engine",
-                    timeout=self.timeout,
-                    reconnect_timeout=self.timeout,
-                    num_workers=1,
-                    open=True,
-                )
-            return self._pool
-
-    def _configure(self, conn: RecordingConnection) -> None:
-        """Server-side bounds for every pooled session.
-
-        ``statement_timeout`` (80% of ``timeout``) cancels a statement that waits too long (a lock held
-        by another session, a slow query) before the watchdog would cut the connection, so the
-        connection stays usable. ``idle_in_transaction_session_timeout`` (twice ``timeout``) makes the
-        server end a session of ours that stalls inside a transaction (its process frozen), so the
-        ``meta`` row lock it holds cannot block the fleet's writers for longer.
-        """
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), set_config('idle_in_transaction_session_timeout', %s, false)",
-            (f"{max(1, int(self.timeout * 800))}ms", f"{max(1, int(self.timeout * 2000))}ms"),
-        )
-
-    def _getconn(self, pool: ConnectionPool[RecordingConnection], what: str, remaining: float) -> RecordingConnection:
-        asked = time.monotonic()
-        try:
-            return pool.getconn(timeout=max(remaining, 0.001))
-        except PoolTimeout as exc:
-            when, cause = LAST_FAILURE.get(self._conninfo, (0.0, ""))
-            recent = when >= asked - self.timeout
-            detail = f": {cause}" if cause and recent else " (no server answered in time)"
-            message = f"{what} failed: no connection to PostgreSQL at {self.url!r} within {self.timeout:g} s{detail}"
-            raise StoreError(self._target.scrub(message)) from exc
-        except PoolClosed as exc:
-            raise StoreError(f"the PostgreSQL store {self.url!r} is closed") from exc
-
-    def _run(
-        self,
-        what: str,
-        work: Callable[[Conn], T],
-        *,
-        write: bool = False,
-        check_schema: bool = True,
-        create: bool = False,
-        pipeline: bool = False,
-    ) -> T:
-        """Run ``work`` on a pooled connection (in one transaction if ``write``), bounded by the timeout.
-
-        With ``pipeline`` (a write), the transaction runs in libpq's pipeline mode: ``BEGIN`` and the
-        statements are queued and sent together, a ``fetch`` waits for what was sent so far, and the
-        statements after the last fetch go with the ``COMMIT`` in one round trip.
-
-        A connection found broken before anything was committed (the server restarted since it was
-        pooled) is replaced and the work retried, within the same deadline.
-        """
-        pool = self._ensure_pool()
-        deadline = time.monotonic() + self.timeout
-        attempts = self._target.pool_size + 1
-        for attempt in range(attempts):
-            conn = self._getconn(pool, what, deadline - time.monotonic())
-            guard: Guard | None = None
-            committing = False
-            try:
-                with self._watchdog.guard(conn, deadline - time.monotonic()) as guard:
-                    if check_schema and not self._schema_ok:
-                        self._check_schema(conn, create=create or self._create)
-                    if not write:
-                        return work(conn)
-                    with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
-                        result = work(conn)
-                        committing = True
-                    return result
-            except psycopg.Error as exc:
-                retry = not committing and not (guard and guard.fired) and conn.broken
-                if retry and attempt + 1 < attempts and time.monotonic() < deadline:
-                    continue
-                unknown = (
-                    " (the commit may or may not have been applied; reload to see)"
-                    if committing and conn.broken
-                    else ""
-                )
-                raise StoreError(f"{what} failed: {describe(exc, self._target, guard)}{unknown}") from exc
-            finally:
-                pool.putconn(conn)
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     # --- schema ---------------------------------------------------------------------------------
 
@@ -480,8 +381,22 @@ class PostgresStore(PgHealth, PgFleet, StateStore):
 
     def listen(self) -> PostgresListener:
         """A listener on its own session connection (not pooled) for one follower thread; see
-        :class:`PostgresListener`. Close it (or use it as a context manager) when done."""
-        return PostgresListener(self._conninfo, self._target, channel=self.channel, deployment=lambda: self.deployment)
+        :class:`PostgresListener`. Close it (or use it as a context manager) when done.
+
+        Inside its ``riding()`` block, this store's calls from the listener's thread run on the
+        listener's session instead of a pooled connection: a follower's pickup (the state's load, its
+        heartbeat) then wakes one server process, the one that just delivered the notification, and
+        a follower needs no second connection. Notifications that arrive meanwhile are kept by
+        psycopg and returned by the next wait.
+        """
+        return PostgresListener(
+            self._conninfo,
+            self._target,
+            channel=self.channel,
+            deployment=lambda: self.deployment,
+            configure=self._configure,
+            ride=self._ride,
+        )
 
     def close(self) -> None:
         """Close the pool and stop the watchdog (idempotent)."""
