@@ -14,9 +14,17 @@ One writer then deploys ``--rounds`` versions (alternately the example gateway b
 published the new serving snapshot, its table compiled (measured in the process's ``after_swap``
 hook, which runs right after the snapshot is swapped in), on the system-wide monotonic clock
 (comparable across processes on Linux), over every (version, process) pair. Printed: p50 / p99 / max
-per fleet size and mode, and the ratio push/poll measured in the same run.
+per fleet size and mode, and the ratio push/poll measured in the same run. For the push follower it
+also prints when each process *received* the notification (commit -> notified, notified -> serving),
+and the whole machine's CPU in the 100 ms after each activation (``/proc/stat``: every process, the
+server and the kernel), which is what bounds the figure on a small machine.
 
-    .venv/bin/python benchmarks/bench_propagation.py [--processes 8,32] [--rounds 30] [--poll-ms 20] [--json PATH]
+``--back-to-back`` deploys as ``rule-engine deploy`` does, the activation right after the prepare,
+and measures from the prepare's commit: the follower's read and compile of the new table are then
+inside the figure (with the pause, a follower compiles the staged version before the activation).
+
+    .venv/bin/python benchmarks/bench_propagation.py [--processes 8,32] [--rounds 30] [--poll-ms 20]
+                                                     [--back-to-back] [--json PATH]
 """
 
 from __future__ import annotations
@@ -53,6 +61,19 @@ def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     served: list[tuple[str, int]] = []
+    notified: list[tuple[int, int]] = []  # (revision, when the listener returned it)
+    if mode == "push":
+        from rule_engine.stores._pg_listen import PostgresListener
+
+        wait = PostgresListener.wait_for_change
+
+        def timed_wait(self: Any, timeout: float, **kwargs: Any) -> int | None:
+            revision = wait(self, timeout, **kwargs)
+            if revision is not None:
+                notified.append((revision, time.monotonic_ns()))
+            return revision
+
+        PostgresListener.wait_for_change = timed_wait  # type: ignore[method-assign]
     done = threading.Event()
     manager = DeploymentManager.open(url, follow=False)
 
@@ -76,6 +97,8 @@ def _evaluator(url: str, mode: str, poll_s: float, expected: int) -> None:
     manager.close()
     for version_id, at in served:
         print(f"{version_id} {at}")
+    for revision, at in notified:
+        print(f"revision-{revision} {at}")
     print(f"cpu {cpu:.6f}")
 
 
@@ -104,21 +127,42 @@ def _server_cpu(cluster: Any) -> float | None:
     return total / tick
 
 
-def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float, cluster: Any = None) -> dict[str, Any]:
+def _machine_busy_ms() -> float:
+    """CPU milliseconds the whole machine spent busy so far (every CPU, all processes and the kernel)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) * 1000 / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def _run(
+    url: str, mode: str, processes: int, rounds: int, poll_s: float, cluster: Any = None, back_to_back: bool = False
+) -> dict[str, Any]:
     from rule_engine import DeploymentManager
 
     server_before = _server_cpu(cluster)
     procs = spawn_ready(["--as-evaluator", url, mode, str(poll_s), str(rounds)], processes, __file__)
     time.sleep(0.5)
     started: dict[str, int] = {}
+    revisions: dict[str, int] = {}
+    storms: list[float] = []
     rng = random.Random(12)
     with DeploymentManager.open(url, follow=False) as writer:
         for i in range(rounds):
+            if back_to_back:
+                started[f"{i}"] = time.monotonic_ns()  # renamed to the version id below
             version_id = writer.prepare_deployment(BUNDLES[i % 2])
-            time.sleep(rng.uniform(0.1, 0.2))
-            started[version_id] = time.monotonic_ns()
+            if back_to_back:
+                started[version_id] = started.pop(f"{i}")
+            else:
+                time.sleep(rng.uniform(0.1, 0.2))
+                started[version_id] = time.monotonic_ns()
+            busy = _machine_busy_ms()
             writer.activate_deployment(version_id)
+            revisions[version_id] = writer.snapshot.revision
+            time.sleep(0.1)  # the activation's pickups, before the next prepare
+            storms.append(_machine_busy_ms() - busy)
     latencies: list[float] = []
+    to_notified: list[float] = []
+    to_serving: list[float] = []
     missing = 0
     client_cpu = 0.0
     for proc in procs:
@@ -128,9 +172,16 @@ def _run(url: str, mode: str, processes: int, rounds: int, poll_s: float, cluste
         for version_id, t0 in started.items():
             if version_id in got:
                 latencies.append((int(got[version_id]) - t0) / 1e6)
+                note = got.get(f"revision-{revisions[version_id]}")
+                if note is not None and not back_to_back:
+                    to_notified.append((int(note) - t0) / 1e6)
+                    to_serving.append((int(got[version_id]) - int(note)) / 1e6)
             else:
                 missing += 1
     return {
+        "machine_cpu_per_activation_ms": percentile(storms, 0.5),
+        "commit_to_notified_ms": [percentile(to_notified, q) for q in (0.5, 0.9, 0.99)] if to_notified else None,
+        "notified_to_serving_ms": [percentile(to_serving, q) for q in (0.5, 0.9, 0.99)] if to_serving else None,
         "mode": mode,
         "processes": processes,
         "rounds": rounds,
@@ -165,6 +216,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--poll-ms", type=float, default=20.0)
     parser.add_argument("--conninfo", help="an existing server (a database this may write to)")
+    parser.add_argument("--back-to-back", action="store_true", help="activate right after the prepare; from its commit")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     sizes = [int(n) for n in args.processes.split(",")]
@@ -180,11 +232,12 @@ def main() -> int:
     try:
         for size in sizes:
             for mode in ("push", "poll"):
-                results.append(_run(url, mode, size, args.rounds, args.poll_ms / 1000, cluster))
+                results.append(_run(url, mode, size, args.rounds, args.poll_ms / 1000, cluster, args.back_to_back))
     finally:
         if cluster is not None:
             cluster.destroy()
-    print(f"commit (activate) -> N evaluator processes serving the new version, {args.rounds} versions each")
+    start = "commit (prepare, the activation right after it)" if args.back_to_back else "commit (activate)"
+    print(f"{start} -> N evaluator processes serving the new version, {args.rounds} versions each")
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(
         f"{'processes':>9} {'follower':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'samples':>8} {'missing':>8}"
@@ -197,6 +250,15 @@ def main() -> int:
             f"{r['processes']:>9} {name:<22} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}"
             f" {r['samples']:8d} {r['missing']:8d} {r['evaluator_cpu_ms']:25.2f} {server}"
         )
+    for r in results:
+        detail = f"{r['processes']:>9} {r['mode']:<5} machine CPU busy in the 100 ms after an activation: {r['machine_cpu_per_activation_ms']:.0f} ms (p50)"
+        if r["commit_to_notified_ms"] is not None:
+            notified, serving = r["commit_to_notified_ms"], r["notified_to_serving_ms"]
+            detail += (
+                f"; commit -> notified p50/p90/p99 {notified[0]:.1f}/{notified[1]:.1f}/{notified[2]:.1f} ms,"
+                f" notified -> serving {serving[0]:.1f}/{serving[1]:.1f}/{serving[2]:.1f} ms"
+            )
+        print(detail)
     end = os.getloadavg()
     print(f"load average at the end: {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}")
     for size in sizes:

@@ -230,3 +230,30 @@ def test_calls_riding_a_broken_session_take_a_pooled_connection(pg_database: str
             assert store.revision() >= 2
     finally:
         store.close()
+
+
+def test_a_revision_announced_while_one_was_loaded_is_followed_in_the_same_pickup() -> None:
+    """A deploy's prepare and activation a few ms apart: one follow_once serves the activation."""
+    from tests.test_follower_races import StaleOnceStore
+
+    store = StaleOnceStore()
+    writer = DeploymentManager.open(store, follow=False)
+    writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1))
+    follower = DeploymentManager.open(store, follow=False)
+    version_id = writer.prepare_deployment(GATEWAY_V2)
+    prepared = store.load()
+    writer.activate_deployment(version_id)
+    later = [store.revision()]  # the activation's notification arrives while ...
+    store.stale = prepared  # ... the pickup of the prepare's reads the prepared state
+    asked: list[int] = []
+
+    def announced() -> int | None:
+        asked.append(1)
+        return later.pop() if later else None
+
+    follower._follower.watch_announcements(announced)
+    follower._follower.notified(prepared.revision)
+    assert follower.refresh() is True
+    assert follower.get_active_version_id() == version_id
+    assert len(asked) == 2  # after each publish; the second found nothing newer
+    assert version_id in follower._follower._publisher.compiled_versions()

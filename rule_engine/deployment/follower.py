@@ -42,6 +42,7 @@ from rule_engine.stores.integrity import StoreMark, check_continuity
 __all__ = [
     "BACKOFF_CAP",
     "BACKOFF_START",
+    "MAX_BURST",
     "PUSH_POLL",
     "STALE_AFTER",
     "Follower",
@@ -55,6 +56,7 @@ _log = get_logger()
 
 PUSH_POLL = 1.0  # a pushing store's revision is still polled this often (the safety net)
 STALE_AFTER = 3.0  # no answer from a pushing store for this long: stale
+MAX_BURST = 8  # revisions one follow_once may follow in a row when newer ones were announced meanwhile
 BACKOFF_START = 0.05  # first reconnect wait (seconds), doubled per failure ...
 BACKOFF_CAP = 2.0  # ... up to this
 
@@ -64,7 +66,9 @@ class Listener(Protocol):
 
     last_via: str
 
-    def wait_for_change(self, timeout: float) -> int | None: ...
+    @property
+    def connected(self) -> bool: ...
+    def wait_for_change(self, timeout: float, *, poll: bool = True) -> int | None: ...
     def riding(self) -> AbstractContextManager[None]: ...
     def last_round_trip_age(self) -> float | None: ...
     def abort(self) -> None: ...
@@ -85,6 +89,7 @@ class Follower:
         self._stale_logged = False
         self._pushed: int | None = None  # the revision a notification announced, for the next follow_once
         self._warm_failed: str | None = None  # the staged version whose compile failed (tried once)
+        self._announced: Callable[[], int | None] | None = None  # see watch_announcements
         self.identity: str | None = None  # the store this manager serves from, once seen
 
     @property
@@ -135,12 +140,37 @@ class Follower:
         """
         self._pushed = revision
 
+    def watch_announcements(self, announced: Callable[[], int | None] | None) -> None:
+        """``announced()``: a newer revision a notification has already announced, or None (no wait).
+
+        Set by :class:`PushLoop`, so a burst of commits (``deploy``: a prepare, then its activation
+        a few milliseconds later) is loaded in one pickup: after publishing one revision, a newer
+        one already announced is loaded at once, before the heartbeat and the prepare's compile.
+        """
+        self._announced = announced
+
     def follow_once(self) -> bool:
         """Publish the stored state if its revision moved; True when something changed.
 
         When what serves changed, runs the swap hooks (outside the lock; see the module docstring).
-        Then compiles the newest staged version if it is not compiled yet (see :meth:`warm`).
+        A newer revision announced meanwhile is followed at once (at most :data:`MAX_BURST` in one
+        call, see :meth:`watch_announcements`). Then compiles the newest staged version if it is not
+        compiled yet (see :meth:`warm`).
         """
+        changed = False
+        for _ in range(MAX_BURST):
+            if not self._follow_one():
+                break
+            changed = True
+            later = self._announced() if self._announced is not None else None
+            if later is None or later <= self._publisher.state.revision:
+                break
+            self._pushed = later
+        if changed:
+            self.warm()
+        return changed
+
+    def _follow_one(self) -> bool:
         store = self._publisher.store
         pushed, self._pushed = self._pushed, None
         try:
@@ -151,10 +181,8 @@ class Follower:
                 if self.identity is None:
                     self.identity = mark.identity
                 reason = check_continuity(StoreMark(self.identity, self._publisher.state.revision), mark)
-                if reason is not None:
-                    raise StoreError(
-                        reason
-                    )  # never adopt another store, or an older copy: stay stale on the last good one
+                if reason is not None:  # never adopt another store, or an older copy: stale on the last good one
+                    raise StoreError(reason)
                 revision = mark.revision
             if revision <= self._publisher.state.revision:
                 self._recovered(self._publisher.state.revision)
@@ -172,7 +200,6 @@ class Follower:
         _log.debug("follower.updated", revision=new_state.revision, active_version_id=new_state.active)
         if self._hooks is not None and before != after:
             run_follow_hooks(self._hooks, self._publisher.store, old_state, new_state, before, after)
-        self.warm()
         return True
 
     def warm(self) -> bool:
@@ -251,7 +278,21 @@ class PushLoop(BackgroundLoop):
     def start(self) -> None:
         """Start the thread; from now on staleness also comes from the listener's round-trip age."""
         self._follower.watch_round_trips(self.listener.last_round_trip_age, self._stale_after)
+        self._follower.watch_announcements(self._announced)
         super().start()
+
+    def _announced(self) -> int | None:
+        """A revision a notification that already arrived announces (no wait, no round trip), or None."""
+        if not self.listener.connected:
+            return None  # a reconnect's re-read is the next wait's to report
+        try:
+            revision = self.listener.wait_for_change(0.0, poll=False)
+        except (RuleEngineError, OSError):
+            return None  # the next wait reports it (and reconnects)
+        if revision is None or self.listener.last_via != "notify":
+            return None
+        self.pushed += 1
+        return revision
 
     def _run(self) -> None:
         backoff = 0.0
@@ -278,6 +319,7 @@ class PushLoop(BackgroundLoop):
                     self._step_once()
         finally:
             self._follower.watch_round_trips(None)
+            self._follower.watch_announcements(None)
             self.listener.close()
 
     def _step_once(self) -> None:
