@@ -9,7 +9,11 @@
    ``--commits`` times and, after each commit returns, reads the fleet view (``rule-engine
    status``'s ``fleet``: one query of the instance rows, compared with the state) every 1 ms until it
    says all N serve it. Reported: commit -> status knows all N instances serve it (p50/p99/max), and
-   the cost of one fleet read at N rows.
+   the cost of one fleet read at N rows. Reading every millisecond is itself load (a read costs 1-2 ms
+   of the machine during the fleet's pickups), so the figure is also given without the reader: each
+   follower notes when its heartbeat naming the new version returned (its row committed), and commit
+   -> the last of the N rows committed is when a ``status`` would first see the fleet converged.
+   ``--read-every-ms`` sets the reader's interval (1 ms by default).
    - default: a temporary SQLite file, followers polling it every 20 ms (``DeploymentManager.open``);
    - ``--postgres``: a throwaway PostgreSQL cluster (as the test suite starts; ``--conninfo`` for an
      existing server), each size twice in the same run: ``push`` followers (``DeploymentManager.open``:
@@ -68,7 +72,18 @@ def worker(url: str, mode: str, seconds: float) -> None:
     _quiet()
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    manager = DeploymentManager.open(url, follow=mode != "poll")
+    manager = DeploymentManager.open(url, follow=False)
+    reported: list[tuple[str | None, int]] = []  # (the stable version a heartbeat named, when it returned)
+    store: Any = manager.store
+    heartbeat = store.heartbeat
+
+    def noted(info: Any) -> None:
+        heartbeat(info)
+        reported.append((info.stable, time.monotonic_ns()))
+
+    store.heartbeat = noted
+    if mode != "poll":
+        manager.start_following()
     if mode == "poll":  # the polling loop on any store, the fleet heartbeat included
         follower = manager._follower
         step = manager.fleet.beating(follower.step_with_flush(manager._health, manager._clock, 1.0))
@@ -76,6 +91,9 @@ def worker(url: str, mode: str, seconds: float) -> None:
     with manager:
         print("ready", flush=True)
         stop.wait(seconds)
+    for stable, at in reported:
+        print(f"{stable} {at}")
+    sys.stdout.flush()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -103,13 +121,15 @@ def _spawn(args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def bench_convergence(url: str, instances: int, commits: int, mode: str) -> dict[str, Any]:
+def bench_convergence(url: str, instances: int, commits: int, mode: str, read_every: float = 0.001) -> dict[str, Any]:
     """Commit -> the fleet view says all ``instances`` serve it (one row per follower process)."""
     manager = DeploymentManager.open(url, follow=False)
     manager.activate_deployment(manager.prepare_deployment(_bundle(0, 7)))
     procs = [_spawn(["worker", url, mode, str(WAIT * 8)]) for _ in range(instances)]
     latencies: list[float] = []
     reads: list[float] = []
+    committed_at: dict[str, int] = {}
+    outputs: list[str] = []
     try:
         for proc in procs:
             assert proc.stdout is not None
@@ -120,6 +140,7 @@ def bench_convergence(url: str, instances: int, commits: int, mode: str) -> dict
             time.sleep(0.1)  # the prepare's own pickup is not what is measured
             manager.activate_deployment(version_id)
             committed = time.perf_counter()
+            committed_at[version_id] = time.monotonic_ns()
             while time.perf_counter() - committed < WAIT:
                 started = time.perf_counter()
                 view = manager.fleet.view()
@@ -127,23 +148,41 @@ def bench_convergence(url: str, instances: int, commits: int, mode: str) -> dict
                 if view.converged and len(view.instances) == instances:
                     latencies.append(time.perf_counter() - committed)
                     break
-                time.sleep(0.001)
+                time.sleep(read_every)
+            time.sleep(0.1)  # the last reports, before the next prepare
     finally:
         for proc in procs:
             if proc.stdin is not None:
                 proc.stdin.close()
         for proc in procs:
+            out = proc.stdout.read() if proc.stdout is not None else ""
+            outputs.append(out)
             proc.wait(timeout=WAIT)
             if proc.stdout is not None:
                 proc.stdout.close()
         manager.close()
+    last_reports: list[float] = []
+    for version_id, at in committed_at.items():
+        firsts = [_first_report(out, version_id) for out in outputs]
+        if all(t is not None for t in firsts):
+            last_reports.append((max(t for t in firsts if t is not None) - at) / 1e9)
     return {
         "instances": instances,
         "mode": mode,
         "commits": len(latencies),
         "converged": _summary(latencies),
         "read": _summary(reads),
+        "last_report": _summary(last_reports) if last_reports else None,
     }
+
+
+def _first_report(out: str, version_id: str) -> int | None:
+    """When a worker's first heartbeat naming ``version_id`` as its stable version returned (None: never)."""
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == version_id:
+            return int(parts[1])
+    return None
 
 
 def _wait(condition: Any) -> None:
@@ -267,10 +306,13 @@ def main() -> int:
     parser.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL cluster")
     parser.add_argument("--conninfo", help="with --postgres: an existing server instead (a database it may write)")
     parser.add_argument("--store", help="a store URL for the convergence figure (default: a temporary SQLite file)")
+    parser.add_argument("--read-every-ms", type=float, default=1.0, help="the status reader's interval")
     parser.add_argument("--json", help="write the figures to this file")
     args = parser.parse_args()
     if not all(1 <= n <= 64 for n in args.instances):
         parser.error("--instances must each be 1..64")
+    if not 0.0 <= args.read_every_ms <= 1000.0:
+        parser.error("--read-every-ms must be 0..1000")
     _quiet()
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
@@ -285,15 +327,21 @@ def main() -> int:
                         url = _fresh_database(cluster, pg_url)
                     else:
                         url = args.store or f"sqlite:///{Path(tmp) / f'fleet-{n}.db'}"
-                    row = bench_convergence(url, n, args.commits, mode)
+                    row = bench_convergence(url, n, args.commits, mode, args.read_every_ms / 1000)
                     figures["convergence"].append(row)
-                    c, r = row["converged"], row["read"]
+                    c, r, last = row["converged"], row["read"], row["last_report"]
                     print(
                         f"status knows {n:>3} {mode} instances converged: p50 {c['p50_ms']:6.1f} ms  p99 "
                         f"{c['p99_ms']:6.1f} ms  max {c['max_ms']:6.1f} ms   (one fleet read: p50 {r['p50_ms']:.2f} ms, "
-                        f"p99 {r['p99_ms']:.2f} ms)",
+                        f"p99 {r['p99_ms']:.2f} ms, every {args.read_every_ms:g} ms)",
                         flush=True,
                     )
+                    if last is not None:
+                        print(
+                            f"  the last of the {n} rows committed (no reader needed): p50 {last['p50_ms']:6.1f} ms"
+                            f"  p99 {last['p99_ms']:6.1f} ms  max {last['max_ms']:6.1f} ms",
+                            flush=True,
+                        )
             for mode in ("push", "poll") if args.postgres else ("poll",):
                 upstream = (
                     _fresh_database(cluster, pg_url) if args.postgres else f"sqlite:///{Path(tmp) / 'upstream.db'}"

@@ -257,3 +257,25 @@ def test_a_revision_announced_while_one_was_loaded_is_followed_in_the_same_picku
     assert follower.get_active_version_id() == version_id
     assert len(asked) == 2  # after each publish; the second found nothing newer
     assert version_id in follower._follower._publisher.compiled_versions()
+
+
+def test_announcements_are_asked_only_on_the_push_loops_own_thread() -> None:
+    """A refresh() from another thread never uses the listener (it is not thread-safe)."""
+    from rule_engine.deployment.follower import PushLoop
+
+    class Listener:
+        last_via = "notify"
+        connected = True
+
+        def __init__(self) -> None:
+            self.waits = 0
+
+        def wait_for_change(self, timeout: float, *, poll: bool = True) -> int | None:
+            self.waits += 1
+            return 99
+
+    listener = Listener()
+    manager = DeploymentManager(store=MemoryStore())
+    loop = PushLoop(manager._follower, listener, lambda: None)  # type: ignore[arg-type]
+    assert loop._announced() is None  # asked from this test's thread, not the loop's
+    assert listener.waits == 0

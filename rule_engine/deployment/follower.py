@@ -282,9 +282,13 @@ class PushLoop(BackgroundLoop):
         super().start()
 
     def _announced(self) -> int | None:
-        """A revision a notification that already arrived announces (no wait, no round trip), or None."""
-        if not self.listener.connected:
-            return None  # a reconnect's re-read is the next wait's to report
+        """A revision a notification that already arrived announces (no wait, no round trip), or None.
+
+        Only on this loop's thread (the listener is not thread-safe): a ``refresh()`` called from
+        another thread meanwhile gets None.
+        """
+        if threading.current_thread() is not self._thread or not self.listener.connected:
+            return None  # another thread's refresh; or a reconnect, whose re-read is the next wait's to report
         try:
             revision = self.listener.wait_for_change(0.0, poll=False)
         except (RuleEngineError, OSError):
