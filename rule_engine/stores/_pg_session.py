@@ -79,7 +79,7 @@ class Watchdog:
         self._tokens = itertools.count()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self._next_wake = float("-inf")  # when the thread wakes next (-inf: it must be woken to look)
+        self._next_wake = float("-inf")  # when the waiting thread wakes (-inf: not waiting; it looks before it waits)
 
     @contextmanager
     def guard(self, conn: psycopg.Connection[tuple[object, ...]], timeout: float) -> Iterator[Guard]:
@@ -124,7 +124,7 @@ class Watchdog:
                 earliest = min((deadline for deadline, _, _ in self._armed.values()), default=now + WATCHDOG_TICK)
                 self._next_wake = min(earliest, now + WATCHDOG_TICK)
                 self._cond.wait(self._next_wake - now)
-                self._next_wake = float("-inf")  # awake: an arm meanwhile is seen by the next pass
+                self._next_wake = float("-inf")  # awake (holding the lock): the next pass sees every armed call
 
 
 def shutdown_socket(fd: int) -> None:
