@@ -279,3 +279,35 @@ def test_announcements_are_asked_only_on_the_push_loops_own_thread() -> None:
     loop = PushLoop(manager._follower, listener, lambda: None)  # type: ignore[arg-type]
     assert loop._announced() is None  # asked from this test's thread, not the loop's
     assert listener.waits == 0
+
+
+@pytest.mark.slow
+def test_a_push_followers_idle_pooled_connection_is_closed_and_it_keeps_following(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its pickups ride the listener, so the pool drops to no connection: one per follower, not two."""
+    import time
+
+    from rule_engine.stores import _pg_calls
+    from tests.test_postgres_store import _url
+
+    monkeypatch.setattr(_pg_calls, "POOL_MAX_IDLE", 0.3)
+    url = _url(pg_database)
+    with DeploymentManager.open(url, follow=False) as writer:
+        writer.activate_deployment(writer.prepare_deployment(GATEWAY_V1))
+        follower = DeploymentManager.open(url)
+        try:
+            pool: Any = follower.store._pool  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 20
+            while pool.get_stats()["pool_size"] > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert pool.get_stats()["pool_size"] == 0
+            version_id = writer.prepare_deployment(GATEWAY_V2)
+            writer.activate_deployment(version_id)
+            while follower.get_active_version_id() != version_id and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert follower.get_active_version_id() == version_id
+            assert pool.get_stats()["pool_size"] == 0  # the pickup took no pooled connection
+            assert follower.store.revision() >= 4  # a read by another thread takes a pooled connection again
+        finally:
+            follower.close()

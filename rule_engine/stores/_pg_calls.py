@@ -23,7 +23,9 @@ from rule_engine.errors import StoreError
 from rule_engine.stores._pg_conninfo import PgTarget
 from rule_engine.stores._pg_session import LAST_FAILURE, Guard, RecordingConnection, Watchdog, describe
 
-__all__ = ["PgCalls"]
+__all__ = ["POOL_MAX_IDLE", "PgCalls"]
+
+POOL_MAX_IDLE = 60.0  # a pooled connection unused this long is closed (the pool keeps none idle)
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 T = TypeVar("T")
@@ -56,7 +58,8 @@ class PgCalls:
                     self._conninfo,
                     connection_class=RecordingConnection,
                     kwargs={"autocommit": True},
-                    min_size=1,
+                    min_size=0,  # none kept idle: a push follower's pickups ride its listener's session
+                    max_idle=POOL_MAX_IDLE,
                     max_size=self._target.pool_size,
                     configure=self._configure,
                     name="rule-engine",
