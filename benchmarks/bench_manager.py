@@ -246,6 +246,10 @@ def _writer(
         i += 1
 
 
+WARM_UP = 100  # each reader thread's first calls, not counted
+MIN_SAMPLES = 200  # each reader thread's calls counted per phase, at least (within 10x the phase's time)
+
+
 def readers_under_swaps(*, seconds: float, rounds: int, rate: float = 1000.0) -> tuple[Report, dict[str, float]]:
     """p50/p99 of RuleEngine.evaluate in 2 reader threads, with and without a swapping writer."""
     bundles = _gateway_bundles()
@@ -270,13 +274,17 @@ def readers_under_swaps(*, seconds: float, rounds: int, rate: float = 1000.0) ->
             ready.wait()
             t0 = time.perf_counter()
             time.sleep(seconds)
+            # a loaded machine (the writer's prepares hold the GIL for ms) may leave a reader with a
+            # handful of calls: go on until each has MIN_SAMPLES past its warm-up, at most 10x longer
+            while any(len(out) < WARM_UP + MIN_SAMPLES for out in outs) and time.perf_counter() - t0 < 10 * seconds:
+                time.sleep(0.01)
             stop.set()
             for t in threads:
                 t.join()
             if phase == "swaps":
                 swap_rates.append(swaps[0] / (time.perf_counter() - t0))
             for out in outs:
-                samples[phase].extend(out[100:])  # drop each thread's warm-up
+                samples[phase].extend(out[min(WARM_UP, len(out) // 2) :])  # drop each thread's warm-up
     figures: dict[str, float] = {}
     for phase, values in samples.items():
         values.sort()
