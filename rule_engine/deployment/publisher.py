@@ -161,8 +161,8 @@ class Publisher:
         The kept copy holds no bundle: its ``bundle`` is re-read from the store on demand.
         """
         record = self.state.versions.get(version_id)
-        if record is not None and version_id in kept_compiled(self.state) and version_id not in self._tables:
-            self._tables = {**self._tables, version_id: base.restamped(version_id, load=self._loader(record))}
+        if record is not None and version_id not in self._tables:
+            self.keep_table(version_id, base.restamped(version_id, load=self._loader(record)), self.state)
 
     def base_table(self, bundle: RuleBundle) -> RuleTable:
         """The compiled table of ``bundle`` without a version id (a kept table of the same digest is reused)."""
